@@ -1,0 +1,133 @@
+"""Shared plumbing for the Triton kernels: interpreter detection, launches, layouts.
+
+Kernels run compiled on CUDA, or through Triton's CPU interpreter when
+``TRITON_INTERPRET=1`` was set before triton was imported (that decision is made
+when ``@triton.jit`` decorates a function, so it is read once, here).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: dtypes every kernel ships for; fp32 accumulation, fp64 accumulates in fp64.
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TRITON_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def _patch_interpreter_bf16_dot() -> None:
+    """Triton's interpreter stores bf16 as raw uint16 and multiplies those integers
+    in ``tl.dot``; widen bf16 operands to fp32 so interpreted results are real."""
+    from triton.runtime import interpreter as _interp
+
+    builder = getattr(_interp, "InterpreterBuilder", None)
+    if builder is None or getattr(builder.create_dot, "_convlab_patched", False):
+        return
+    original = builder.create_dot
+
+    def _widen(h):
+        if getattr(h.dtype, "scalar", h.dtype) == tl.bfloat16:
+            bits = h.data.astype(np.uint32) << 16
+            return _interp.TensorHandle(bits.view(np.float32), tl.float32)
+        return h
+
+    def create_dot(self, a, b, d, *args, **kwargs):
+        return original(self, _widen(a), _widen(b), d, *args, **kwargs)
+
+    create_dot._convlab_patched = True
+    builder.create_dot = create_dot
+
+
+if INTERPRET:
+    _patch_interpreter_bf16_dot()
+
+
+def is_fake(*tensors: torch.Tensor | None) -> bool:
+    """True when any tensor carries no data (FakeTensor / meta), e.g. under torch.compile
+    tracing or opcheck. Compiled kernels are skipped by wrap_triton itself there; the
+    interpreter would run on them, so interpreted launches check this first."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return any(t is not None and (isinstance(t, FakeTensor) or t.device.type == "meta") for t in tensors)
+
+
+def launch(tuned, plain, grid, interpret_config: dict, *args, **kwargs) -> None:
+    """Launch ``tuned`` (an autotuned kernel) on GPU, or ``plain`` (its bare
+    ``@triton.jit`` function) with ``interpret_config`` under the interpreter.
+
+    ``grid`` is a callable ``meta -> tuple`` as in Triton's tutorials.
+    """
+    from torch.library import wrap_triton
+
+    if INTERPRET:
+        if is_fake(*[a for a in args if isinstance(a, torch.Tensor)]):
+            return
+        meta = dict(kwargs, **interpret_config)
+        wrap_triton(plain)[grid(meta)](*args, **meta)
+    else:
+        wrap_triton(tuned)[grid](*args, **kwargs)
+
+
+@triton.jit
+def _idx(v, IDX64: tl.constexpr):
+    """Index arithmetic in int64 only when a tensor's extent needs it (see needs_int64)."""
+    if IDX64:
+        return v.to(tl.int64)
+    else:
+        return v
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """True when an element offset of any tensor (its largest, from shape and strides,
+    so views and expanded tensors count right) may not fit in int32."""
+    limit = 2**31 - 1
+    for t in tensors:
+        if t is None or t.numel() == 0:
+            continue
+        if t.numel() >= limit or sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) >= limit:
+            return True
+    return False
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def like_layout(ref: torch.Tensor, shape) -> torch.Tensor:
+    """Empty tensor of ``shape`` in ``ref``'s memory format (channels_last stays channels_last)."""
+    channels_last = ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, device=ref.device, dtype=ref.dtype, memory_format=fmt)
+
+
+def allow_tf32(dtype: torch.dtype) -> bool:
+    """fp32 convolutions follow ``torch.backends.cudnn.allow_tf32`` exactly as F.conv2d does."""
+    return dtype == torch.float32 and bool(torch.backends.cudnn.allow_tf32)
+
+
+@dataclass
+class KernelSpec:
+    """How ``kernels.inspect`` compiles one kernel ahead of time.
+
+    Arguments are typed from their names: ``*_ptr`` is a pointer of the input dtype,
+    ``ws_ptr`` one of the accumulator dtype, other non-constexpr arguments are i32.
+    ``configs`` maps a dtype name (fp16/bf16/fp32/fp64) to the shipped autotune configs
+    (the first is the default); ``constexprs`` fixes the remaining constexprs per dtype.
+    """
+
+    name: str
+    fn: object
+    configs: dict
+    constexprs: object = None  # callable dtype_name -> dict
+    gemm: bool = False  # True: tensor-core instructions are expected for fp16/bf16
+    dtypes: tuple = ("fp32", "fp16", "bf16", "fp64")
+
+
+def cdiv(a: int, b: int) -> int:
+    return triton.cdiv(a, b)
