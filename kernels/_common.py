@@ -49,12 +49,18 @@ if INTERPRET:
 
 
 def is_fake(*tensors: torch.Tensor | None) -> bool:
-    """True when any tensor carries no data (FakeTensor / meta), e.g. under torch.compile
-    tracing or opcheck. Compiled kernels are skipped by wrap_triton itself there; the
-    interpreter would run on them, so interpreted launches check this first."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return any(t is not None and (isinstance(t, FakeTensor) or t.device.type == "meta") for t in tensors)
+    """True when any tensor carries no real data: FakeTensor / FunctionalTensor / other tracing
+    subclasses, functionalized or meta tensors (torch.compile, opcheck, export). Compiled
+    kernels are skipped by wrap_triton itself there; the interpreter would try to run on
+    them, so interpreted launches check this first."""
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type == "meta" or type(t) not in (torch.Tensor, torch.nn.Parameter):
+            return True
+        if torch._is_functional_tensor(t):
+            return True
+    return False
 
 
 def launch(tuned, plain, grid, interpret_config: dict, *args, **kwargs) -> None:

@@ -6,9 +6,10 @@ For GEMM-like kernels it also reports whether fp16/bf16 use tensor cores (mma / 
 
     python -m kernels.inspect                    # table for sm_80 and sm_90, all configs
     python -m kernels.inspect --arch 90 --default-only --json out.json
+    python -m kernels.inspect --index64 --default-only   # the 64-bit index variants
 
-Exit status 1 when a kernel fails to compile, a default config spills, or a GEMM kernel's
-default fp16/bf16 config has no tensor-core instruction.
+Exit status 1 when a kernel fails to compile, a default config spills (64-bit index variants
+are reported only), or a GEMM kernel's default fp16/bf16 config has no tensor-core instruction.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Result:
     shared_bytes: int = -1
     tensor_cores: str = ""  # "wgmma", "mma" or "" (none found)
     gemm: bool = False
+    index64: bool = False
     seconds: float = 0.0
     error: str = ""
 
@@ -48,7 +50,8 @@ class Result:
     def problem(self) -> str:
         if not self.ok:
             return "compile error"
-        if self.default and self.spill_bytes > 0:
+        # 64-bit index variants (tensors past 2**31 elements) are reported, not gated on spills.
+        if self.default and self.spill_bytes > 0 and not self.index64:
             return "spills"
         if self.default and self.gemm and self.dtype in ("fp16", "bf16") and not self.tensor_cores:
             return "no tensor cores"
@@ -79,16 +82,20 @@ def _config_label(cfg) -> str:
     return f"{kw},w{cfg.num_warps},s{cfg.num_stages}"
 
 
-def compile_one(module: str, name: str, dtype: str, index: int, arch: int) -> Result:
+def compile_one(module: str, name: str, dtype: str, index: int, arch: int, index64: bool = False) -> Result:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     spec = next(s for s in importlib.import_module(module).AOT_SPECS if s.name == name)
     cfg = spec.configs[dtype][index]
-    res = Result(name, dtype, arch, _config_label(cfg), index == 0, False, gemm=spec.gemm)
-    fn = spec.fn
     constexprs = dict(cfg.kwargs, **(spec.constexprs(dtype) if spec.constexprs else {}))
+    label = _config_label(cfg)
+    if index64 and "IDX64" in constexprs:  # the variant launched for tensors past 2**31 elements
+        constexprs["IDX64"] = True
+        label += ",i64"
+    res = Result(name, dtype, arch, label, index == 0, False, gemm=spec.gemm, index64=label.endswith(",i64"))
+    fn = spec.fn
     acc = "fp64" if dtype == "fp64" else "fp32"
     signature = {}
     for p in fn.params:
@@ -128,7 +135,7 @@ def compile_one(module: str, name: str, dtype: str, index: int, arch: int) -> Re
     return res
 
 
-def run(archs=(80, 90), default_only=False, kernels_filter=None, dtypes=None, workers=None):
+def run(archs=(80, 90), default_only=False, kernels_filter=None, dtypes=None, workers=None, index64=False):
     jobs = []
     for module, spec in all_specs():
         if kernels_filter and spec.name not in kernels_filter:
@@ -137,7 +144,7 @@ def run(archs=(80, 90), default_only=False, kernels_filter=None, dtypes=None, wo
             if dtypes and dt not in dtypes:
                 continue
             n = 1 if default_only else len(spec.configs[dt])
-            jobs += [(module, spec.name, dt, i, arch) for i in range(n) for arch in archs]
+            jobs += [(module, spec.name, dt, i, arch, index64) for i in range(n) for arch in archs]
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(compile_one, *job) for job in jobs]
@@ -166,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--default-only", action="store_true", help="only each kernel's default config")
     ap.add_argument("--kernels", nargs="+", help="restrict to these kernel names")
     ap.add_argument("--dtypes", nargs="+", choices=sorted(_PTR_TYPES), help="restrict to these dtypes")
+    ap.add_argument("--index64", action="store_true", help="compile the 64-bit index variants instead")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--json", help="also write the results as JSON here")
     args = ap.parse_args(argv)
@@ -173,7 +181,7 @@ def main(argv=None) -> int:
         # Interpreted kernels cannot be compiled; run again without the interpreter.
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         return subprocess.call([sys.executable, "-m", "kernels.inspect", *(argv or sys.argv[1:])], env=env)
-    results = run(args.arch, args.default_only, args.kernels, args.dtypes, args.workers)
+    results = run(args.arch, args.default_only, args.kernels, args.dtypes, args.workers, args.index64)
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,0 +1,336 @@
+"""CIFAR-10 as in-memory uint8 tensors, with a clearly labelled synthetic fallback.
+
+Where the images come from, in order:
+
+1. ``root`` given: a local copy, either torchvision's format (``cifar-10-batches-py``, the folder
+   itself or its parent) or an ImageFolder layout ``{train,test}/<class>/*.jpg|png`` (also looked for
+   under ``root/cifar10``). ImageFolder copies are decoded once and cached as ``cache_{split}.pt``.
+2. torchvision's copy under ``download_dir`` (``cifar-10-batches-py``), downloaded there on first use
+   (with torchvision's progress bar) when ``download`` is true and the server answers within
+   ``network_timeout`` seconds.
+3. Otherwise, with ``fallback="synthetic"``, a warning is logged and the project's procedurally
+   generated 10-class set is used; ``info["name"]`` is then ``"synthetic"`` and the run is labelled
+   so. ``fallback="error"`` raises instead.
+
+The validation split is CIFAR-10's test set. Batches are augmented (random crop with padding 4,
+horizontal flip) and normalised on the device in ``on_after_batch_transfer``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import lightning.pytorch as L
+import torch
+
+from experiments.data.synthetic import CLASSES as SYNTHETIC_CLASSES
+from experiments.data.synthetic import make_synthetic
+from experiments.data.tensors import TensorBatchLoader, normalize, random_crop_flip
+
+log = logging.getLogger(__name__)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+
+
+class DataUnavailable(RuntimeError):
+    """CIFAR-10 is neither on disk nor downloadable."""
+
+
+# ------------------------------------------------------------------------------------------ locating
+
+
+def host_reachable(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds.
+
+    Runs in a daemon thread so a hanging DNS lookup cannot block the run for longer than ``timeout``.
+    """
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    result = []
+
+    def probe():
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+def find_local_copy(root: str | os.PathLike) -> tuple[str, Path] | None:
+    """``("torchvision", dir)`` or ``("imagefolder", dir)`` for a CIFAR-10 copy at or below ``root``."""
+    root = Path(root).expanduser()
+    for cand in (root, root / "cifar-10-batches-py", root / "cifar10", root / "cifar10" / "cifar-10-batches-py"):
+        if (cand / "data_batch_1").is_file() and (cand / "test_batch").is_file():
+            return "torchvision", cand
+        if (cand / "train").is_dir() and (cand / "test").is_dir():
+            return "imagefolder", cand
+    return None
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def load_torchvision(batches_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from torchvision.datasets import CIFAR10
+
+    ds = CIFAR10(root=str(batches_dir.parent), train=train, download=False)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW uint8
+    return images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes)
+
+
+def _scan_imagefolder(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise DataUnavailable(f"no class folders in {split_dir}")
+    files = []
+    for label, cls in enumerate(classes):
+        names = sorted(e.name for e in os.scandir(split_dir / cls)
+                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        files.extend((split_dir / cls / name, label) for name in names)
+    return classes, files
+
+
+def _decode(paths: list[Path], size: int = 32, chunk: int = 4096) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    for start in range(0, len(paths), chunk):
+        part = paths[start:start + chunk]
+        raw = [read_file(str(p)) for p in part]
+        if all(p.suffix.lower() in (".jpg", ".jpeg") for p in part):
+            imgs = decode_jpeg(raw, mode=ImageReadMode.RGB)
+        else:
+            imgs = [decode_image(r, mode=ImageReadMode.RGB) for r in raw]
+        for j, img in enumerate(imgs):
+            if img.shape[-2:] != (size, size):
+                img = torch.nn.functional.interpolate(img[None].float(), size=(size, size), mode="bilinear",
+                                                      antialias=True, align_corners=False)[0].round().clamp(0, 255)
+            out[start + j] = img.to(torch.uint8)
+    return out
+
+
+def load_imagefolder(folder: Path, split: str, cache_dir: Path | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decode ``folder/split/<class>/*`` into uint8 tensors, cached in ``cache_{split}.pt``.
+
+    The cache sits next to the class folders (or in ``cache_dir`` when ``folder`` is read-only) and is
+    rebuilt when the class list or the number of files changes.
+    """
+    classes, files = _scan_imagefolder(folder / split)
+    key = {"classes": classes, "n_files": len(files)}
+    cache_dirs = [folder] + ([cache_dir] if cache_dir is not None else [])
+    for d in cache_dirs:
+        cache = d / f"cache_{split}.pt"
+        if cache.is_file():
+            try:
+                blob = torch.load(cache, weights_only=True)
+            except Exception as err:  # noqa: BLE001 - a broken cache is rebuilt
+                log.warning("ignoring unreadable cache %s (%s)", cache, err)
+                continue
+            if blob.get("key") == key:
+                log.info("loaded %d %s images from cache %s", len(blob["labels"]), split, cache)
+                return blob["images"], blob["labels"], classes
+    log.info("decoding %d %s images from %s (once; cached afterwards)", len(files), split, folder / split)
+    images = _decode([p for p, _ in files])
+    labels = torch.tensor([label for _, label in files], dtype=torch.long)
+    blob = {"key": key, "images": images, "labels": labels}
+    for d in cache_dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".cache_{split}.pt.{os.getpid()}.tmp"
+            torch.save(blob, tmp)
+            os.replace(tmp, d / f"cache_{split}.pt")
+            log.info("cached decoded images in %s", d / f"cache_{split}.pt")
+            break
+        except OSError as err:
+            log.info("cannot write cache in %s (%s)", d, err)
+    return images, labels, classes
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 5000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1] units) of uint8 NCHW images, in chunks."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].to(torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += x.square().sum(dim=(0, 2, 3))
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp(min=1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+# ------------------------------------------------------------------------------------------- module
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 (or the synthetic stand-in) held as tensors; see the module docstring."""
+
+    def __init__(self, root: str | None = None, download_dir: str = "data", download: bool = True,
+                 fallback: str = "synthetic", source: str = "cifar10", num_classes: int = 10,
+                 batch_size: int = 128, eval_batch_size: int = 512, augment: bool = True,
+                 on_device: str | bool = "auto", synthetic_train_size: int = 10000,
+                 synthetic_val_size: int = 2000, seed: int = 0, network_timeout: float = 5.0):
+        super().__init__()
+        if source not in ("cifar10", "synthetic"):
+            raise ValueError(f"data.source must be 'cifar10' or 'synthetic', got {source!r}")
+        if fallback not in ("synthetic", "error"):
+            raise ValueError(f"data.fallback must be 'synthetic' or 'error', got {fallback!r}")
+        self.root, self.download_dir, self.download = root, download_dir, download
+        self.fallback, self.source, self.num_classes = fallback, source, num_classes
+        self.batch_size, self.eval_batch_size, self.augment = batch_size, eval_batch_size, augment
+        self.on_device, self.seed, self.network_timeout = on_device, seed, network_timeout
+        self.synthetic_train_size, self.synthetic_val_size = synthetic_train_size, synthetic_val_size
+        self.info: dict | None = None
+        self.train_x = self.train_y = self.val_x = self.val_y = None
+        self.mean = self.std = None
+
+    # -- finding and loading ----------------------------------------------------------------------
+
+    def load(self) -> dict:
+        """Find (or download, or generate) the data and hold it as CPU tensors; returns ``self.info``.
+
+        Idempotent. Called by ``setup``; call it earlier to learn ``info["name"]`` before training.
+        """
+        if self.info is not None:
+            return self.info
+        if self.source == "synthetic":
+            self._load_synthetic(reason=None)
+        else:
+            try:
+                self._load_cifar10()
+            except DataUnavailable as err:
+                if self.fallback == "error":
+                    raise
+                log.warning(
+                    "\n" + "!" * 88 + "\n"
+                    "CIFAR-10 is not available: %s\n"
+                    "Falling back to the SYNTHETIC 10-class data set (procedurally generated shapes).\n"
+                    "Results of this run are NOT CIFAR-10 results; the run is labelled 'synthetic'.\n"
+                    "Point data.root at a local copy (cifar-10-batches-py or an ImageFolder "
+                    "train/ test/ layout) or allow the download.\n" + "!" * 88, err)
+                self._load_synthetic(reason=str(err))
+        # a fixed shuffle of the validation set, so that limit_val_batches takes a class-balanced subset
+        # (ImageFolder copies are stored class by class)
+        order = torch.randperm(len(self.val_y), generator=torch.Generator().manual_seed(0))
+        self.val_x, self.val_y = self.val_x[order], self.val_y[order]
+        self.mean, self.std = channel_stats(self.train_x)
+        return self.info
+
+    def _load_synthetic(self, reason: str | None) -> None:
+        self.train_x, self.train_y = make_synthetic(self.synthetic_train_size, seed=10_000 + self.seed)
+        self.val_x, self.val_y = make_synthetic(self.synthetic_val_size, seed=20_000 + self.seed)
+        self.info = {"name": "synthetic", "synthetic": True, "fallback": reason is not None,
+                     "fallback_reason": reason, "source": "experiments.data.synthetic (procedural)",
+                     "classes": list(SYNTHETIC_CLASSES)}
+        self._finish_info()
+
+    def _load_cifar10(self) -> None:
+        searched = []
+        if self.root is not None:
+            searched.append(str(Path(self.root).expanduser().resolve()))
+            found = find_local_copy(self.root)
+            if found is None:
+                log.warning("data.root=%s holds no CIFAR-10 copy (neither cifar-10-batches-py nor "
+                            "train/ and test/ class folders)", self.root)
+        else:
+            found = None
+        download_root = Path(self.root if self.root is not None else self.download_dir).expanduser()
+        if found is None:
+            searched.append(str(download_root.resolve() / "cifar-10-batches-py"))
+            found = find_local_copy(download_root / "cifar-10-batches-py")
+        if found is None:
+            found = self._download(download_root, searched)
+        kind, folder = found
+        if kind == "torchvision":
+            self.train_x, self.train_y, classes = load_torchvision(folder, train=True)
+            self.val_x, self.val_y, _ = load_torchvision(folder, train=False)
+        else:
+            cache_dir = Path(self.download_dir).expanduser() / "cache" / folder.resolve().as_posix().strip("/").replace("/", "_")
+            self.train_x, self.train_y, classes = load_imagefolder(folder, "train", cache_dir)
+            self.val_x, self.val_y, val_classes = load_imagefolder(folder, "test", cache_dir)
+            if val_classes != classes:
+                raise DataUnavailable(f"{folder}: train/ and test/ have different class folders")
+        if len(classes) != self.num_classes:
+            raise ValueError(f"{folder} has {len(classes)} classes, data.num_classes is {self.num_classes}")
+        self.info = {"name": "cifar10", "synthetic": False, "fallback": False, "fallback_reason": None,
+                     "source": f"{kind}:{folder.resolve()}", "classes": list(classes)}
+        self._finish_info()
+        log.info("CIFAR-10 from %s (%d train / %d val images)", self.info["source"], len(self.train_y), len(self.val_y))
+
+    def _download(self, download_root: Path, searched: list[str]) -> tuple[str, Path]:
+        where = "; ".join(searched)
+        if not self.download:
+            raise DataUnavailable(f"no local copy found (looked in {where}) and data.download=false")
+        if not host_reachable(CIFAR10_URL, self.network_timeout):
+            raise DataUnavailable(f"no local copy found (looked in {where}) and the download server "
+                                  f"{urlparse(CIFAR10_URL).hostname} is unreachable (no network?)")
+        from torchvision.datasets import CIFAR10
+
+        log.info("downloading CIFAR-10 to %s", download_root)
+        try:
+            download_root.mkdir(parents=True, exist_ok=True)
+            CIFAR10(root=str(download_root), train=True, download=True)
+        except Exception as err:  # noqa: BLE001 - any download failure means: not available
+            raise DataUnavailable(f"download to {download_root} failed: {err}") from err
+        return "torchvision", download_root / "cifar-10-batches-py"
+
+    def _finish_info(self) -> None:
+        self.info.update(num_train=len(self.train_y), num_val=len(self.val_y),
+                         image_shape=list(self.train_x.shape[1:]))
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type != "cpu" and self._keep_on_device(device):
+            for name in ("train_x", "train_y", "val_x", "val_y"):
+                setattr(self, name, getattr(self, name).to(device))
+
+    def _keep_on_device(self, device: torch.device) -> bool:
+        if self.on_device in (False, "false", "False"):
+            return False
+        if self.on_device in (True, "true", "True"):
+            return True
+        nbytes = sum(t.numel() * t.element_size() for t in (self.train_x, self.train_y, self.val_x, self.val_y))
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return nbytes < 0.25 * free
+        return False
+
+    def _loader(self, x, y, batch_size, train: bool) -> TensorBatchLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return TensorBatchLoader(x, y, batch_size, shuffle=train, drop_last=train, seed=self.seed,
+                                 rank=rank, world_size=world)
+
+    def train_dataloader(self):
+        return self._loader(self.train_x, self.train_y, self.batch_size, train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_x, self.val_y, self.eval_batch_size, train=False)
+
+    def test_dataloader(self):
+        return self.val_dataloader()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        if self.augment and self.trainer is not None and self.trainer.training:
+            x = random_crop_flip(x, padding=4, flip=True)
+        return normalize(x, self.mean, self.std), y
+
+    def state_dict(self) -> dict:
+        return {"info": self.info}

@@ -1,0 +1,3 @@
+from experiments.models.resnet import CifarResNet
+
+__all__ = ["CifarResNet"]

@@ -1,0 +1,178 @@
+"""The training task: ``train(cfg) -> dict`` of final metrics (Hydra-free; train.py wraps it)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from experiments import utils
+
+log = logging.getLogger(__name__)
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import torchvision
+
+    out = {"torch": torch.__version__, "torchvision": torchvision.__version__, "lightning": lightning.__version__}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        out["triton"] = None
+    return out
+
+
+def _label_run(cfg: DictConfig, data_info: dict) -> None:
+    """Append the data set actually used to the run name and tags (so 'synthetic' is always visible)."""
+    with open_dict(cfg):
+        name = data_info["name"]
+        cfg.run_name = f"{cfg.run_name}-{name}"
+        tags = list(cfg.get("tags") or [])
+        cfg.tags = tags + [name] + (["fallback"] if data_info.get("fallback") else [])
+
+
+def _setup_loggers(cfg: DictConfig) -> tuple[list, str | None]:
+    wandb_mode = None
+    logger_cfg = cfg.get("logger") or {}
+    if "wandb" in logger_cfg:
+        wandb_mode = utils.choose_wandb_mode()
+        with open_dict(cfg):
+            cfg.logger.wandb.offline = wandb_mode == "offline"
+        if wandb_mode == "disabled":
+            log.info("WANDB_MODE=disabled: no W&B logging")
+    return utils.instantiate_group(logger_cfg, "logger"), wandb_mode
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and validate ``cfg.model`` on ``cfg.data``; write ``summary.json``; return the metrics."""
+    from layers import get_backend, resolve, set_backend
+
+    started = time.time()
+    set_backend(cfg.get("backend", "auto"))
+    threads = utils.choose_cpu_threads(cfg.get("cpu_threads"))
+    if threads is not None:
+        log.info("torch CPU threads: %d", threads)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    output_dir = Path(cfg.paths.output_dir)
+    summary: dict[str, Any] = {"status": "started", "task_name": cfg.get("task_name"), "output_dir": str(output_dir)}
+
+    log.info("data <%s>", cfg.data._target_)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    data_info = datamodule.load()
+    _label_run(cfg, data_info)
+    summary.update(run_name=cfg.run_name, dataset=dict(data_info))
+    log.info("run %s on %s data (%s)", cfg.run_name, data_info["name"], data_info["source"])
+
+    log.info("model <%s> with conv variant %r", cfg.model._target_, cfg.conv.variant)
+    model: L.LightningModule = instantiate(cfg.model)
+    callbacks = utils.instantiate_group(cfg.get("callbacks"), "callback")
+    loggers, wandb_mode = _setup_loggers(cfg)
+    log.info("trainer <%s>", cfg.trainer._target_)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    config_dict = utils.config_to_dict(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"config": config_dict, "dataset": data_info["name"],
+                                "synthetic_data": data_info["synthetic"], "backend": get_backend()})
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        ckpt_path = str(Path(ckpt_path).expanduser())
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+        log.info("resuming from %s", ckpt_path)
+
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: utils.to_float(v) for k, v in trainer.callback_metrics.items()}
+
+        ckpt_cb = trainer.checkpoint_callback
+        best_path = getattr(ckpt_cb, "best_model_path", "") or None
+        if cfg.get("validate_best") and best_path:
+            log.info("validating best checkpoint %s", best_path)
+            results = trainer.validate(model=model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+            metrics.update({f"best_ckpt/{k}": utils.to_float(v) for k, v in (results[0] if results else {}).items()})
+        summary["status"] = "finished"
+    except BaseException as err:
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        metrics = {k: utils.to_float(v) for k, v in trainer.callback_metrics.items()}
+        raise
+    finally:
+        ckpt_cb = trainer.checkpoint_callback
+        device = trainer.strategy.root_device
+        summary.update({
+            "metrics": metrics,
+            "optimized_metric": cfg.get("optimized_metric"),
+            "best": {"score": utils.to_float(getattr(ckpt_cb, "best_model_score", None)),
+                     "checkpoint": getattr(ckpt_cb, "best_model_path", None) or None,
+                     "last_checkpoint": getattr(ckpt_cb, "last_model_path", None) or None},
+            "epochs_completed": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "resumed_from": ckpt_path,
+            "conv": OmegaConf.to_container(cfg.conv, resolve=True),
+            "swap_stages": list(getattr(model.net, "swap_stages", [])),
+            "model": {"target": cfg.model.net.get("_target_"), **model.model_stats},
+            "timing": _timing(model, trainer, started),
+            "backend": {"setting": get_backend(), "resolved": resolve(device)},
+            "device": utils.device_description(trainer),
+            "wandb": {"mode": wandb_mode},
+            "versions": _versions(),
+            "seed": cfg.get("seed"),
+            "config": config_dict,
+        })
+        if trainer.is_global_zero:
+            path = utils.write_summary(output_dir / "summary.json", summary)
+            log.info("summary: %s", path)
+        _finish_wandb(trainer, summary)
+
+    log.info("done in %.1f s: %s", summary["timing"]["wall_time_s"],
+             {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+    return metrics
+
+
+def _timing(model, trainer: L.Trainer, started: float) -> dict[str, Any]:
+    """Median step time / throughput of this process; ``throughput_all_processes`` scales by world size."""
+    timing = model.timing_summary()
+    if timing["throughput"] is not None:
+        timing["throughput_all_processes"] = timing["throughput"] * trainer.world_size
+    timing["wall_time_s"] = time.time() - started
+    return timing
+
+
+def _finish_wandb(trainer: L.Trainer, summary: dict) -> None:
+    """Put the headline numbers in the W&B run summary and close the run (needed between multirun jobs)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            try:
+                run = logger.experiment
+                run.summary.update({"dataset": summary["dataset"]["name"], "params": summary["model"].get("params"),
+                                    "flops": summary["model"].get("flops"),
+                                    "throughput": summary["timing"].get("throughput"),
+                                    "backend": summary["backend"]["resolved"]})
+                run.finish()
+            except Exception as err:  # noqa: BLE001 - logging must not fail the run
+                log.warning("could not finish the W&B run: %s", err)
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a sweeper optimises; ``None`` when the metric was not produced."""
+    if not name:
+        return None
+    if name not in metrics:
+        log.warning("optimized_metric %r not among the final metrics %s", name, sorted(metrics))
+        return None
+    return metrics[name]
+

@@ -1,0 +1,142 @@
+"""Run plumbing: W&B online/offline detection, CPU threads, instantiating lists, summary.json."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+import platform
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ wandb
+
+
+def wandb_api_key_present() -> bool:
+    """A W&B login exists: WANDB_API_KEY or a ~/.netrc entry for the W&B host. No network used."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        auth = netrc.netrc(path).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(auth and auth[2])
+
+
+def choose_wandb_mode(timeout: float = 3.0) -> str:
+    """``online``, ``offline`` or ``disabled`` for this run; sets WANDB_MODE when it picks offline.
+
+    An explicit WANDB_MODE is respected. Without a login the run goes offline without touching the
+    network; with a login, a TCP probe of the W&B host (``timeout`` seconds, in a thread) decides.
+    """
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return "offline" if mode == "dryrun" else mode
+    reason = None
+    if not wandb_api_key_present():
+        reason = "no W&B login found (WANDB_API_KEY unset, no ~/.netrc entry)"
+    else:
+        from experiments.data.cifar import host_reachable
+
+        url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        if not host_reachable(url, timeout):
+            reason = f"{urlparse(url).hostname} is unreachable"
+    if reason is None:
+        return "online"
+    os.environ["WANDB_MODE"] = "offline"
+    log.warning("W&B runs offline: %s. Logs stay under the run folder; upload them later with "
+                "`wandb sync <run dir>/wandb/offline-run-*`.", reason)
+    return "offline"
+
+
+# ---------------------------------------------------------------------------------------- threads
+
+
+def choose_cpu_threads(setting) -> int | None:
+    """Threads for CPU ops: an int, ``null`` (torch's default) or ``auto``.
+
+    ``auto`` leaves room for what else runs on the machine: the cores not busy according to the
+    1-minute load average (at least 1, at most torch's default). Oversubscribed OpenMP threads are
+    much slower than fewer threads on a shared machine.
+    """
+    if setting is None:
+        return None
+    if isinstance(setting, str) and setting.lower() == "auto":
+        default = torch.get_num_threads()
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, min(default, cores - int(round(load))))
+    else:
+        threads = int(setting)
+    torch.set_num_threads(threads)
+    return threads
+
+
+# ---------------------------------------------------------------------------------- instantiation
+
+
+def instantiate_group(cfg: DictConfig | None, what: str) -> list:
+    """Instantiate every entry with a ``_target_`` in a group such as ``callbacks`` or ``logger``."""
+    from hydra.utils import instantiate
+
+    objects = []
+    if not cfg:
+        return objects
+    for name, entry in cfg.items():
+        if isinstance(entry, DictConfig) and "_target_" in entry:
+            log.info("instantiating %s %s <%s>", what, name, entry._target_)
+            objects.append(instantiate(entry))
+    return objects
+
+
+# ---------------------------------------------------------------------------------------- summary
+
+
+def to_float(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def device_description(trainer) -> dict:
+    device = trainer.strategy.root_device
+    info = {"type": device.type, "name": "cpu", "accelerator": type(trainer.accelerator).__name__,
+            "world_size": trainer.world_size, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+    return info
+
+
+def write_summary(path: str | os.PathLike, summary: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def config_to_dict(cfg: DictConfig) -> dict:
+    """The resolved config, without Hydra's own node; interpolations that cannot resolve stay as text."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra run
+        return OmegaConf.to_container(cfg, resolve=False)

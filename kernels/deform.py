@@ -1,0 +1,675 @@
+"""Deformable convolution (DCNv1 / DCNv2) and the bilinear gather it is built on.
+
+Sampling rule (torchvision's ``deform_conv2d``): a sample at fractional pixel position
+(y, x) of an H x W map is the bilinear blend of its four integer corners, where a
+corner outside the image contributes 0. Hence a sample with y <= -1, y >= H, x <= -1
+or x >= W is 0. Positions are clamped to [-2, H + 1] x [-2, W + 1] before the
+float -> int conversion: far-away samples (1e10) stay 0 and cannot overflow.
+
+Deformable convolution, per weight group ``g``, is the implicit GEMM
+
+    forward      Y[m, co]        = sum_k  C[m, k] W[co, k]         m = (n, oh, ow), k = (kh, kw, ci)
+    weight grad  dW[co, k]       = sum_m  dY[m, co] C[m, k]
+    columns grad dC[m, k]        = sum_co dY[m, co] W[co, k]
+    C[m, (kh, kw, ci)] = mask[n, og, kh, kw, oh, ow] * bilinear(x[n, ci], py, px)
+    py = oh * stride_h - pad_h + kh * dil_h + offset[n, og, kh, kw, 0, oh, ow]   (px likewise, index 1)
+
+with ``og = ci // (C_in / offset_groups)``. The columns ``C`` are never written to
+memory: every K step gathers its [pixels x channels] tile from the 4 corners in
+registers and feeds ``tl.dot``. The K loop walks (tap, segment, channel block) where a
+segment is a run of ``SEG = gcd(C_in / groups, C_in / offset_groups)`` channels lying in
+one weight group and one offset group, so each step needs one (dy, dx, mask) per pixel.
+
+The data-gradient kernel computes a [pixels x channels] tile of ``dC`` for one
+(tap, offset group) with ``tl.dot`` and, in registers, reduces it into grad offset
+(dy, dx) and grad mask (deterministic: one program owns each output element) and
+scatters it into grad input with atomic adds on an fp32 (fp64) workspace.
+The weight gradient splits its pixel reduction into a workspace summed by the
+launcher (deterministic). Accumulation is fp32 (fp64 for fp64).
+
+Layouts: input, offset, mask, grad_output: any strides (channels_last included);
+outputs take the input's (offset's, mask's) memory format.
+``bilinear_gather``: input (N, C, H, W), positions (N, P, 2) as (y, x) pixel
+coordinates -> (N, C, P).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import KernelSpec, _idx, accumulator_dtype, allow_tf32, cdiv, launch, like_layout, needs_int64
+
+
+def _cfg(bm, bn, bk, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+# Autotune configs per dtype class; the first of each list is the default (must compile
+# for sm_80 / sm_90 without spills). The gathered operand is built in fp32 registers
+# from 4 corner loads, so tiles are a little smaller than for the plain convolution.
+DEFORM_CONFIGS = {
+    "fp16": [_cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2), _cfg(128, 128, 32, 8, 2)],
+    "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2)],
+    "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(32, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
+}
+DEFORM_CONFIGS["bf16"] = DEFORM_CONFIGS["fp16"]
+# Data gradient: BLOCK_M pixels x BLOCK_N channels, reduction over BLOCK_K output channels.
+# Its four masked per-element atomic scatters need many registers per tile element, so
+# tiles stay at <= 4 elements per thread.
+DATA_CONFIGS = {
+    "fp16": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 32, 32, 8, 2)],
+    "fp32": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 32, 32, 8, 2)],
+    "fp64": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1)],
+}
+DATA_CONFIGS["bf16"] = DATA_CONFIGS["fp16"]
+INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+
+
+def _gcfg(bp, bc, warps):
+    return triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
+
+
+GATHER_CONFIGS = [_gcfg(64, 32, 4), _gcfg(128, 16, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]
+# backward: per-element atomic scatters, <= 4 tile elements per thread
+GATHER_BWD_CONFIGS = [_gcfg(32, 32, 8), _gcfg(64, 16, 8), _gcfg(32, 16, 4)]
+GATHER_INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
+
+
+def _dtype_class(dtype: torch.dtype) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, "fp32")
+
+
+# --------------------------------------------------------------------------- shared helper
+@triton.jit
+def _bilinear(py, px, H, W):
+    """Corners of fractional positions (py, px): top-left (y0, x0) as int32, the fractional
+    parts (ly, lx) and the validity of the two rows / columns. Clamping to [-2, H + 1]
+    keeps the result (every corner outside) and makes the int conversion safe."""
+    py = tl.minimum(tl.maximum(py, -2.0), H + 1.0)
+    px = tl.minimum(tl.maximum(px, -2.0), W + 1.0)
+    fy = tl.floor(py)
+    fx = tl.floor(px)
+    ly = py - fy
+    lx = px - fx
+    y0 = fy.to(tl.int32)
+    x0 = fx.to(tl.int32)
+    vy0 = (y0 >= 0) & (y0 < H)
+    vy1 = (y0 >= -1) & (y0 < H - 1)
+    vx0 = (x0 >= 0) & (x0 < W)
+    vx1 = (x0 >= -1) & (x0 < W - 1)
+    return y0, x0, ly, lx, vy0, vy1, vx0, vx1
+
+
+# --------------------------------------------------------------------------- deform conv forward
+@triton.jit
+def _deform_fwd_kernel(
+    x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr,
+    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
+    sxn, sxc, sxh, sxw,
+    son, soc, soh, sow,
+    smn, smc, smh, smw,
+    swo, swi, swh, sww,
+    syn, syc, syh, syw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < COUT_G
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    n = offs_m // (OW * OH)
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    x_pix = _idx(n, IDX64) * sxn
+    o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
+    m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
+    co = g * COUT_G + offs_n
+    w_base = _idx(co, IDX64) * swo
+    if x_ptr.dtype.element_ty == tl.float64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    taps = KH * KW
+    n_seg = CIN_G // SEG
+    n_cb = tl.cdiv(SEG, BLOCK_K)
+    for kk in range(0, taps * n_seg * n_cb):
+        tap = kk // (n_seg * n_cb)
+        rem = kk % (n_seg * n_cb)
+        seg0 = (rem // n_cb) * SEG  # first channel of the segment, within the weight group
+        c0 = seg0 + (rem % n_cb) * BLOCK_K
+        og = (g * CIN_G + seg0) // CPOG
+        kh = tap // KW
+        kw = tap % KW
+        oc = og * (2 * taps) + 2 * tap
+        dy = tl.load(off_ptr + (o_pix + oc * soc), mask=mask_m, other=0.0).to(acc.dtype)
+        dx = tl.load(off_ptr + (o_pix + (oc + 1) * soc), mask=mask_m, other=0.0).to(acc.dtype)
+        py = (ih0 + kh * dil_h).to(acc.dtype) + dy
+        px = (iw0 + kw * dil_w).to(acc.dtype) + dx
+        y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
+        hy = 1.0 - ly
+        hx = 1.0 - lx
+        if HAS_MASK:
+            mv = tl.load(msk_ptr + (m_pix + (og * taps + tap) * smc), mask=mask_m, other=0.0).to(acc.dtype)
+            hy = hy * mv
+            ly = ly * mv
+        offs_k = c0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < seg0 + SEG
+        ch = _idx((g * CIN_G + offs_k), IDX64) * sxc
+        p00 = x_pix + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
+        mk = mask_k[None, :]
+        a = tl.load(x_ptr + (p00[:, None] + ch[None, :]), mask=(mask_m & vy0 & vx0)[:, None] & mk,
+                    other=0.0).to(acc.dtype) * (hy * hx)[:, None]
+        a += tl.load(x_ptr + ((p00 + sxw)[:, None] + ch[None, :]), mask=(mask_m & vy0 & vx1)[:, None] & mk,
+                     other=0.0).to(acc.dtype) * (hy * lx)[:, None]
+        a += tl.load(x_ptr + ((p00 + sxh)[:, None] + ch[None, :]), mask=(mask_m & vy1 & vx0)[:, None] & mk,
+                     other=0.0).to(acc.dtype) * (ly * hx)[:, None]
+        a += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + ch[None, :]), mask=(mask_m & vy1 & vx1)[:, None] & mk,
+                     other=0.0).to(acc.dtype) * (ly * lx)[:, None]
+        a = a.to(x_ptr.dtype.element_ty)
+        b = tl.load(w_ptr + (w_base[None, :] + (kh * swh + kw * sww) + _idx(offs_k[:, None], IDX64) * swi),
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if ALLOW_TF32:
+            acc = tl.dot(a, b, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + co, mask=mask_n, other=0.0)
+        acc += bias[None, :].to(acc.dtype)
+    y_off = (_idx(n, IDX64) * syn + _idx(oh, IDX64) * syh + _idx(ow, IDX64) * syw)[:, None] \
+        + _idx(co, IDX64)[None, :] * syc
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+# --------------------------------------------------------------------------- deform conv weight grad
+@triton.jit
+def _deform_bwd_weight_kernel(
+    x_ptr, off_ptr, msk_ptr, gy_ptr, ws_ptr,
+    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG, M_PER_SPLIT, N_SPLIT,
+    sxn, sxc, sxh, sxw,
+    son, soc, soh, sow,
+    smn, smc, smh, smw,
+    sgn, sgc, sgh, sgw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # Tile: BLOCK_M output channels x BLOCK_N input channels (of one segment) of one tap;
+    # axis 1 = (tap, segment, channel block), axis 2 = g * N_SPLIT + split. The pixel
+    # reduction of this split goes to ws[split, co, ci, kh, kw] (summed by the launcher).
+    pid_m = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    pid_gs = tl.program_id(2)
+    g = pid_gs // N_SPLIT
+    split = pid_gs % N_SPLIT
+    n_seg = CIN_G // SEG
+    n_cb = tl.cdiv(SEG, BLOCK_N)
+    tap = pid_t // (n_seg * n_cb)
+    rem = pid_t % (n_seg * n_cb)
+    seg0 = (rem // n_cb) * SEG
+    og = (g * CIN_G + seg0) // CPOG
+    kh = tap // KW
+    kw = tap % KW
+    taps = KH * KW
+    oc = og * (2 * taps) + 2 * tap
+    mc = og * taps + tap
+    offs_co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_ci = seg0 + (rem % n_cb) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_co = offs_co < COUT_G
+    mask_ci = offs_ci < seg0 + SEG
+    co = g * COUT_G + offs_co
+    gy_ch = _idx(co, IDX64) * sgc
+    x_ch = _idx((g * CIN_G + offs_ci), IDX64) * sxc
+    if x_ptr.dtype.element_ty == tl.float64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    m_start = split * M_PER_SPLIT
+    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
+    for m0 in range(m_start, m_end, BLOCK_K):
+        offs_p = m0 + tl.arange(0, BLOCK_K)
+        mask_p = offs_p < m_end
+        ow = offs_p % OW
+        oh = (offs_p // OW) % OH
+        n = offs_p // (OW * OH)
+        o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
+        dy = tl.load(off_ptr + (o_pix + oc * soc), mask=mask_p, other=0.0).to(acc.dtype)
+        dx = tl.load(off_ptr + (o_pix + (oc + 1) * soc), mask=mask_p, other=0.0).to(acc.dtype)
+        py = (oh * stride_h - pad_h + kh * dil_h).to(acc.dtype) + dy
+        px = (ow * stride_w - pad_w + kw * dil_w).to(acc.dtype) + dx
+        y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
+        hy = 1.0 - ly
+        hx = 1.0 - lx
+        if HAS_MASK:
+            m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
+            mv = tl.load(msk_ptr + (m_pix + mc * smc), mask=mask_p, other=0.0).to(acc.dtype)
+            hy = hy * mv
+            ly = ly * mv
+        p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
+        mk = mask_ci[None, :]
+        b = tl.load(x_ptr + (p00[:, None] + x_ch[None, :]), mask=(mask_p & vy0 & vx0)[:, None] & mk,
+                    other=0.0).to(acc.dtype) * (hy * hx)[:, None]
+        b += tl.load(x_ptr + ((p00 + sxw)[:, None] + x_ch[None, :]), mask=(mask_p & vy0 & vx1)[:, None] & mk,
+                     other=0.0).to(acc.dtype) * (hy * lx)[:, None]
+        b += tl.load(x_ptr + ((p00 + sxh)[:, None] + x_ch[None, :]), mask=(mask_p & vy1 & vx0)[:, None] & mk,
+                     other=0.0).to(acc.dtype) * (ly * hx)[:, None]
+        b += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + x_ch[None, :]), mask=(mask_p & vy1 & vx1)[:, None] & mk,
+                     other=0.0).to(acc.dtype) * (ly * lx)[:, None]
+        b = b.to(x_ptr.dtype.element_ty)
+        gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
+        a = tl.load(gy_ptr + (gy_ch[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :], other=0.0)
+        if ALLOW_TF32:
+            acc = tl.dot(a, b, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+    per_split = (tl.num_programs(2) // N_SPLIT) * COUT_G * CIN_G * taps
+    ws_off = (_idx(split, IDX64) * per_split
+              + _idx(co, IDX64)[:, None] * (CIN_G * taps)
+              + _idx(offs_ci, IDX64)[None, :] * taps + tap)
+    tl.store(ws_ptr + ws_off, acc, mask=mask_co[:, None] & mask_ci[None, :])
+
+
+# --------------------------------------------------------------------------- deform conv data grads
+@triton.jit
+def _deform_bwd_data_kernel(
+    x_ptr, off_ptr, msk_ptr, w_ptr, gy_ptr, ws_ptr, goff_ptr, gmsk_ptr,
+    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
+    sxn, sxc, sxh, sxw,
+    son, soc, soh, sow,
+    smn, smc, smh, smw,
+    swo, swi, swh, sww,
+    sgn, sgc, sgh, sgw,
+    sin, sic, sih, siw,
+    sdn, sdc, sdh, sdw,
+    sen, sec, seh, sew,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # One program: BLOCK_M output pixels x one (offset group, tap) (axis 1 = og * taps + tap).
+    # Strides: x sx*, offset so*, mask sm*, weight sw*, grad_output sg*, workspace si*,
+    # grad offset sd*, grad mask se*.
+    # It walks the offset group's channels in blocks of BLOCK_N (inside one segment, so in
+    # one weight group); per block it forms the grad-columns tile dC = dY @ W with tl.dot
+    # (reduction over the weight group's output channels in steps of BLOCK_K), reduces it
+    # against the corner values into grad dy / dx / mask, and scatters dC * corner weight
+    # into the grad-input workspace ws (strides sin..siw) with atomic adds.
+    pid_m = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    taps = KH * KW
+    og = pid_t // taps
+    tap = pid_t % taps
+    kh = tap // KW
+    kw = tap % KW
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    n = offs_m // (OW * OH)
+    if x_ptr.dtype.element_ty == tl.float64:
+        s00 = tl.zeros((BLOCK_M,), dtype=tl.float64)
+    else:
+        s00 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    s01 = tl.zeros_like(s00)
+    s10 = tl.zeros_like(s00)
+    s11 = tl.zeros_like(s00)
+    ftype = s00.dtype
+    oc = og * (2 * taps) + 2 * tap
+    o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
+    dy = tl.load(off_ptr + (o_pix + oc * soc), mask=mask_m, other=0.0).to(ftype)
+    dx = tl.load(off_ptr + (o_pix + (oc + 1) * soc), mask=mask_m, other=0.0).to(ftype)
+    py = (oh * stride_h - pad_h + kh * dil_h).to(ftype) + dy
+    px = (ow * stride_w - pad_w + kw * dil_w).to(ftype) + dx
+    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
+    if HAS_MASK:
+        mv = tl.load(msk_ptr + (m_pix + (og * taps + tap) * smc), mask=mask_m, other=0.0).to(ftype)
+    else:
+        mv = tl.full((BLOCK_M,), 1.0, ftype)
+    ok00 = (mask_m & vy0 & vx0)[:, None]
+    ok01 = (mask_m & vy0 & vx1)[:, None]
+    ok10 = (mask_m & vy1 & vx0)[:, None]
+    ok11 = (mask_m & vy1 & vx1)[:, None]
+    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
+    q00 = _idx(n, IDX64) * sin + _idx(y0, IDX64) * sih + _idx(x0, IDX64) * siw
+    gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
+    n_seg = CPOG // SEG
+    n_cb = tl.cdiv(SEG, BLOCK_N)
+    for it in range(0, n_seg * n_cb):
+        seg0 = og * CPOG + (it // n_cb) * SEG  # global first channel of the segment
+        g = seg0 // CIN_G
+        offs_c = seg0 + (it % n_cb) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_c = offs_c < seg0 + SEG
+        # grad columns dC[m, c] = sum_co dY[m, co] W[co, c, kh, kw] over the weight group
+        gc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ftype)
+        w_col = _idx((offs_c - g * CIN_G), IDX64) * swi + (kh * swh + kw * sww)
+        for co0 in range(0, COUT_G, BLOCK_K):
+            offs_co = co0 + tl.arange(0, BLOCK_K)
+            mask_co = offs_co < COUT_G
+            co = _idx((g * COUT_G + offs_co), IDX64)
+            a = tl.load(gy_ptr + (gy_pix[:, None] + co[None, :] * sgc), mask=mask_m[:, None] & mask_co[None, :],
+                        other=0.0)
+            b = tl.load(w_ptr + (co[:, None] * swo + w_col[None, :]), mask=mask_co[:, None] & mask_c[None, :],
+                        other=0.0)
+            if ALLOW_TF32:
+                gc = tl.dot(a, b, gc, input_precision="tf32")
+            else:
+                gc = tl.dot(a, b, gc, input_precision="ieee")
+        # Row-wise sums s_ij = sum_c dC * v_ij per corner; the corner weights are per pixel,
+        # so grad dy / dx / mask are combined from them after the loop. One corner tile at a time.
+        xc = _idx(offs_c, IDX64)[None, :] * sxc
+        ic = _idx(offs_c, IDX64)[None, :] * sic
+        mc = mask_c[None, :]
+        gcm = gc * mv[:, None]
+        v = tl.load(x_ptr + (p00[:, None] + xc), mask=ok00 & mc, other=0.0).to(ftype)
+        s00 += tl.sum(gc * v, axis=1)
+        tl.atomic_add(ws_ptr + (q00[:, None] + ic), gcm * (hy * hx)[:, None], mask=ok00 & mc, sem="relaxed")
+        v = tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=ok01 & mc, other=0.0).to(ftype)
+        s01 += tl.sum(gc * v, axis=1)
+        tl.atomic_add(ws_ptr + ((q00 + siw)[:, None] + ic), gcm * (hy * lx)[:, None], mask=ok01 & mc, sem="relaxed")
+        v = tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=ok10 & mc, other=0.0).to(ftype)
+        s10 += tl.sum(gc * v, axis=1)
+        tl.atomic_add(ws_ptr + ((q00 + sih)[:, None] + ic), gcm * (ly * hx)[:, None], mask=ok10 & mc, sem="relaxed")
+        v = tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=ok11 & mc, other=0.0).to(ftype)
+        s11 += tl.sum(gc * v, axis=1)
+        tl.atomic_add(ws_ptr + ((q00 + sih + siw)[:, None] + ic), gcm * (ly * lx)[:, None], mask=ok11 & mc,
+                      sem="relaxed")
+    g_dy = mv * ((s10 - s00) * hx + (s11 - s01) * lx)
+    g_dx = mv * ((s01 - s00) * hy + (s11 - s10) * ly)
+    # grad offset (strides sdn..sdw) and grad mask (strides sen..sew)
+    d_pix = _idx(n, IDX64) * sdn + _idx(oh, IDX64) * sdh + _idx(ow, IDX64) * sdw
+    tl.store(goff_ptr + (d_pix + oc * sdc), g_dy.to(goff_ptr.dtype.element_ty), mask=mask_m)
+    tl.store(goff_ptr + (d_pix + (oc + 1) * sdc), g_dx.to(goff_ptr.dtype.element_ty), mask=mask_m)
+    if HAS_MASK:
+        g_mk = (s00 * hx + s01 * lx) * hy + (s10 * hx + s11 * lx) * ly
+        e_pix = _idx(n, IDX64) * sen + _idx(oh, IDX64) * seh + _idx(ow, IDX64) * sew
+        tl.store(gmsk_ptr + (e_pix + (og * taps + tap) * sec), g_mk.to(gmsk_ptr.dtype.element_ty), mask=mask_m)
+
+
+# --------------------------------------------------------------------------- bilinear gather
+@triton.jit
+def _gather_fwd_kernel(
+    x_ptr, pos_ptr, y_ptr,
+    MP, P, C, H, W,
+    sxn, sxc, sxh, sxw,
+    spn, spp, spk,
+    syn, syc, syp,
+    IDX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Tile: BLOCK_P samples (flattened (n, p)) x BLOCK_C channels; y[n, c, p].
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_p = offs < MP
+    mask_c = offs_c < C
+    p = offs % P
+    n = offs // P
+    if x_ptr.dtype.element_ty == tl.float64:
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    pos = _idx(n, IDX64) * spn + _idx(p, IDX64) * spp
+    py = tl.load(pos_ptr + pos, mask=mask_p, other=0.0).to(acc.dtype)
+    px = tl.load(pos_ptr + (pos + spk), mask=mask_p, other=0.0).to(acc.dtype)
+    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
+    xc = _idx(offs_c, IDX64)[None, :] * sxc
+    mc = mask_c[None, :]
+    acc += tl.load(x_ptr + (p00[:, None] + xc), mask=(mask_p & vy0 & vx0)[:, None] & mc,
+                   other=0.0).to(acc.dtype) * (hy * hx)[:, None]
+    acc += tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=(mask_p & vy0 & vx1)[:, None] & mc,
+                   other=0.0).to(acc.dtype) * (hy * lx)[:, None]
+    acc += tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=(mask_p & vy1 & vx0)[:, None] & mc,
+                   other=0.0).to(acc.dtype) * (ly * hx)[:, None]
+    acc += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=(mask_p & vy1 & vx1)[:, None] & mc,
+                   other=0.0).to(acc.dtype) * (ly * lx)[:, None]
+    y_off = (_idx(n, IDX64) * syn + _idx(p, IDX64) * syp)[:, None] + _idx(offs_c, IDX64)[None, :] * syc
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mc)
+
+
+@triton.jit
+def _gather_bwd_kernel(
+    x_ptr, pos_ptr, gy_ptr, ws_ptr, gpos_ptr,
+    MP, P, C, H, W,
+    sxn, sxc, sxh, sxw,
+    spn, spp, spk,
+    sgn, sgc, sgp,
+    sin, sic, sih, siw,
+    sdn, sdp, sdk,
+    IDX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # One program: BLOCK_P samples, looping over all channels: the position gradient is
+    # reduced in registers (deterministic); the feature gradient is scattered with atomic
+    # adds into the fp32 (fp64) workspace ws (strides sin..siw); grad positions: sdn..sdk.
+    pid_p = tl.program_id(0)
+    offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs < MP
+    p = offs % P
+    n = offs // P
+    if x_ptr.dtype.element_ty == tl.float64:
+        s00 = tl.zeros((BLOCK_P,), dtype=tl.float64)
+    else:
+        s00 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    s01 = tl.zeros_like(s00)
+    s10 = tl.zeros_like(s00)
+    s11 = tl.zeros_like(s00)
+    ftype = s00.dtype
+    pos = _idx(n, IDX64) * spn + _idx(p, IDX64) * spp
+    py = tl.load(pos_ptr + pos, mask=mask_p, other=0.0).to(ftype)
+    px = tl.load(pos_ptr + (pos + spk), mask=mask_p, other=0.0).to(ftype)
+    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    ok00 = (mask_p & vy0 & vx0)[:, None]
+    ok01 = (mask_p & vy0 & vx1)[:, None]
+    ok10 = (mask_p & vy1 & vx0)[:, None]
+    ok11 = (mask_p & vy1 & vx1)[:, None]
+    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
+    q00 = _idx(n, IDX64) * sin + _idx(y0, IDX64) * sih + _idx(x0, IDX64) * siw
+    g_pix = _idx(n, IDX64) * sgn + _idx(p, IDX64) * sgp
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mc = (offs_c < C)[None, :]
+        gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc,
+                     other=0.0).to(ftype)
+        xc = _idx(offs_c, IDX64)[None, :] * sxc
+        ic = _idx(offs_c, IDX64)[None, :] * sic
+        v = tl.load(x_ptr + (p00[:, None] + xc), mask=ok00 & mc, other=0.0).to(ftype)
+        s00 += tl.sum(gv * v, axis=1)
+        tl.atomic_add(ws_ptr + (q00[:, None] + ic), gv * (hy * hx)[:, None], mask=ok00 & mc, sem="relaxed")
+        v = tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=ok01 & mc, other=0.0).to(ftype)
+        s01 += tl.sum(gv * v, axis=1)
+        tl.atomic_add(ws_ptr + ((q00 + siw)[:, None] + ic), gv * (hy * lx)[:, None], mask=ok01 & mc, sem="relaxed")
+        v = tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=ok10 & mc, other=0.0).to(ftype)
+        s10 += tl.sum(gv * v, axis=1)
+        tl.atomic_add(ws_ptr + ((q00 + sih)[:, None] + ic), gv * (ly * hx)[:, None], mask=ok10 & mc, sem="relaxed")
+        v = tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=ok11 & mc, other=0.0).to(ftype)
+        s11 += tl.sum(gv * v, axis=1)
+        tl.atomic_add(ws_ptr + ((q00 + sih + siw)[:, None] + ic), gv * (ly * lx)[:, None], mask=ok11 & mc,
+                      sem="relaxed")
+    g_y = (s10 - s00) * hx + (s11 - s01) * lx
+    g_x = (s01 - s00) * hy + (s11 - s10) * ly
+    d_pos = _idx(n, IDX64) * sdn + _idx(p, IDX64) * sdp
+    tl.store(gpos_ptr + d_pos, g_y.to(gpos_ptr.dtype.element_ty), mask=mask_p)
+    tl.store(gpos_ptr + (d_pos + sdk), g_x.to(gpos_ptr.dtype.element_ty), mask=mask_p)
+
+
+# --------------------------------------------------------------------------- launchers
+def _autotuned(fn, configs, key, reset=None):
+    return {dt: triton.autotune(configs=cfgs, key=key, reset_to_zero=reset)(fn) for dt, cfgs in configs.items()}
+
+
+_KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "SEG", "sxc"]
+_fwd_tuned = _autotuned(_deform_fwd_kernel, DEFORM_CONFIGS, _KEY)
+_bwd_weight_tuned = _autotuned(_deform_bwd_weight_kernel, DEFORM_CONFIGS, _KEY + ["N_SPLIT"])
+# the data kernel accumulates into ws with atomics: zero it before every autotuning trial
+_bwd_data_tuned = _autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
+_gather_fwd_tuned = triton.autotune(configs=GATHER_CONFIGS, key=["MP", "C", "sxc"])(_gather_fwd_kernel)
+_gather_bwd_tuned = triton.autotune(configs=GATHER_BWD_CONFIGS, key=["MP", "C", "sxc"], reset_to_zero=["ws_ptr"])(
+    _gather_bwd_kernel)
+
+
+def _geometry(x, offset, weight_shape):
+    N, C_in, H, W = x.shape
+    C_out, cin_g, KH, KW = weight_shape
+    OH, OW = offset.shape[-2:]
+    groups = C_in // cin_g
+    offset_groups = offset.shape[1] // (2 * KH * KW)
+    cpog = C_in // offset_groups
+    return dict(N=N, C_in=C_in, H=H, W=W, C_out=C_out, cin_g=cin_g, KH=KH, KW=KW, OH=OH, OW=OW, groups=groups,
+                offset_groups=offset_groups, cpog=cpog, seg=math.gcd(cin_g, cpog), M=N * OH * OW)
+
+
+def _mask_args(mask, offset):
+    """(pointer tensor, strides) for an optional mask: a dummy pointer and zero strides when absent."""
+    if mask is None:
+        return offset, (0, 0, 0, 0)
+    return mask, tuple(mask.stride())
+
+
+def deform_conv2d_forward(x, offset, weight, bias, mask, stride, padding, dilation):
+    """x: (N, C_in, H, W); offset: (N, 2 * offset_groups * KH * KW, OH, OW) as (dy, dx) per tap;
+    weight: (C_out, C_in / groups, KH, KW); bias: (C_out,) or None; mask:
+    (N, offset_groups * KH * KW, OH, OW) or None. Returns (N, C_out, OH, OW) in x's memory format."""
+    gm = _geometry(x, offset, weight.shape)
+    y = like_layout(x, (gm["N"], gm["C_out"], gm["OH"], gm["OW"]))
+    if y.numel() == 0:
+        return y
+    cout_g = gm["C_out"] // gm["groups"]
+    m_t, m_strides = _mask_args(mask, offset)
+    grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), cdiv(cout_g, meta["BLOCK_N"]), gm["groups"])
+    launch(_fwd_tuned[_dtype_class(x.dtype)], _deform_fwd_kernel, grid, INTERPRET_CONFIG,
+           x, offset, m_t, weight, bias if bias is not None else weight, y,
+           gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
+           gm["cpog"],
+           *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *y.stride(),
+           stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+           HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ALLOW_TF32=allow_tf32(x.dtype),
+           IDX64=needs_int64(x, offset, weight, y, mask))
+    return y
+
+
+def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, padding, dilation):
+    """Gradients of deform_conv2d w.r.t. input, offset and mask: (grad_input like x,
+    grad_offset like offset, grad_mask like mask, or an empty tensor when mask is None)."""
+    gm = _geometry(x, offset, weight.shape)
+    acc_dtype = accumulator_dtype(x.dtype)
+    ws = torch.zeros_like(x, dtype=acc_dtype)  # x's strides when x is dense, else contiguous
+    g_off = like_layout(offset, offset.shape)
+    g_msk = like_layout(mask, mask.shape) if mask is not None else torch.empty(0, device=x.device, dtype=x.dtype)
+    if gm["M"] == 0:
+        g_off.zero_()
+        g_msk.zero_()
+        return ws.to(x.dtype), g_off, g_msk
+    cout_g = gm["C_out"] // gm["groups"]
+    m_t, m_strides = _mask_args(mask, offset)
+    gm_t = g_msk if mask is not None else g_off
+    grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), gm["offset_groups"] * gm["KH"] * gm["KW"])
+    launch(_bwd_data_tuned[_dtype_class(x.dtype)], _deform_bwd_data_kernel, grid, INTERPRET_CONFIG,
+           x, offset, m_t, weight, grad_output, ws, g_off, gm_t,
+           gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
+           gm["cpog"],
+           *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *grad_output.stride(), *ws.stride(),
+           *g_off.stride(), *(g_msk.stride() if mask is not None else m_strides),
+           stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+           HAS_MASK=mask is not None, ALLOW_TF32=allow_tf32(x.dtype),
+           IDX64=needs_int64(x, offset, weight, grad_output, ws, mask))
+    return ws.to(x.dtype), g_off, g_msk
+
+
+def _split_k(M: int, tiles: int, device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(2 * sms // max(tiles, 1), cdiv(M, 2048), 64))
+
+
+def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride, padding, dilation, split_k=None):
+    """dL/dweight of deform_conv2d: (C_out, C_in / groups, KH, KW), contiguous."""
+    gm = _geometry(x, offset, weight_shape)
+    cout_g = gm["C_out"] // gm["groups"]
+    if gm["M"] == 0 or gm["C_out"] == 0:
+        return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
+    n_seg, seg = gm["cin_g"] // gm["seg"], gm["seg"]
+    if split_k is None:
+        split_k = _split_k(gm["M"], cdiv(cout_g, 64) * cdiv(gm["cin_g"], 64) * gm["KH"] * gm["KW"] * gm["groups"],
+                           x.device)
+    m_per_split = cdiv(gm["M"], split_k)
+    split_k = cdiv(gm["M"], m_per_split)
+    ws = torch.empty((split_k, *weight_shape), device=x.device, dtype=accumulator_dtype(x.dtype))
+    m_t, m_strides = _mask_args(mask, offset)
+    grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), gm["KH"] * gm["KW"] * n_seg * cdiv(seg, meta["BLOCK_N"]),
+                         gm["groups"] * split_k)
+    launch(_bwd_weight_tuned[_dtype_class(x.dtype)], _deform_bwd_weight_kernel, grid, INTERPRET_CONFIG,
+           x, offset, m_t, grad_output, ws,
+           gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], seg,
+           gm["cpog"], m_per_split, split_k,
+           *x.stride(), *offset.stride(), *m_strides, *grad_output.stride(),
+           stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+           HAS_MASK=mask is not None, ALLOW_TF32=allow_tf32(x.dtype),
+           IDX64=needs_int64(x, offset, grad_output, ws, mask))
+    return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
+
+
+def bilinear_gather_forward(x, positions):
+    """x: (N, C, H, W); positions: (N, P, 2) as (y, x) pixel coordinates -> (N, C, P), contiguous."""
+    N, C, H, W = x.shape
+    P = positions.shape[1]
+    y = torch.empty((N, C, P), device=x.device, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    MP = N * P
+    grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
+    launch(_gather_fwd_tuned, _gather_fwd_kernel, grid, GATHER_INTERPRET_CONFIG,
+           x, positions, y, MP, P, C, H, W, *x.stride(), *positions.stride(), *y.stride(),
+           IDX64=needs_int64(x, positions, y))
+    return y
+
+
+def bilinear_gather_backward(grad_output, x, positions):
+    """Gradients of bilinear_gather: (grad input like x, grad positions (N, P, 2))."""
+    N, C, H, W = x.shape
+    P = positions.shape[1]
+    ws = torch.zeros_like(x, dtype=accumulator_dtype(x.dtype))
+    g_pos = torch.empty((N, P, 2), device=x.device, dtype=x.dtype)
+    MP = N * P
+    if MP == 0 or C == 0:
+        return ws.to(x.dtype), g_pos.zero_()
+    grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]),)
+    launch(_gather_bwd_tuned, _gather_bwd_kernel, grid, GATHER_INTERPRET_CONFIG,
+           x, positions, grad_output, ws, g_pos, MP, P, C, H, W,
+           *x.stride(), *positions.stride(), *grad_output.stride(), *ws.stride(), *g_pos.stride(),
+           IDX64=needs_int64(x, positions, grad_output, ws))
+    return ws.to(x.dtype), g_pos
+
+
+def _deform_constexprs(dt):
+    return {"HAS_MASK": True, "HAS_BIAS": True, "ALLOW_TF32": dt == "fp32", "IDX64": False}
+
+
+def _deform_grad_constexprs(dt):
+    return {"HAS_MASK": True, "ALLOW_TF32": dt == "fp32", "IDX64": False}
+
+
+_GATHER = {dt: GATHER_CONFIGS for dt in ("fp16", "bf16", "fp32", "fp64")}
+AOT_SPECS = [
+    KernelSpec("deform_fwd", _deform_fwd_kernel, DEFORM_CONFIGS, _deform_constexprs, gemm=True),
+    KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, DEFORM_CONFIGS, _deform_grad_constexprs, gemm=True),
+    KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, _deform_grad_constexprs, gemm=True),
+    KernelSpec("bilinear_gather_fwd", _gather_fwd_kernel, _GATHER, lambda dt: {"IDX64": False}),
+    KernelSpec("bilinear_gather_bwd", _gather_bwd_kernel, {dt: GATHER_BWD_CONFIGS for dt in _GATHER},
+               lambda dt: {"IDX64": False}),
+]

@@ -1,0 +1,15 @@
+"""convlab layers: autograd ops (torch.library custom ops over the Triton kernels) and modules."""
+from .backend import get_backend, resolve, set_backend, use_backend
+from .conv import (
+    Conv2d,
+    ConvTranspose2d,
+    DepthwiseSeparableConv2d,
+    SpatiallySeparableConv2d,
+    conv2d,
+    conv_transpose2d,
+)
+
+__all__ = [
+    "conv2d", "conv_transpose2d", "Conv2d", "ConvTranspose2d", "DepthwiseSeparableConv2d",
+    "SpatiallySeparableConv2d", "get_backend", "set_backend", "use_backend", "resolve",
+]

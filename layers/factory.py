@@ -1,0 +1,147 @@
+"""One entry point that builds any of the project's convolution variants.
+
+Models call :func:`make_conv` with a variant name and the usual shape arguments and never
+special-case a variant::
+
+    conv = make_conv("deformable", 64, 64, kernel_size=3, stride=2)
+    conv = make_conv("grouped", 64, 128, groups=8)
+
+``padding=None`` (the default) means "same" padding for odd kernels:
+``dilation * (kernel_size - 1) // 2``, so stride 1 keeps the spatial size and stride 2 halves
+it (rounding up) for every variant.
+
+Variant-specific settings are keyword options (``groups``, ``dilation``, ``depth_multiplier``,
+``mid_channels``, ``offset_groups``, ``modulated``, ``padding_mode``); options a variant does not
+accept raise a ``TypeError`` naming the variant. The registry, ``VARIANTS``, maps each name to its
+builder; :func:`register_variant` adds new ones.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+
+VARIANTS: dict[str, Builder] = {}
+
+
+def register_variant(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``fn(in_channels, out_channels, kernel_size, stride, padding, bias, **options)``."""
+
+    def wrap(fn: Builder) -> Builder:
+        if name in VARIANTS:
+            raise ValueError(f"convolution variant {name!r} is already registered")
+        VARIANTS[name] = fn
+        return fn
+
+    return wrap
+
+
+def available_variants() -> list[str]:
+    return sorted(VARIANTS)
+
+
+def same_padding(kernel_size: int, dilation: int = 1) -> int:
+    if kernel_size % 2 == 0:
+        raise ValueError(f"padding=None ('same') needs an odd kernel_size, got {kernel_size}")
+    return dilation * (kernel_size - 1) // 2
+
+
+def _check_groups(groups: int, in_channels: int, out_channels: int, variant: str) -> None:
+    if groups < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"variant {variant!r}: groups={groups} must divide in_channels={in_channels} and "
+            f"out_channels={out_channels}")
+
+
+def make_conv(variant: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+              padding: int | None = None, bias: bool = False, **options) -> nn.Module:
+    """Build convolution ``variant`` mapping ``in_channels`` to ``out_channels`` channels.
+
+    Every variant takes NCHW input and returns ``(N, out_channels, ceil(H / stride), ceil(W / stride))``
+    with the default padding.
+    """
+    try:
+        builder = VARIANTS[variant]
+    except KeyError:
+        raise ValueError(
+            f"unknown convolution variant {variant!r}; valid variants: {', '.join(available_variants())}"
+        ) from None
+    try:
+        return builder(in_channels, out_channels, kernel_size, stride, padding, bias, **options)
+    except TypeError as err:
+        raise TypeError(f"convolution variant {variant!r}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------- variants
+
+
+@register_variant("standard")
+def _standard(cin, cout, k, stride, padding, bias, dilation=1, groups=1, padding_mode="zeros"):
+    from layers import Conv2d
+
+    if groups != 1:
+        _check_groups(groups, cin, cout, "standard")
+    pad = same_padding(k, dilation) if padding is None else padding
+    return Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias,
+                  padding_mode=padding_mode)
+
+
+@register_variant("grouped")
+def _grouped(cin, cout, k, stride, padding, bias, groups=4, dilation=1, padding_mode="zeros"):
+    _check_groups(groups, cin, cout, "grouped")
+    return _standard(cin, cout, k, stride, padding, bias, dilation=dilation, groups=groups,
+                     padding_mode=padding_mode)
+
+
+@register_variant("dilated")
+def _dilated(cin, cout, k, stride, padding, bias, dilation=2, groups=1, padding_mode="zeros"):
+    return _standard(cin, cout, k, stride, padding, bias, dilation=dilation, groups=groups,
+                     padding_mode=padding_mode)
+
+
+@register_variant("depthwise_separable")
+def _depthwise_separable(cin, cout, k, stride, padding, bias, depth_multiplier=1, dilation=1,
+                         padding_mode="zeros"):
+    from layers import DepthwiseSeparableConv2d
+
+    pad = same_padding(k, dilation) if padding is None else padding
+    return DepthwiseSeparableConv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias,
+                                    depth_multiplier=depth_multiplier, padding_mode=padding_mode)
+
+
+@register_variant("spatially_separable")
+def _spatially_separable(cin, cout, k, stride, padding, bias, mid_channels=None, dilation=1, groups=1,
+                         padding_mode="zeros"):
+    from layers import SpatiallySeparableConv2d
+
+    if groups != 1:
+        _check_groups(groups, cin, cout, "spatially_separable")
+    pad = same_padding(k, dilation) if padding is None else padding
+    return SpatiallySeparableConv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups,
+                                    bias=bias, mid_channels=mid_channels, padding_mode=padding_mode)
+
+
+def _offset_deform(cin, cout, k, stride, padding, bias, modulated, dilation=1, groups=1, offset_groups=1):
+    try:
+        from layers import OffsetDeformConv2d
+    except ImportError as err:  # pragma: no cover - only while layers/deform.py is missing
+        raise ImportError("deformable variants need layers.OffsetDeformConv2d (layers/deform.py)") from err
+
+    _check_groups(groups, cin, cout, "deformable")
+    if offset_groups < 1 or cin % offset_groups:
+        raise ValueError(f"offset_groups={offset_groups} must divide in_channels={cin}")
+    pad = same_padding(k, dilation) if padding is None else padding
+    return OffsetDeformConv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups,
+                              offset_groups=offset_groups, bias=bias, modulated=modulated)
+
+
+@register_variant("deformable")
+def _deformable(cin, cout, k, stride, padding, bias, modulated=False, **options):
+    return _offset_deform(cin, cout, k, stride, padding, bias, modulated=modulated, **options)
+
+
+@register_variant("deformable_v2")
+def _deformable_v2(cin, cout, k, stride, padding, bias, modulated=True, **options):
+    return _offset_deform(cin, cout, k, stride, padding, bias, modulated=modulated, **options)

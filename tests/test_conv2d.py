@@ -1,0 +1,386 @@
+"""conv2d / conv_transpose2d kernels against F.conv2d / F.conv_transpose2d: outputs and all
+gradients, over stride / padding / dilation / groups / batch / layout / dtype.
+
+References are computed in float64 from the same (rounded) inputs; tolerances scale with the
+reference's magnitude and are stated per dtype in TOL.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import layers
+from kernels import _common
+from kernels import conv2d as gemm_kernels
+from kernels import depthwise as dw_kernels
+
+# max |ours - reference| / max(1, max |reference|)
+TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    # F.conv2d on CUDA uses TF32 by default and so do our kernels (they follow the same flag);
+    # compare in full fp32.
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with layers.use_backend("triton"):
+        yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
+def assert_close(actual, expected, dtype, what):
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    err = (actual.double() - expected).abs().max().item() if expected.numel() else 0.0
+    assert err <= TOL[dtype] * scale, f"{what}: max error {err:.3g} > {TOL[dtype] * scale:.3g}"
+
+
+def check_conv(device, dtype, N, C_in, C_out, H, W, kernel, stride=1, padding=0, dilation=1, groups=1,
+               bias=True, layout="contiguous"):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = torch.randn(N, C_in, H, W, device=device).to(dtype)
+    w = torch.randn(C_out, C_in // groups, kh, kw, device=device).to(dtype)
+    b = torch.randn(C_out, device=device).to(dtype) if bias else None
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "noncontiguous":  # every other column of a wider tensor, weight transposed view
+        x = torch.randn(N, C_in, H, 2 * W, device=device).to(dtype)[..., ::2]
+        w = torch.randn(C_out, C_in // groups, kw, kh, device=device).to(dtype).transpose(2, 3)
+        assert not x.is_contiguous() and not w.is_contiguous()
+    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
+    bs = b.detach().requires_grad_() if bias else None
+    y = layers.conv2d(xs, ws, bs, stride, padding, dilation, groups)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    br = b.double().requires_grad_() if bias else None
+    ref = F.conv2d(xr, wr, br, stride, padding, dilation, groups)
+    assert_close(y, ref, dtype, "output")
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    gy = torch.randn_like(ref).to(dtype)
+    y.backward(gy)
+    ref.backward(gy.double())
+    assert_close(xs.grad, xr.grad, dtype, "grad input")
+    assert_close(ws.grad, wr.grad, dtype, "grad weight")
+    if bias:
+        assert_close(bs.grad, br.grad, dtype, "grad bias")
+
+
+# (N, C_in, C_out, H, W, kernel, stride, padding, dilation, groups)
+CASES = [
+    (2, 4, 6, 7, 7, 3, 1, 1, 1, 1),            # plain 3x3
+    (1, 4, 6, 8, 6, 3, 2, 1, 1, 1),            # stride 2, non-square
+    (3, 6, 4, 9, 7, 3, 1, 2, 2, 2),            # dilation 2, groups 2, odd batch
+    (2, 4, 8, 11, 9, 3, 2, 3, 3, 4),           # dilation 3, stride 2, groups 4
+    (1, 3, 5, 7, 8, (3, 2), (2, 1), (1, 0), (2, 1), 1),  # asymmetric everything
+    (2, 8, 8, 6, 5, 1, 1, 0, 1, 2),            # pointwise grouped
+    (1, 20, 18, 5, 5, 3, 1, 1, 1, 2),          # channels per group > one K block
+    (0, 4, 6, 7, 7, 3, 1, 1, 1, 1),            # empty batch
+    (2, 4, 4, 6, 6, 3, 1, 1, 1, 4),            # depthwise
+    (2, 3, 6, 7, 5, 3, 2, 1, 1, 3),            # depthwise, multiplier 2, stride 2
+    (1, 4, 12, 6, 7, (5, 3), (1, 2), (2, 1), (1, 2), 4),  # depthwise multiplier 3, asymmetric
+    (1, 1, 4, 6, 6, 3, 1, 1, 1, 1),            # single input channel (depthwise path, groups 1)
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}-C{}-{}-{}x{}-k{}-s{}-p{}-d{}-g{}".format(*c))
+def test_conv2d_fp32(device, case):
+    check_conv(device, torch.float32, *case)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", [CASES[2], CASES[4], CASES[9]], ids=["grouped", "asym", "depthwise"])
+def test_conv2d_dtypes(device, dtype, case):
+    check_conv(device, dtype, *case)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "noncontiguous"])
+@pytest.mark.parametrize("case", [CASES[3], CASES[9]], ids=["grouped", "depthwise"])
+def test_conv2d_layouts(device, layout, case):
+    check_conv(device, torch.float32, *case, layout=layout)
+
+
+def test_conv2d_no_bias_unbatched(device):
+    check_conv(device, torch.float32, 1, 4, 6, 5, 5, 3, 1, 1, 1, 2, bias=False)
+    x = torch.randn(4, 5, 5, device=device)
+    w = torch.randn(6, 4, 3, 3, device=device)
+    torch.testing.assert_close(layers.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1), atol=1e-4, rtol=1e-4)
+
+
+def test_expanded_grad_output(device):
+    """y.sum().backward() hands the kernels a zero-stride expanded gradient."""
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
+    w = torch.randn(4, 2, 3, 3, device=device, requires_grad=True)
+    layers.conv2d(x, w, None, 1, 1, 1, 2).sum().backward()
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    F.conv2d(xr, wr, None, 1, 1, 1, 2).sum().backward()
+    assert_close(x.grad, xr.grad, torch.float32, "grad input")
+    assert_close(w.grad, wr.grad, torch.float32, "grad weight")
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_string_padding(device, padding):
+    x = torch.randn(1, 2, 7, 6, device=device)
+    w = torch.randn(3, 2, 4, 3, device=device)  # even kernel: 'same' pads asymmetrically
+    out = layers.conv2d(x, w, padding=padding, dilation=(1, 2))
+    torch.testing.assert_close(out, F.conv2d(x, w, padding=padding, dilation=(1, 2)), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["gemm", "depthwise"])
+def test_weight_grad_split_k(device, which):
+    """The split reduction (used on GPUs for small weights) sums to the same gradient."""
+    x = torch.randn(3, 4, 7, 6, device=device)
+    groups, c_out = (2, 6) if which == "gemm" else (4, 8)
+    w_shape = (c_out, 4 // groups, 3, 3)
+    gy = torch.randn(3, c_out, 4, 3, device=device)
+    ref = torch.ops.aten.convolution_backward(gy, x, torch.empty(w_shape, device=device), None, [2, 2], [1, 1],
+                                              [1, 1], False, [0, 0], groups, [False, True, False])[1]
+    for split in (1, 2, 5):
+        if which == "gemm":
+            got = gemm_kernels.conv2d_weight_grad(x, gy, w_shape, (2, 2), (1, 1), (1, 1), groups, split_k=split)
+        else:
+            got = dw_kernels.depthwise_weight_grad(x, gy, w_shape, (2, 2), (1, 1), (1, 1), split_k=split)
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_int64_indexing_path(device, monkeypatch):
+    """The 64-bit index variant (chosen for tensors past 2**31 elements) gives the same result."""
+    x = torch.randn(2, 4, 6, 6, device=device)
+    w = torch.randn(6, 2, 3, 3, device=device)
+    wd = torch.randn(8, 1, 3, 3, device=device)
+    ref, ref_dw = F.conv2d(x, w, None, 1, 1, 1, 2), F.conv2d(x, wd, None, 1, 1, 1, 4)
+    for mod in (gemm_kernels, dw_kernels):
+        monkeypatch.setattr(mod, "needs_int64", lambda *t: True)
+    torch.testing.assert_close(layers.conv2d(x, w, None, 1, 1, 1, 2), ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layers.conv2d(x, wd, None, 1, 1, 1, 4), ref_dw, atol=1e-4, rtol=1e-4)
+
+
+def test_needs_int64():
+    small = torch.empty(4, 4)
+    assert not _common.needs_int64(small)
+    # a view whose largest offset passes int32 although it has few elements
+    huge_stride = torch.empty(0, device="meta").as_strided((2, 2), (2**31, 1))
+    assert _common.needs_int64(huge_stride)
+    assert _common.needs_int64(torch.empty(2**31, device="meta"))
+    assert not _common.needs_int64(torch.empty(2**31, 0, device="meta"))  # empty: nothing addressed
+
+
+# --------------------------------------------------------------------------- conv_transpose2d
+# (N, C_in, C_out, H, W, kernel, stride, padding, output_padding, groups, dilation)
+T_CASES = [
+    (2, 4, 6, 5, 4, 3, 2, 1, 1, 1, 1),
+    (1, 6, 4, 4, 5, (3, 2), (2, 1), (1, 0), (1, 0), 2, (1, 2)),
+    (2, 4, 4, 5, 5, 3, 2, 1, 0, 4, 1),   # depthwise transposed
+    (0, 4, 6, 5, 4, 3, 2, 1, 1, 1, 1),   # empty batch
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", T_CASES, ids=["basic", "asym-groups", "depthwise", "empty"])
+def test_conv_transpose2d(device, dtype, case):
+    N, C_in, C_out, H, W, k, s, p, op, g, d = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = torch.randn(N, C_in, H, W, device=device).to(dtype).requires_grad_()
+    w = torch.randn(C_in, C_out // g, kh, kw, device=device).to(dtype).requires_grad_()
+    b = torch.randn(C_out, device=device).to(dtype).requires_grad_()
+    y = layers.conv_transpose2d(x, w, b, s, p, op, g, d)
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = F.conv_transpose2d(xr, wr, br, s, p, op, g, d)
+    assert_close(y, ref, dtype, "output")
+    gy = torch.randn_like(ref).to(dtype)
+    y.backward(gy)
+    ref.backward(gy.double())
+    for name, ours, theirs in (("input", x, xr), ("weight", w, wr), ("bias", b, br)):
+        assert_close(ours.grad, theirs.grad, dtype, f"grad {name}")
+
+
+# --------------------------------------------------------------------------- autograd machinery
+def test_gradcheck_float64(device):
+    x = torch.randn(1, 4, 5, 4, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 2, 3, 2, device=device, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, device=device, dtype=torch.float64, requires_grad=True)
+    wd = torch.randn(8, 1, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(4, 3, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
+    bt = torch.randn(6, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: layers.conv2d(x, w, b, (2, 1), 1, (1, 2), 2), (x, w, b),
+                                    fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x, w: layers.conv2d(x, w, None, 1, 1, 1, 4), (x, wd), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: layers.conv_transpose2d(x, w, b, 2, 1, 1, 2), (x, wt, bt),
+                                    fast_mode=True)
+
+
+def test_opcheck(device):
+    x = torch.randn(2, 4, 5, 5, device=device)
+    w = torch.randn(6, 2, 3, 3, device=device)
+    wd = torch.randn(4, 1, 3, 3, device=device)
+    b = torch.randn(6, device=device)
+    gy = torch.randn(2, 6, 3, 3, device=device)
+    conf = ([2, 2], [1, 1], [1, 1])
+    torch.library.opcheck(torch.ops.convlab.conv2d.default, (x, w.requires_grad_(), b, *conf, 2))
+    torch.library.opcheck(torch.ops.convlab.conv2d.default, (x, wd, None, [1, 1], [1, 1], [1, 1], 4))
+    torch.library.opcheck(torch.ops.convlab.conv2d_input_grad.default, (gy, w.detach(), None, [2, 4, 5, 5], *conf, 2))
+    torch.library.opcheck(torch.ops.convlab.conv2d_weight_grad.default, (x, gy, [6, 2, 3, 3], *conf, 2))
+
+
+def test_torch_compile_fullgraph(device):
+    """No graph break: fullgraph=True raises on one. Inductor needs CUDA for user Triton kernels."""
+    torch._dynamo.reset()
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    conv = layers.Conv2d(4, 6, 3, padding=1, groups=2).to(device)
+    dw = layers.Conv2d(6, 6, 3, padding=1, groups=6).to(device)
+
+    def f(x):
+        return torch.relu(dw(conv(x))).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
+    out = compiled(x)
+    out.backward()
+    x2 = x.detach().requires_grad_()
+    with layers.use_backend("reference"):
+        ref = f(x2)
+    ref.backward()
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_flop_counter_matches_aten(device):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 4, 7, 7, device=device, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, device=device, requires_grad=True)
+
+    def count(fn, backward):
+        with FlopCounterMode(display=False) as counter:
+            y = fn(x, w, None, 2, 1, 1, 2)
+            if backward:
+                y.sum().backward()
+        return counter.get_total_flops()
+
+    forward = count(F.conv2d, False)
+    assert forward == 2 * 2 * 4 * 4 * 6 * 2 * 9  # 2 * N * OH * OW * C_out * C_in/groups * KH * KW
+    assert count(layers.conv2d, False) == forward
+    # backward: input grad and weight grad each cost one forward
+    assert count(layers.conv2d, True) == 3 * forward
+
+
+# --------------------------------------------------------------------------- modules
+def test_conv2d_module_matches_nn(device):
+    ref = torch.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
+                          padding_mode="reflect").to(device)
+    ours = layers.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
+                         padding_mode="reflect").to(device)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4, 7, 6, device=device)
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def test_conv_transpose2d_module_output_size(device):
+    ref = torch.nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1).to(device)
+    ours = layers.ConvTranspose2d(4, 2, 3, stride=2, padding=1).to(device)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 4, 4, 5, device=device)
+    out = ours(x, output_size=[8, 10])
+    assert out.shape == (1, 2, 8, 10)
+    torch.testing.assert_close(out, ref(x, output_size=[8, 10]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_separable(device, multiplier):
+    m = layers.DepthwiseSeparableConv2d(3, 5, 3, stride=2, padding=1, depth_multiplier=multiplier).to(device)
+    assert m.depthwise.weight.shape == (3 * multiplier, 1, 3, 3)
+    assert m.pointwise.weight.shape == (5, 3 * multiplier, 1, 1)
+    x = torch.randn(2, 3, 7, 7, device=device)
+    ref = F.conv2d(F.conv2d(x, m.depthwise.weight, None, 2, 1, 1, 3), m.pointwise.weight, m.pointwise.bias)
+    out = m(x)
+    assert out.shape == (2, 5, 4, 4)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="depth_multiplier"):
+        layers.DepthwiseSeparableConv2d(3, 5, 3, depth_multiplier=0)
+
+
+def test_spatially_separable(device):
+    m = layers.SpatiallySeparableConv2d(3, 4, 3, stride=2, padding=1).to(device)
+    assert m.vertical.weight.shape == (4, 3, 3, 1) and m.horizontal.weight.shape == (4, 4, 1, 3)
+    x = torch.randn(1, 3, 7, 6, device=device)
+    mid = F.conv2d(x, m.vertical.weight, None, (2, 1), (1, 0))
+    ref = F.conv2d(mid, m.horizontal.weight, m.horizontal.bias, (1, 2), (0, 1))
+    out = m(x)
+    assert out.shape == F.conv2d(x, torch.zeros(4, 3, 3, 3, device=device), None, 2, 1).shape
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- errors and backends
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(x=(4, 5)), "input must be 4-D"),
+    (dict(x=(1, 2, 4, 5, 5)), "input must be 4-D"),
+    (dict(w=(6, 4, 3)), r"weight must be 4-D \(C_out, C_in / groups, KH, KW\)"),
+    (dict(groups=3), r"input channels \(4\) must be divisible by groups \(3\)"),
+    (dict(w=(6, 4, 3, 3), groups=2), r"weight.shape\[1\] must be C_in / groups = 2"),
+    (dict(w=(5, 2, 3, 3), groups=2), r"output channels 5\) must be divisible by groups"),
+    (dict(stride=0), "stride must be positive"),
+    (dict(stride=(1, -2)), "stride must be positive"),
+    (dict(dilation=0), "dilation must be positive"),
+    (dict(padding=-1), "padding must be non-negative"),
+    (dict(padding="full"), "padding must be an int, a pair, 'valid' or 'same'"),
+    (dict(padding="same", stride=2), "padding='same' needs stride 1"),
+    (dict(bias=(5,)), r"bias must have shape \(6,\)"),
+    (dict(wdtype=torch.float64), "weight dtype must match input dtype"),
+    (dict(dtype=torch.int32), "input dtype must be one of"),
+    (dict(x=(1, 4, 2, 2)), "input height 2 .* smaller than the dilated kernel extent 3"),
+    (dict(groups=0), "groups must be a positive int"),
+])
+def test_conv2d_errors(kwargs, match):
+    dtype = kwargs.get("dtype", torch.float32)
+    x = torch.zeros(kwargs.get("x", (2, 4, 5, 5)), dtype=dtype)
+    w = torch.zeros(kwargs.get("w", (6, 4, 3, 3)), dtype=kwargs.get("wdtype", dtype))
+    if "groups" in kwargs and "w" not in kwargs and kwargs["groups"] in (0, 3):
+        w = torch.zeros(6, 4, 3, 3, dtype=dtype)
+    bias = torch.zeros(kwargs["bias"]) if "bias" in kwargs else None
+    with pytest.raises(ValueError, match=match):
+        layers.conv2d(x, w, bias, kwargs.get("stride", 1), kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                      kwargs.get("groups", 1))
+
+
+def test_conv2d_error_device_mismatch():
+    w = torch.zeros(6, 4, 3, 3, device="meta")
+    with pytest.raises(ValueError, match="weight must be on input's device cpu"):
+        layers.conv2d(torch.zeros(1, 4, 5, 5), w)
+
+
+def test_conv_transpose2d_errors():
+    x = torch.zeros(1, 4, 5, 5)
+    with pytest.raises(ValueError, match=r"weight.shape\[0\] must equal input channels 4"):
+        layers.conv_transpose2d(x, torch.zeros(3, 2, 3, 3))
+    with pytest.raises(ValueError, match="output_padding .* must be smaller than stride or dilation"):
+        layers.conv_transpose2d(x, torch.zeros(4, 2, 3, 3), stride=2, output_padding=2)
+
+
+def test_backend_switch(monkeypatch):
+    assert layers.get_backend() == "triton"  # set by the autouse fixture
+    with layers.use_backend("reference"):
+        assert layers.resolve(torch.device("cpu")) == "reference"
+    assert layers.get_backend() == "triton"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        layers.set_backend("cudnn")
+    from layers import backend
+
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
+    with layers.use_backend("auto"):
+        assert layers.resolve(torch.device("cpu")) == "reference"
+        assert layers.resolve(torch.device("cuda")) == "triton"
+    with pytest.raises(RuntimeError, match="backend 'triton' needs CUDA tensors"):
+        layers.resolve(torch.device("cpu"))
+    monkeypatch.setattr(backend, "interpreting", lambda: True)
+    with layers.use_backend("auto"):
+        assert layers.resolve(torch.device("cpu")) == "triton"
+
+
+def test_reference_backend_does_not_call_kernels(monkeypatch):
+    called = []
+    monkeypatch.setattr(gemm_kernels, "conv2d_forward", lambda *a: called.append(a))
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(6, 2, 3, 3)
+    with layers.use_backend("reference"):
+        out = layers.conv2d(x, w, None, 1, 1, 1, 2)
+    assert not called
+    torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1, 1, 2))

@@ -1,0 +1,417 @@
+"""Deformable convolution (DCNv1 / v2) and bilinear gather: values, all gradients, layouts,
+dtypes, boundaries, custom-op machinery (opcheck, torch.compile, FLOP counting), errors.
+
+References: torchvision.ops.deform_conv2d in float64 and ``_ref_deform_conv2d`` below, a
+plain-PyTorch implementation that samples by explicit gather (its gradients come from
+autograd). Shapes stay tiny: on CPU the kernels run in Triton's interpreter.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+torchvision = pytest.importorskip("torchvision")
+from torchvision.ops import deform_conv2d as tv_deform_conv2d  # noqa: E402
+
+from layers.backend import use_backend  # noqa: E402
+from layers.deform import DeformConv2d, OffsetDeformConv2d, bilinear_gather, deform_conv2d  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """fp32 follows cudnn.allow_tf32 (on by default); compare full fp32 here."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+# --------------------------------------------------------------------------- plain references
+def _ref_sample(img, py, px):
+    """img (B, C, H, W); py, px (B, L) pixel coordinates -> (B, C, L); outside corners give 0."""
+    B, C, H, W = img.shape
+    py, px = py.clamp(-2, H + 1), px.clamp(-2, W + 1)  # far samples: all corners outside either way
+    y0, x0 = torch.floor(py.detach()), torch.floor(px.detach())
+    ly, lx = py - y0, px - x0
+    y0, x0 = y0.long(), x0.long()
+    flat = img.reshape(B, C, H * W)
+    out = torch.zeros(B, C, py.shape[1], dtype=img.dtype, device=img.device)
+    for dy, dx, wgt in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx), (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
+        yy, xx = y0 + dy, x0 + dx
+        inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1))[:, None, :].expand(B, C, -1)
+        val = torch.gather(flat, 2, idx) * inside[:, None, :]
+        out = out + val * wgt[:, None, :]
+    return out
+
+
+def _ref_deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask):
+    N, C, H, W = x.shape
+    Co, Cg, KH, KW = weight.shape
+    OH, OW = offset.shape[-2:]
+    groups, og = C // Cg, offset.shape[1] // (2 * KH * KW)
+    cpog = C // og
+    cols = []
+    for c_og in range(og):
+        img = x[:, c_og * cpog:(c_og + 1) * cpog]
+        taps = []
+        for kh in range(KH):
+            for kw in range(KW):
+                t = kh * KW + kw
+                oy = torch.arange(OH, dtype=x.dtype, device=x.device) * stride[0] - padding[0] + kh * dilation[0]
+                ox = torch.arange(OW, dtype=x.dtype, device=x.device) * stride[1] - padding[1] + kw * dilation[1]
+                py = oy[:, None] + offset[:, c_og * 2 * KH * KW + 2 * t]
+                px = ox[None, :] + offset[:, c_og * 2 * KH * KW + 2 * t + 1]
+                v = _ref_sample(img, py.reshape(N, -1), px.reshape(N, -1)).reshape(N, cpog, OH, OW)
+                if mask is not None:
+                    v = v * mask[:, c_og * KH * KW + t][:, None]
+                taps.append(v)
+        cols.append(torch.stack(taps, 2))  # (N, cpog, taps, OH, OW)
+    cols = torch.cat(cols, 1).reshape(N, groups, Cg * KH * KW, OH * OW)
+    out = torch.einsum("gok,ngkp->ngop", weight.reshape(groups, Co // groups, -1), cols).reshape(N, Co, OH, OW)
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def _ref_gather(x, pos):
+    N, C = x.shape[:2]
+    p = pos.reshape(N, -1, 2)
+    return _ref_sample(x, p[..., 0], p[..., 1]).reshape(N, C, *pos.shape[1:-1])
+
+
+# --------------------------------------------------------------------------- helpers
+def _out_size(H, W, k, s, p, d):
+    return (H + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1, (W + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+
+
+def _make(device, N=2, C=4, H=5, W=5, Co=4, groups=1, og=1, k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1), mask=True,
+          dtype=torch.float64, scale=1.5):
+    OH, OW = _out_size(H, W, k, s, p, d)
+    x = torch.randn(N, C, H, W, dtype=dtype, device=device)
+    off = torch.randn(N, 2 * og * k[0] * k[1], OH, OW, dtype=dtype, device=device) * scale
+    w = torch.randn(Co, C // groups, *k, dtype=dtype, device=device) / math.sqrt(C // groups * k[0] * k[1])
+    b = torch.randn(Co, dtype=dtype, device=device)
+    m = torch.rand(N, og * k[0] * k[1], OH, OW, dtype=dtype, device=device) if mask else None
+    return x, off, w, b, m
+
+
+def _grads(fn, x, off, w, b, m, gy=None, s=(1, 1), p=(1, 1), d=(1, 1)):
+    """(output, [grad input, offset, weight, bias(, mask)]) of fn(...) against gy."""
+    ins = [t.detach().clone().requires_grad_() for t in (x, off, w, b)]
+    mm = m.detach().clone().requires_grad_() if m is not None else None
+    y = fn(ins[0], ins[1], ins[2], ins[3], s, p, d, mm)
+    if gy is None:
+        gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, ins + ([mm] if mm is not None else []), gy)
+    return y, list(grads), gy
+
+
+def _assert_close(actual, expected, rtol, atol=None, what=""):
+    """Max error relative to the expected tensor's scale (robust for low-precision dtypes)."""
+    actual, expected = actual.double(), expected.double()
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    assert err <= rtol * scale + (rtol if atol is None else atol), f"{what}: max err {err:.3g} (scale {scale:.3g})"
+
+
+NAMES = ["output", "grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask"]
+
+
+def _check_all(device, x, off, w, b, m, s, p, d, rtol=1e-10, against_plain=True):
+    y, g, gy = _grads(deform_conv2d, x, off, w, b, m, s=s, p=p, d=d)
+    y_tv, g_tv, _ = _grads(tv_deform_conv2d, x, off, w, b, m, gy, s=s, p=p, d=d)
+    for name, a, e in zip(NAMES, [y] + g, [y_tv] + g_tv):
+        _assert_close(a, e, rtol, what=f"{name} vs torchvision")
+    if against_plain:
+        y_ref, g_ref, _ = _grads(_ref_deform_conv2d, x, off, w, b, m, gy, s=s, p=p, d=d)
+        for name, a, e in zip(NAMES, [y] + g, [y_ref] + g_ref):
+            _assert_close(a, e, rtol, what=f"{name} vs plain reference")
+    return y, g
+
+
+# --------------------------------------------------------------------------- deform_conv2d values + gradients
+GRID = [  # (C, Co, groups, offset_groups, kernel, stride, padding, dilation, mask)
+    (4, 4, 1, 1, (3, 3), (1, 1), (1, 1), (1, 1), True),
+    (4, 6, 2, 2, (3, 2), (2, 1), (1, 0), (2, 1), True),
+    (6, 4, 1, 3, (3, 2), (1, 1), (1, 0), (1, 1), False),
+    (4, 4, 2, 1, (2, 3), (1, 2), (0, 1), (1, 2), False),
+    (6, 4, 2, 3, (3, 2), (2, 1), (1, 0), (2, 1), True),  # segments cross weight / offset groups
+]
+
+
+@pytest.mark.parametrize("C,Co,groups,og,k,s,p,d,mask", GRID)
+def test_deform_conv2d_matches_references(device, C, Co, groups, og, k, s, p, d, mask):
+    x, off, w, b, m = _make(device, N=2, C=C, H=5, W=5, Co=Co, groups=groups, og=og, k=k, s=s, p=p, d=d, mask=mask)
+    _check_all(device, x, off, w, b, m, s, p, d)
+
+
+def test_deform_conv2d_boundary_and_far_samples(device):
+    """Samples exactly on integers, on the -1 / H (W) borders, just inside them, and far outside."""
+    N, C, H, W, k = 1, 2, 4, 5, (2, 2)
+    x, off, w, b, m = _make(device, N=N, C=C, H=H, W=W, Co=3, k=k, s=(1, 1), p=(1, 1))
+    OH, OW = off.shape[-2:]
+    ys = torch.tensor([-1.0, -0.5, 0.0, 2.0, H - 1.0, H - 0.25, H, -3.0, 1e6, -1e6, 1.5], dtype=x.dtype)
+    xs = torch.tensor([0.0, -1.0, W, W - 1.0, 3.0, -0.75, W - 0.5, 1e6, 2.0, -5.0, 0.25], dtype=x.dtype)
+    gen = torch.Generator().manual_seed(1)
+    ty = ys[torch.randint(len(ys), (N, k[0] * k[1], OH, OW), generator=gen)]
+    tx = xs[torch.randint(len(xs), (N, k[0] * k[1], OH, OW), generator=gen)]
+    base_y = (torch.arange(OH, dtype=x.dtype) - 1)[None, :, None] + torch.tensor([0.0, 0.0, 1.0, 1.0])[:, None, None]
+    base_x = (torch.arange(OW, dtype=x.dtype) - 1)[None, None, :] + torch.tensor([0.0, 1.0, 0.0, 1.0])[:, None, None]
+    off = torch.stack([ty - base_y, tx - base_x], 2).reshape(N, -1, OH, OW).to(device)
+    _check_all(device, x, off, w, b, m, (1, 1), (1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("N", [0, 33])
+def test_deform_conv2d_batch_sizes(device, N):
+    x, off, w, b, m = _make(device, N=N, C=2, H=3, W=3, Co=3, k=(2, 2), p=(0, 0))
+    y, g = _check_all(device, x, off, w, b, m, (1, 1), (0, 0), (1, 1), against_plain=N > 0)
+    assert y.shape == (N, 3, 2, 2)
+    if N == 0:
+        assert all(t.abs().sum() == 0 for t in g)
+
+
+def test_deform_conv2d_layouts(device):
+    """channels_last input, non-contiguous offset / mask / weight views, expanded grad_output."""
+    x, off, w, b, m = _make(device, N=2, C=4, H=5, W=4, Co=4, groups=2, og=2, k=(2, 2), p=(1, 0))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    off_view = torch.stack([off, torch.zeros_like(off)], -1)[..., 0]  # last-dim stride 2
+    m_view = m.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels_last-like mask
+    w_view = w.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)
+    assert not off_view.is_contiguous() and not m_view.is_contiguous() and not w_view.is_contiguous()
+    ins = [t.detach().requires_grad_() for t in (x_cl, off_view, w_view, b, m_view)]
+    y = deform_conv2d(ins[0], ins[1], ins[2], ins[3], 1, (1, 0), 1, ins[4])
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(1, 4, 1, 1, dtype=y.dtype, device=device).expand_as(y)  # zero-stride gradient
+    g = torch.autograd.grad(y, ins, gy)
+    ref_ins = [t.detach().clone().requires_grad_() for t in (x, off, w, b, m)]
+    y_ref = tv_deform_conv2d(ref_ins[0], ref_ins[1], ref_ins[2], ref_ins[3], 1, (1, 0), 1, ref_ins[4])
+    g_ref = torch.autograd.grad(y_ref, ref_ins, gy.contiguous())
+    _assert_close(y, y_ref, 1e-10, what="output")
+    for name, a, e in zip(NAMES[1:], g, g_ref):
+        _assert_close(a, e, 1e-10, what=name)
+
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_deform_conv2d_dtypes(device, dtype):
+    """Low precision: compared with the float64 result on the same (rounded) inputs;
+    errors relative to each tensor's max magnitude: fp32 1e-5, fp16 1e-2, bf16 6e-2."""
+    s, p, d = (2, 1), (1, 0), (1, 1)
+    x, off, w, b, m = _make(device, N=2, C=4, H=5, W=5, Co=4, groups=2, og=2, k=(3, 2), s=s, p=p, d=d, dtype=dtype)
+    y, g, gy = _grads(deform_conv2d, x, off, w, b, m, s=s, p=p, d=d)
+    assert y.dtype == dtype and all(t.dtype == dtype for t in g)
+    y64, g64, _ = _grads(tv_deform_conv2d, *(t.double() for t in (x, off, w, b, m)), gy.double(), s=s, p=p, d=d)
+    for name, a, e in zip(NAMES, [y] + g, [y64] + g64):
+        _assert_close(a, e, TOL[dtype], what=f"{dtype} {name}")
+    with use_backend("reference"):  # the reference backend handles every dtype too
+        y_ref, g_ref, _ = _grads(deform_conv2d, x, off, w, b, m, gy, s=s, p=p, d=d)
+    assert y_ref.dtype == dtype
+    for name, a, e in zip(NAMES, [y_ref] + g_ref, [y64] + g64):
+        _assert_close(a, e, TOL[dtype], what=f"reference backend {dtype} {name}")
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_zero_offset_equals_conv2d(device, with_mask):
+    x, off, w, b, m = _make(device, N=2, C=4, H=6, W=5, Co=6, groups=2, k=(3, 2), s=(2, 1), p=(1, 1), d=(1, 2),
+                            dtype=torch.float32)
+    off = torch.zeros_like(off)
+    m = torch.ones_like(m) if with_mask else None
+    y = deform_conv2d(x, off, w, b, (2, 1), (1, 1), (1, 2), m)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, (2, 1), (1, 1), (1, 2), 2), rtol=1e-5, atol=1e-5)
+
+
+def test_deform_conv2d_gradcheck(device):
+    x, off, w, b, m = _make(device, N=1, C=2, H=4, W=4, Co=2, k=(2, 2), p=(0, 0), og=2, groups=2)
+    ins = tuple(t.requires_grad_() for t in (x, off, w, b, m))
+    fn = lambda x, off, w, b, m: deform_conv2d(x, off, w, b, 1, 0, 1, m)
+    assert torch.autograd.gradcheck(fn, ins, fast_mode=True)
+
+
+# --------------------------------------------------------------------------- op machinery
+def test_opcheck(device):
+    x, off, w, b, m = _make(device, N=1, C=2, H=3, W=3, Co=2, k=(2, 2), p=(0, 0))
+    for t in (x, off, w, b, m):
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.convlab.deform_conv2d.default, (x, off, w, b, m, [1, 1], [0, 0], [1, 1]))
+    torch.library.opcheck(torch.ops.convlab.deform_conv2d.default, (x, off, w, None, None, [1, 1], [0, 0], [1, 1]))
+    # the gradient ops have no autograd of their own (no double backward): plain tensors
+    gy = torch.randn(1, 2, 2, 2, dtype=x.dtype, device=device)
+    x, off, w, m = (t.detach() for t in (x, off, w, m))
+    conf = ([1, 1], [0, 0], [1, 1])
+    torch.library.opcheck(torch.ops.convlab.deform_conv2d_data_grad.default, (gy, x, off, w, m, *conf))
+    torch.library.opcheck(torch.ops.convlab.deform_conv2d_weight_grad.default, (gy, x, off, None, [2, 2, 2, 2], *conf))
+    pos = torch.rand(1, 5, 2, dtype=x.dtype, device=device) * 4 - 1
+    torch.library.opcheck(torch.ops.convlab.bilinear_gather_backward.default,
+                          (torch.randn(1, 2, 5, dtype=x.dtype, device=device), x, pos))
+    torch.library.opcheck(torch.ops.convlab.bilinear_gather.default, (x.requires_grad_(), pos.requires_grad_()))
+
+
+@pytest.mark.slow
+def test_torch_compile(device):
+    x, off, w, b, m = _make(device, N=1, C=2, H=4, W=4, Co=2, k=(2, 2), p=(0, 0))
+
+    def fn(x, off, w, b, m, pos):
+        return deform_conv2d(x, off, w, b, mask=m).sum() + bilinear_gather(x, pos).sum()
+
+    backend = "aot_eager" if device == "cpu" else "inductor"
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    pos = torch.rand(1, 3, 2, dtype=x.dtype, device=device) * 4 - 1
+    ins = [t.detach().clone().requires_grad_() for t in (x, off, w, b, m, pos)]
+    ref_ins = [t.detach().clone().requires_grad_() for t in (x, off, w, b, m, pos)]
+    out = compiled(*ins)
+    ref = fn(*ref_ins)
+    torch.testing.assert_close(out, ref)
+    out.backward()
+    ref.backward()
+    for a, e in zip(ins, ref_ins):
+        torch.testing.assert_close(a.grad, e.grad)
+
+
+def test_flop_counter(device):
+    x, off, w, b, m = _make(device, N=1, C=2, H=4, W=4, Co=3, k=(2, 2), p=(0, 0))
+    for t in (x, off, w, m):
+        t.requires_grad_()
+    with FlopCounterMode(display=False) as counter:
+        y = deform_conv2d(x, off, w, b, mask=m)
+    gemm = 2 * 1 * 3 * 3 * 3 * 2 * 4
+    assert counter.get_total_flops() == gemm + 8 * (1 * 2 * 4 * 9)
+    with FlopCounterMode(display=False) as counter:
+        y.sum().backward()
+        bilinear_gather(x, torch.zeros(1, 2, 2, dtype=x.dtype, device=device))
+    assert counter.get_total_flops() > 2 * gemm
+
+
+# --------------------------------------------------------------------------- argument errors
+def _bad_cases(device):
+    x, off, w, b, m = _make(device, N=2, C=4, H=5, W=5, Co=4, k=(3, 3), og=2, dtype=torch.float32)
+    return [
+        (dict(offset=off[:, :-1]), "offset"),
+        (dict(offset=off[:1]), "offset"),
+        (dict(offset=off[..., :-1]), "offset"),
+        (dict(offset=off[0]), "offset"),
+        (dict(mask=m[:, :-1]), "mask"),
+        (dict(mask=m[..., 1:]), "mask"),
+        (dict(input=x[0]), "input"),
+        (dict(weight=w[:, :3]), "weight"),
+        (dict(weight=w[:3]), "weight"),
+        (dict(offset=torch.zeros(2, 2 * 3 * 9, 5, 5)), "offset_groups"),
+        (dict(bias=b[:2]), "bias"),
+        (dict(offset=off.double()), "offset dtype"),
+        (dict(mask=m.half()), "mask dtype"),
+        (dict(weight=w.double()), "weight dtype"),
+        (dict(input=x.int(), ), "input dtype"),
+        (dict(stride=0), "stride"),
+        (dict(padding=-1), "padding"),
+    ], dict(input=x, offset=off, weight=w, bias=b, mask=m, padding=1)
+
+
+def test_argument_errors(device):
+    cases, good = _bad_cases(device)
+    deform_conv2d(**good)
+    for change, match in cases:
+        with pytest.raises(ValueError, match=match):
+            deform_conv2d(**dict(good, **change))
+    x = good["input"]
+    with pytest.raises(ValueError, match="positions"):
+        bilinear_gather(x, torch.zeros(2, 3, 3, device=device))
+    with pytest.raises(ValueError, match="positions"):
+        bilinear_gather(x, torch.zeros(1, 3, 2, device=device))
+    with pytest.raises(ValueError, match="positions dtype"):
+        bilinear_gather(x, torch.zeros(2, 3, 2, device=device, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- bilinear_gather
+def test_bilinear_gather_boundary_rule(device):
+    H, W = 3, 4
+    x = torch.arange(1.0, 1 + 2 * H * W, dtype=torch.float64, device=device).reshape(1, 2, H, W)
+    pts = [(0, 0), (2, 3), (1, 2), (-1, 0), (0, -1), (H, 1), (1, W), (-1.5, 1), (1e10, 1), (1, -1e10),
+           (-0.5, 0), (H - 0.5, W - 0.5), (-0.999, 1), (1.5, 2.25)]
+    pos = torch.tensor([pts], dtype=torch.float64, device=device)
+    out = bilinear_gather(x, pos)
+    assert out.shape == (1, 2, len(pts))
+    torch.testing.assert_close(out[0, :, 0], x[0, :, 0, 0])
+    torch.testing.assert_close(out[0, :, 1], x[0, :, 2, 3])
+    torch.testing.assert_close(out[0, :, 2], x[0, :, 1, 2])
+    assert (out[0, :, 3:10] == 0).all()  # y <= -1, x <= -1, y >= H, x >= W, far away
+    torch.testing.assert_close(out[0, :, 10], 0.5 * x[0, :, 0, 0])
+    torch.testing.assert_close(out[0, :, 11], 0.25 * x[0, :, H - 1, W - 1])
+    torch.testing.assert_close(out, _ref_gather(x, pos))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bilinear_gather_gradients(device, channels_last):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pos = torch.rand(2, 3, 2, 2, dtype=torch.float64, device=device) * torch.tensor([6.0, 7.0], device=device) - 1.0
+    pos[0, 0, 0] = torch.tensor([2.0, 3.0])  # exactly on a pixel
+    pos[0, 0, 1] = torch.tensor([-1.0, 1.5])  # on the border
+    ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
+    ref_ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
+    out, ref = bilinear_gather(*ins), _ref_gather(*ref_ins)
+    assert out.shape == (2, 3, 3, 2)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn_like(out)
+    for a, e in zip(torch.autograd.grad(out, ins, gy), torch.autograd.grad(ref, ref_ins, gy)):
+        torch.testing.assert_close(a, e)
+    pos_gc = (torch.rand(1, 4, 2, dtype=torch.float64, device=device) * 5 - 1).requires_grad_()
+    assert torch.autograd.gradcheck(bilinear_gather, (x[:1].detach().requires_grad_(), pos_gc), fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_bilinear_gather_dtypes(device, dtype):
+    x = torch.randn(1, 3, 4, 4, device=device).to(dtype)
+    pos = (torch.rand(1, 6, 2, device=device) * 5 - 1).to(dtype)
+    ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
+    out = bilinear_gather(*ins)
+    assert out.dtype == dtype
+    ref_ins = [x.double().requires_grad_(), pos.double().requires_grad_()]
+    ref = _ref_gather(*ref_ins)
+    gy = torch.randn_like(ref)
+    _assert_close(out, ref, TOL[dtype], what="gather output")
+    for a, e in zip(torch.autograd.grad(out, ins, gy.to(dtype)), torch.autograd.grad(ref, ref_ins, gy)):
+        _assert_close(a, e, TOL[dtype] * 2, what="gather grad")
+    with use_backend("reference"):
+        _assert_close(bilinear_gather(x, pos), ref, TOL[dtype], what="reference backend")
+
+
+def test_bilinear_gather_empty(device):
+    x = torch.randn(0, 2, 3, 3, device=device, requires_grad=True)
+    out = bilinear_gather(x, torch.zeros(0, 4, 2, device=device))
+    assert out.shape == (0, 2, 4)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+# --------------------------------------------------------------------------- modules
+def test_deform_conv2d_module_matches_torchvision(device):
+    torch.manual_seed(0)
+    ours = DeformConv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=1, groups=2).double().to(device)
+    theirs = torchvision.ops.DeformConv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=1, groups=2)
+    theirs = theirs.double().to(device)
+    theirs.load_state_dict(ours.state_dict())
+    assert ours.weight.shape == theirs.weight.shape and ours.bias.shape == theirs.bias.shape
+    x = torch.randn(1, 4, 5, 4, dtype=torch.float64, device=device)
+    OH, OW = _out_size(5, 4, (3, 2), (2, 1), (1, 1), (1, 1))
+    off = torch.randn(1, 2 * 6, OH, OW, dtype=torch.float64, device=device)
+    m = torch.rand(1, 6, OH, OW, dtype=torch.float64, device=device)
+    torch.testing.assert_close(ours(x, off, m), theirs(x, off, m))
+    torch.testing.assert_close(ours(x, off), theirs(x, off))
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_offset_deform_conv2d_init_is_conv(device, modulated):
+    mod = OffsetDeformConv2d(4, 6, 3, stride=1, padding=(1, 0), dilation=(1, 2), groups=2, offset_groups=2,
+                             modulated=modulated).to(device)
+    x = torch.randn(2, 4, 5, 6, device=device, requires_grad=True)
+    y = mod(x)
+    conv = F.conv2d(x, mod.weight, None, 1, (1, 0), (1, 2), 2)
+    expected = (0.5 * conv if modulated else conv) + mod.bias[None, :, None, None]
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    assert mod.conv_offset.weight.grad is not None and mod.conv_offset.weight.grad.abs().sum() > 0
+    assert mod.weight.grad is not None and x.grad is not None

@@ -1,0 +1,264 @@
+"""Experiments: configs compose, every conv variant trains (fast_dev_run), multirun, resume, summary.json,
+and the synthetic fallback is labelled. CPU only, tiny synthetic data, CSV logs, no network."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+import experiments  # noqa: F401  (registers the config resolvers)
+from experiments.data import CIFAR10DataModule, DataUnavailable, find_local_copy, make_synthetic
+from experiments.data.cifar import host_reachable, load_imagefolder
+from experiments.data.tensors import TensorBatchLoader, random_crop_flip
+from experiments.train import train
+from experiments.utils import choose_wandb_mode
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+VARIANTS = sorted(p.stem for p in (CONF / "conv").glob("*.yaml"))
+# tiny and fast: synthetic data, 4-channel ResNet-8, CSV logs, the PyTorch reference backend
+# (conftest turns on TRITON_INTERPRET on CPU, which is far too slow for training)
+FAST = ["experiment=smoke", "backend=reference", "cpu_threads=null", "model.net.width=4",
+        "model.net.depth=8", "data.synthetic_train_size=64", "data.synthetic_val_size=32",
+        "data.batch_size=16", "data.eval_batch_size=32"]
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+def make_cfg(tmp_path: Path, *overrides: str, name: str = "run"):
+    out = tmp_path / name
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[*FAST, f"paths.output_dir={out}", *overrides])
+
+
+def read_summary(cfg) -> dict:
+    return json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+
+
+def _deform_available() -> bool:
+    try:
+        from layers import OffsetDeformConv2d  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------- configs
+
+
+def test_conv_options_are_the_seven_variants():
+    assert VARIANTS == sorted(["standard", "grouped", "depthwise_separable", "spatially_separable", "dilated",
+                               "deformable", "deformable_v2"])
+
+
+def test_default_config_composes_with_auto_trainer():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train")
+    assert cfg.conv.variant == "standard"
+    assert "wandb" in cfg.logger
+    assert cfg.optimized_metric == "val/acc"
+    if not torch.cuda.is_available():  # the CPU preset
+        assert cfg.trainer.accelerator == "cpu"
+        assert cfg.trainer.max_epochs <= 5 and cfg.trainer.limit_train_batches <= 100
+    else:
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.limit_train_batches == 1.0
+
+
+@pytest.mark.parametrize("override,key,expected", [
+    ("hydra/launcher=slurm", "_target_", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("hydra/launcher=local_parallel", "_target_", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+])
+def test_launcher_configs_compose(override, key, expected):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[override], return_hydra_config=True)
+    assert cfg.hydra.launcher[key] == expected
+
+
+def test_ddp_and_explicit_presets_compose():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        ddp = compose(config_name="train", overrides=["trainer=ddp"])
+        cpu = compose(config_name="train", overrides=["trainer=cpu"])
+        gpu = compose(config_name="train", overrides=["trainer=gpu"])
+    assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices >= 2
+    assert cpu.trainer.accelerator == "cpu" and gpu.trainer.accelerator == "gpu"
+    assert gpu.trainer.max_epochs >= 30
+
+
+def test_bad_conv_override_is_a_clear_hydra_error():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with pytest.raises(MissingConfigException) as info:
+            compose(config_name="train", overrides=["conv=nonexistent"])
+    message = str(info.value)
+    assert "conv/nonexistent" in message
+    assert "deformable_v2" in message and "standard" in message  # lists the valid options
+
+
+# ---------------------------------------------------------------------------------- fast_dev_run
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_dev_run_every_variant(tmp_path, variant):
+    if variant.startswith("deformable") and not _deform_available():
+        pytest.skip("layers.OffsetDeformConv2d not available yet")
+    cfg = make_cfg(tmp_path, f"conv={variant}", "trainer.fast_dev_run=true")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["val/acc"] <= 1.0
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    summary = read_summary(cfg)
+    assert summary["status"] == "finished"
+    assert summary["conv"]["variant"] == variant
+    assert summary["model"]["params"] > 0 and summary["model"]["flops"] > 0
+
+
+def test_summary_json_contents(tmp_path):
+    cfg = make_cfg(tmp_path, "conv=grouped", "conv.groups=2", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                   "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "logger=csv")
+    metrics = train(cfg)
+    s = read_summary(cfg)
+    assert s["status"] == "finished"
+    assert s["run_name"] == cfg.run_name and s["run_name"].endswith("-synthetic")
+    assert s["dataset"]["name"] == "synthetic" and s["dataset"]["synthetic"] is True
+    assert s["dataset"]["fallback"] is False  # asked for synthetic explicitly
+    assert s["metrics"]["val/acc"] == pytest.approx(metrics["val/acc"])
+    assert s["optimized_metric"] == "val/acc" and s["best"]["score"] is not None
+    assert Path(s["best"]["last_checkpoint"]).is_file()
+    assert s["conv"] == {"variant": "grouped", "groups": 2}
+    assert s["model"]["params"] > 0 and s["model"]["flops"] > 0
+    assert s["timing"]["throughput"] > 0 and s["timing"]["step_time_ms"] > 0 and s["timing"]["steps_timed"] == 3
+    assert s["backend"] == {"setting": "reference", "resolved": "reference"}
+    assert s["device"]["type"] == "cpu"
+    assert s["epochs_completed"] == 1 and s["global_step"] == 3
+    assert s["config"]["conv"]["variant"] == "grouped" and s["config"]["model"]["net"]["width"] == 4
+    assert {"torch", "lightning", "triton"} <= set(s["versions"])
+    # the CSV logger wrote the throughput / step-time / model-size metrics
+    csv = next(Path(cfg.paths.output_dir, "csv").rglob("metrics.csv")).read_text()
+    for column in ("train/throughput_step", "train/step_time_ms_step", "model/params", "model/flops", "val/acc"):
+        assert column in csv
+
+
+# -------------------------------------------------------------------------------------- resume
+
+
+def test_resume_from_checkpoint_advances_the_epoch(tmp_path):
+    short = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    first = make_cfg(tmp_path, *short, "trainer.max_epochs=1", name="first")
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 0
+
+    second = make_cfg(tmp_path, *short, "trainer.max_epochs=2", f"ckpt_path={last}", name="second")
+    train(second)
+    s = read_summary(second)
+    assert s["resumed_from"] == str(last)
+    assert s["epochs_completed"] == 2 and s["global_step"] == 4  # continued, not restarted
+    resumed_last = Path(second.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(resumed_last, weights_only=False, map_location="cpu")["epoch"] == 1
+
+
+def test_missing_checkpoint_is_reported(tmp_path):
+    cfg = make_cfg(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        train(cfg)
+
+
+# ------------------------------------------------------------------------------ synthetic fallback
+
+
+def test_missing_cifar_falls_back_to_labelled_synthetic(tmp_path, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = make_cfg(tmp_path, "data.source=cifar10", f"data.root={empty}", f"data.download_dir={empty}",
+                   "data.download=false", "trainer.fast_dev_run=true")
+    with caplog.at_level(logging.WARNING):
+        train(cfg)
+    assert any("Falling back to the SYNTHETIC" in r.getMessage() for r in caplog.records)
+    s = read_summary(cfg)
+    assert s["dataset"]["name"] == "synthetic" and s["dataset"]["fallback"] is True
+    assert "data.download=false" in s["dataset"]["fallback_reason"]
+    assert s["run_name"].endswith("-synthetic") and "synthetic" in s["config"]["tags"]
+
+
+def test_fallback_error_mode_raises(tmp_path):
+    dm = CIFAR10DataModule(root=str(tmp_path), download_dir=str(tmp_path), download=False, fallback="error")
+    with pytest.raises(DataUnavailable, match="no local copy"):
+        dm.load()
+
+
+def test_unreachable_download_server_is_detected_quickly():
+    # a closed local port: refused at once; no outside connection is attempted
+    assert host_reachable("http://127.0.0.1:9/", timeout=1.0) is False
+
+
+# -------------------------------------------------------------------------------------- data
+
+
+def test_imagefolder_copy_is_decoded_and_cached(tmp_path):
+    from torchvision.io import write_png
+
+    images, labels = make_synthetic(20, seed=1)
+    for split in ("train", "test"):
+        for i, (img, label) in enumerate(zip(images, labels)):
+            folder = tmp_path / "cifar10" / split / f"class{int(label)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_png(img, str(folder / f"{i:04d}.png"))
+    kind, folder = find_local_copy(tmp_path)  # finds root/cifar10
+    assert kind == "imagefolder" and folder == tmp_path / "cifar10"
+    x, y, classes = load_imagefolder(folder, "train")
+    assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and len(classes) == 10
+    assert (folder / "cache_train.pt").is_file()
+    x2, y2, _ = load_imagefolder(folder, "train")  # from the cache
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    dm = CIFAR10DataModule(root=str(tmp_path), download=False, fallback="error")
+    info = dm.load()
+    assert info["name"] == "cifar10" and info["synthetic"] is False and info["num_train"] == 20
+
+
+def test_tensor_loader_shards_and_augmentation_keeps_shapes():
+    x = torch.arange(10).view(10, 1, 1, 1).expand(10, 3, 4, 4).to(torch.uint8)
+    y = torch.arange(10)
+    shards = [TensorBatchLoader(x, y, 2, shuffle=True, drop_last=False, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    seen = [torch.cat([b[1] for b in loader]) for loader in shards]
+    assert len(shards[0]) == 3 and sorted(torch.cat(seen).tolist()) == list(range(10))
+    batch = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(batch)
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+
+
+def test_wandb_goes_offline_without_login(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert choose_wandb_mode() == "offline"
+    assert os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert choose_wandb_mode() == "disabled"
+
+
+# ------------------------------------------------------------------------------------- multirun
+
+
+def test_multirun_two_tiny_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "disabled", "CONVLAB_BACKEND": "reference"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *FAST, "conv=standard,dilated",
+           "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+           "callbacks=none", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = sorted(sweep.glob("*/summary.json"))
+    assert [p.parent.name for p in summaries] == ["0_standard_s0", "1_dilated_s0"]
+    variants = [json.loads(p.read_text())["conv"]["variant"] for p in summaries]
+    assert variants == ["standard", "dilated"]
+    assert (sweep / "multirun.yaml").is_file()
