@@ -15,6 +15,7 @@ from statistics import median
 from typing import Any, Callable
 
 import lightning.pytorch as L
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
@@ -53,6 +54,8 @@ class ClassifierModule(L.LightningModule):
         params = count_params(self.net)
         flops = count_flops(self.net, self.hparams.input_shape)
         self.model_stats = {"params": params, "flops": flops}
+        rank_zero_info(f"model: {params:,} parameters, {flops / 1e6:.2f} MFLOPs (forward, one "
+                       f"{'x'.join(map(str, self.hparams.input_shape))} sample)")
         for logger in self.loggers:
             logger.log_metrics({"model/params": float(params), "model/flops": float(flops)}, step=0)
             logger.log_hyperparams({"model/params": params, "model/flops": flops})

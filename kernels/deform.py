@@ -34,8 +34,6 @@ coordinates -> (N, C, P).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -47,24 +45,29 @@ def _cfg(bm, bn, bk, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
 
-# Autotune configs per dtype class; the first of each list is the default (must compile
-# for sm_80 / sm_90 without spills). The gathered operand is built in fp32 registers
-# from 4 corner loads, so tiles are a little smaller than for the plain convolution.
-DEFORM_CONFIGS = {
-    "fp16": [_cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2), _cfg(128, 128, 32, 8, 2)],
-    "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2)],
+# Autotune configs per dtype class; the first of each list is the default. Every shipped
+# config compiles for sm_80 / sm_90 without spills (python -m kernels.inspect). The gathered
+# operand is built in fp32 registers from 4 corner loads, hence 8 warps for 64 x 64 tiles.
+FWD_CONFIGS = {
+    "fp16": [_cfg(64, 64, 32, 8, 2), _cfg(64, 32, 32, 8, 2)],
+    "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2)],
     "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(32, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
 }
-DEFORM_CONFIGS["bf16"] = DEFORM_CONFIGS["fp16"]
+WEIGHT_CONFIGS = {
+    "fp16": [_cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2), _cfg(128, 128, 32, 8, 2)],
+    "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2)],
+    "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
+}
 # Data gradient: BLOCK_M pixels x BLOCK_N channels, reduction over BLOCK_K output channels.
 # Its four masked per-element atomic scatters need many registers per tile element, so
 # tiles stay at <= 4 elements per thread.
 DATA_CONFIGS = {
-    "fp16": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 32, 32, 8, 2)],
-    "fp32": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 32, 32, 8, 2)],
-    "fp64": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1)],
+    "fp16": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp32": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp64": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
 }
-DATA_CONFIGS["bf16"] = DATA_CONFIGS["fp16"]
+for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
+    _configs["bf16"] = _configs["fp16"]
 INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
@@ -72,7 +75,9 @@ def _gcfg(bp, bc, warps):
     return triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
 
 
-GATHER_CONFIGS = [_gcfg(64, 32, 4), _gcfg(128, 16, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]
+_GATHER_FWD = [_gcfg(64, 32, 4), _gcfg(128, 16, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]
+GATHER_CONFIGS = {"fp16": _GATHER_FWD, "bf16": _GATHER_FWD, "fp32": _GATHER_FWD,
+                  "fp64": [_gcfg(64, 32, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]}
 # backward: per-element atomic scatters, <= 4 tile elements per thread
 GATHER_BWD_CONFIGS = [_gcfg(32, 32, 8), _gcfg(64, 16, 8), _gcfg(32, 16, 4)]
 GATHER_INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
@@ -513,13 +518,21 @@ def _autotuned(fn, configs, key, reset=None):
 
 
 _KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "SEG", "sxc"]
-_fwd_tuned = _autotuned(_deform_fwd_kernel, DEFORM_CONFIGS, _KEY)
-_bwd_weight_tuned = _autotuned(_deform_bwd_weight_kernel, DEFORM_CONFIGS, _KEY + ["N_SPLIT"])
+_fwd_tuned = _autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
+_bwd_weight_tuned = _autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + ["N_SPLIT"])
 # the data kernel accumulates into ws with atomics: zero it before every autotuning trial
 _bwd_data_tuned = _autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
-_gather_fwd_tuned = triton.autotune(configs=GATHER_CONFIGS, key=["MP", "C", "sxc"])(_gather_fwd_kernel)
+_gather_fwd_tuned = {dt: triton.autotune(configs=cfgs, key=["MP", "C", "sxc"])(_gather_fwd_kernel)
+                     for dt, cfgs in GATHER_CONFIGS.items()}
 _gather_bwd_tuned = triton.autotune(configs=GATHER_BWD_CONFIGS, key=["MP", "C", "sxc"], reset_to_zero=["ws_ptr"])(
     _gather_bwd_kernel)
+
+
+def _gcd(a, b):
+    """math.gcd that also takes SymInts (dynamic shapes under torch.compile)."""
+    while b:
+        a, b = b, a % b
+    return a
 
 
 def _geometry(x, offset, weight_shape):
@@ -530,7 +543,7 @@ def _geometry(x, offset, weight_shape):
     offset_groups = offset.shape[1] // (2 * KH * KW)
     cpog = C_in // offset_groups
     return dict(N=N, C_in=C_in, H=H, W=W, C_out=C_out, cin_g=cin_g, KH=KH, KW=KW, OH=OH, OW=OW, groups=groups,
-                offset_groups=offset_groups, cpog=cpog, seg=math.gcd(cin_g, cpog), M=N * OH * OW)
+                offset_groups=offset_groups, cpog=cpog, seg=_gcd(cin_g, cpog), M=N * OH * OW)
 
 
 def _mask_args(mask, offset):
@@ -633,7 +646,7 @@ def bilinear_gather_forward(x, positions):
         return y
     MP = N * P
     grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
-    launch(_gather_fwd_tuned, _gather_fwd_kernel, grid, GATHER_INTERPRET_CONFIG,
+    launch(_gather_fwd_tuned[_dtype_class(x.dtype)], _gather_fwd_kernel, grid, GATHER_INTERPRET_CONFIG,
            x, positions, y, MP, P, C, H, W, *x.stride(), *positions.stride(), *y.stride(),
            IDX64=needs_int64(x, positions, y))
     return y
@@ -664,12 +677,11 @@ def _deform_grad_constexprs(dt):
     return {"HAS_MASK": True, "ALLOW_TF32": dt == "fp32", "IDX64": False}
 
 
-_GATHER = {dt: GATHER_CONFIGS for dt in ("fp16", "bf16", "fp32", "fp64")}
 AOT_SPECS = [
-    KernelSpec("deform_fwd", _deform_fwd_kernel, DEFORM_CONFIGS, _deform_constexprs, gemm=True),
-    KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, DEFORM_CONFIGS, _deform_grad_constexprs, gemm=True),
+    KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, _deform_constexprs, gemm=True),
+    KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, WEIGHT_CONFIGS, _deform_grad_constexprs, gemm=True),
     KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, _deform_grad_constexprs, gemm=True),
-    KernelSpec("bilinear_gather_fwd", _gather_fwd_kernel, _GATHER, lambda dt: {"IDX64": False}),
-    KernelSpec("bilinear_gather_bwd", _gather_bwd_kernel, {dt: GATHER_BWD_CONFIGS for dt in _GATHER},
+    KernelSpec("bilinear_gather_fwd", _gather_fwd_kernel, GATHER_CONFIGS, lambda dt: {"IDX64": False}),
+    KernelSpec("bilinear_gather_bwd", _gather_bwd_kernel, {dt: GATHER_BWD_CONFIGS for dt in GATHER_CONFIGS},
                lambda dt: {"IDX64": False}),
 ]

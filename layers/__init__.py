@@ -8,8 +8,10 @@ from .conv import (
     conv2d,
     conv_transpose2d,
 )
+from .deform import DeformConv2d, OffsetDeformConv2d, bilinear_gather, deform_conv2d
 
 __all__ = [
     "conv2d", "conv_transpose2d", "Conv2d", "ConvTranspose2d", "DepthwiseSeparableConv2d",
-    "SpatiallySeparableConv2d", "get_backend", "set_backend", "use_backend", "resolve",
+    "SpatiallySeparableConv2d", "deform_conv2d", "bilinear_gather", "DeformConv2d", "OffsetDeformConv2d",
+    "get_backend", "set_backend", "use_backend", "resolve",
 ]

@@ -27,7 +27,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import init
 from torch.utils.flop_counter import register_flop_formula
@@ -329,7 +328,7 @@ def bilinear_gather(input: Tensor, positions: Tensor) -> Tensor:
                          f"coordinates, got {tuple(positions.shape)}")
     N, C = input.shape[:2]
     rest = positions.shape[1:-1]
-    pos = positions.reshape(N, -1, 2)
+    pos = positions.reshape(N, math.prod(rest), 2)
     if _backend.resolve(input.device) == "reference":
         acc = accumulator_dtype(input.dtype)
         out = _bilinear_reference(input.to(acc), pos[..., 0].to(acc).unsqueeze(1),

@@ -126,8 +126,11 @@ def _spatially_separable(cin, cout, k, stride, padding, bias, mid_channels=None,
 def _offset_deform(cin, cout, k, stride, padding, bias, modulated, dilation=1, groups=1, offset_groups=1):
     try:
         from layers import OffsetDeformConv2d
-    except ImportError as err:  # pragma: no cover - only while layers/deform.py is missing
-        raise ImportError("deformable variants need layers.OffsetDeformConv2d (layers/deform.py)") from err
+    except ImportError:
+        try:
+            from layers.deform import OffsetDeformConv2d
+        except ImportError as err:  # pragma: no cover - only while layers/deform.py is missing
+            raise ImportError("deformable variants need layers.OffsetDeformConv2d (layers/deform.py)") from err
 
     _check_groups(groups, cin, cout, "deformable")
     if offset_groups < 1 or cin % offset_groups:

@@ -141,7 +141,11 @@ GRID = [  # (C, Co, groups, offset_groups, kernel, stride, padding, dilation, ma
 ]
 
 
-@pytest.mark.parametrize("C,Co,groups,og,k,s,p,d,mask", GRID)
+GRID_IDS = ["og1-g1-k33", "og2-g2-k32-s21-p10-d21", "og3-g1-k32-nomask", "og1-g2-k23-s12-p01-d12-nomask",
+            "og3-g2-k32-s21-p10-d21"]
+
+
+@pytest.mark.parametrize("C,Co,groups,og,k,s,p,d,mask", GRID, ids=GRID_IDS)
 def test_deform_conv2d_matches_references(device, C, Co, groups, og, k, s, p, d, mask):
     x, off, w, b, m = _make(device, N=2, C=C, H=5, W=5, Co=Co, groups=groups, og=og, k=k, s=s, p=p, d=d, mask=mask)
     _check_all(device, x, off, w, b, m, s, p, d)
@@ -196,7 +200,7 @@ def test_deform_conv2d_layouts(device):
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_deform_conv2d_dtypes(device, dtype):
     """Low precision: compared with the float64 result on the same (rounded) inputs;
     errors relative to each tensor's max magnitude: fp32 1e-5, fp16 1e-2, bf16 6e-2."""
@@ -297,7 +301,8 @@ def _bad_cases(device):
         (dict(mask=m[..., 1:]), "mask"),
         (dict(input=x[0]), "input"),
         (dict(weight=w[:, :3]), "weight"),
-        (dict(weight=w[:3]), "weight"),
+        (dict(weight=w[:3, :2], bias=None), "weight.shape\\[0\\]"),  # C_out 3 vs groups 2
+        (dict(weight=w[0]), "weight must be 4-D"),
         (dict(offset=torch.zeros(2, 2 * 3 * 9, 5, 5)), "offset_groups"),
         (dict(bias=b[:2]), "bias"),
         (dict(offset=off.double()), "offset dtype"),
@@ -362,7 +367,7 @@ def test_bilinear_gather_gradients(device, channels_last):
     assert torch.autograd.gradcheck(bilinear_gather, (x[:1].detach().requires_grad_(), pos_gc), fast_mode=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_bilinear_gather_dtypes(device, dtype):
     x = torch.randn(1, 3, 4, 4, device=device).to(dtype)
     pos = (torch.rand(1, 6, 2, device=device) * 5 - 1).to(dtype)

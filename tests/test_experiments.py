@@ -50,7 +50,10 @@ def _deform_available() -> bool:
     try:
         from layers import OffsetDeformConv2d  # noqa: F401
     except ImportError:
-        return False
+        try:
+            from layers.deform import OffsetDeformConv2d  # noqa: F401
+        except ImportError:
+            return False
     return True
 
 

@@ -101,17 +101,30 @@ def _scan_imagefolder(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]
     return classes, files
 
 
+def _decode_pil(path: Path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+
+
 def _decode(paths: list[Path], size: int = 32, chunk: int = 4096) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+    """uint8 (N, 3, size, size); torchvision.io's batched JPEG decoder where it exists, PIL otherwise."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+    except ImportError:  # torchvision.io image decoding is deprecated (0.29) in favour of torchcodec
+        decode_jpeg = None
 
     out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
     for start in range(0, len(paths), chunk):
         part = paths[start:start + chunk]
-        raw = [read_file(str(p)) for p in part]
-        if all(p.suffix.lower() in (".jpg", ".jpeg") for p in part):
-            imgs = decode_jpeg(raw, mode=ImageReadMode.RGB)
+        if decode_jpeg is None:
+            imgs = [_decode_pil(p) for p in part]
+        elif all(p.suffix.lower() in (".jpg", ".jpeg") for p in part):
+            imgs = decode_jpeg([read_file(str(p)) for p in part], mode=ImageReadMode.RGB)
         else:
-            imgs = [decode_image(r, mode=ImageReadMode.RGB) for r in raw]
+            imgs = [decode_image(read_file(str(p)), mode=ImageReadMode.RGB) for p in part]
         for j, img in enumerate(imgs):
             if img.shape[-2:] != (size, size):
                 img = torch.nn.functional.interpolate(img[None].float(), size=(size, size), mode="bilinear",
