@@ -89,6 +89,20 @@ def _idx(v, IDX64: tl.constexpr):
         return v
 
 
+@triton.jit
+def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
+    """acc + a @ b; fp32 operands use TF32 only when allowed (fp16/bf16/fp64 are unaffected)."""
+    if ALLOW_TF32:
+        return tl.dot(a, b, acc, input_precision="tf32")
+    else:
+        return tl.dot(a, b, acc, input_precision="ieee")
+
+
+def pair(v) -> tuple:
+    """int or pair -> (h, w)."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """True when an element offset of any tensor (its largest, from shape and strides,
     so views and expanded tensors count right) may not fit in int32."""

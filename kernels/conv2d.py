@@ -19,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, _idx, accumulator_dtype, allow_tf32, cdiv, launch, like_layout, needs_int64
+from ._common import (
+    accumulator_dtype, allow_tf32, cdiv, _idx, KernelSpec, launch, like_layout, _mma, needs_int64, pair,
+)
 
 
 def _cfg(bm, bn, bk, warps, stages):
@@ -91,10 +93,7 @@ def _conv2d_fwd_kernel(
                     mask=ok[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(w_ptr + (w_base[None, :] + (kh * swh + kw * sww) + _idx(offs_k[:, None], IDX64) * swi),
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = _mma(a, b, acc, ALLOW_TF32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + co, mask=mask_n, other=0.0)
         acc += bias[None, :].to(acc.dtype)
@@ -152,10 +151,7 @@ def _conv2d_bwd_input_kernel(
                     mask=ok[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(w_ptr + (w_base[None, :] + (kh * swh + kw * sww) + _idx(offs_k[:, None], IDX64) * swo),
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = _mma(a, b, acc, ALLOW_TF32)
     if HAS_BIAS:  # used by conv_transpose2d, whose output is this kernel's result
         bias = tl.load(b_ptr + ci, mask=mask_n, other=0.0)
         acc += bias[None, :].to(acc.dtype)
@@ -215,10 +211,7 @@ def _conv2d_bwd_weight_kernel(
         x_pix = _idx(n, IDX64) * sxn + _idx(ih, IDX64) * sxh + _idx(iw, IDX64) * sxw
         a = tl.load(gy_ptr + (gy_ch[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :], other=0.0)
         b = tl.load(x_ptr + (x_pix[:, None] + x_ch[None, :]), mask=ok[:, None] & mask_ci[None, :], other=0.0)
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = _mma(a, b, acc, ALLOW_TF32)
     taps = KH * KW
     per_split = (tl.num_programs(2) // N_SPLIT) * COUT_G * CIN_G * taps
     ws_off = (_idx(split, IDX64) * per_split
@@ -238,16 +231,12 @@ _bwd_input_tuned = _autotuned(_conv2d_bwd_input_kernel, _FWD_KEY[:-1] + ["sgc"])
 _bwd_weight_tuned = _autotuned(_conv2d_bwd_weight_kernel, ["M", "CIN_G", "COUT_G", "KH", "KW", "N_SPLIT", "sxc"])
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     """y = conv2d(x, weight, bias). x: (N, C_in, H, W); weight: (C_out, C_in/groups, KH, KW);
     bias: (C_out,) or None. Returns (N, C_out, OH, OW) in x's memory format."""
     N, C_in, H, W = x.shape
     C_out, cin_g, KH, KW = weight.shape
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
     OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
     y = like_layout(x, (N, C_out, OH, OW))
@@ -272,7 +261,7 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
     N, C_in, H, W = input_shape
     C_out, cin_g, KH, KW = weight.shape
     OH, OW = grad_output.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     gx = like_layout(grad_output, (N, C_in, H, W))
     cout_g = C_out // groups
     M = N * H * W
@@ -304,7 +293,7 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
     N, C_in, H, W = x.shape
     C_out, cin_g, KH, KW = weight_shape
     OH, OW = grad_output.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     cout_g = C_out // groups
     M = N * OH * OW
     acc_dtype = accumulator_dtype(x.dtype)

@@ -38,7 +38,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, _idx, accumulator_dtype, allow_tf32, cdiv, launch, like_layout, needs_int64
+from ._common import (
+    accumulator_dtype, allow_tf32, cdiv, _idx, KernelSpec, launch, like_layout, _mma, needs_int64,
+)
 
 
 def _cfg(bm, bn, bk, warps, stages):
@@ -182,10 +184,7 @@ def _deform_fwd_kernel(
         a = a.to(x_ptr.dtype.element_ty)
         b = tl.load(w_ptr + (w_base[None, :] + (kh * swh + kw * sww) + _idx(offs_k[:, None], IDX64) * swi),
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = _mma(a, b, acc, ALLOW_TF32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + co, mask=mask_n, other=0.0)
         acc += bias[None, :].to(acc.dtype)
@@ -271,10 +270,7 @@ def _deform_bwd_weight_kernel(
         b = b.to(x_ptr.dtype.element_ty)
         gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
         a = tl.load(gy_ptr + (gy_ch[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :], other=0.0)
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = _mma(a, b, acc, ALLOW_TF32)
     per_split = (tl.num_programs(2) // N_SPLIT) * COUT_G * CIN_G * taps
     ws_off = (_idx(split, IDX64) * per_split
               + _idx(co, IDX64)[:, None] * (CIN_G * taps)
@@ -366,10 +362,7 @@ def _deform_bwd_data_kernel(
                         other=0.0)
             b = tl.load(w_ptr + (co[:, None] * swo + w_col[None, :]), mask=mask_co[:, None] & mask_c[None, :],
                         other=0.0)
-            if ALLOW_TF32:
-                gc = tl.dot(a, b, gc, input_precision="tf32")
-            else:
-                gc = tl.dot(a, b, gc, input_precision="ieee")
+            gc = _mma(a, b, gc, ALLOW_TF32)
         # Row-wise sums s_ij = sum_c dC * v_ij per corner; the corner weights are per pixel,
         # so grad dy / dx / mask are combined from them after the loop. One corner tile at a time.
         xc = _idx(offs_c, IDX64)[None, :] * sxc

@@ -15,7 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import KernelSpec, _idx, accumulator_dtype, cdiv, launch, like_layout, needs_int64
+from ._common import (
+    accumulator_dtype, cdiv, _idx, KernelSpec, launch, like_layout, needs_int64, pair,
+)
 
 
 def _cfg(bp, bc, warps):
@@ -169,15 +171,11 @@ _bwd_weight_tuned = triton.autotune(configs=DW_CONFIGS, key=["C_OUT", "P", "KH",
     _dw_bwd_weight_kernel)
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def depthwise_forward(x, weight, bias, stride, padding, dilation):
     """x: (N, C_in, H, W); weight: (C_in * MULT, 1, KH, KW); bias: (C_in * MULT,) or None."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
     OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
     y = like_layout(x, (N, C_out, OH, OW))
@@ -198,7 +196,7 @@ def depthwise_input_grad(grad_output, weight, input_shape, stride, padding, dila
     N, C_in, H, W = input_shape
     C_out, _, KH, KW = weight.shape
     OH, OW = grad_output.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     gx = like_layout(grad_output, (N, C_in, H, W))
     if gx.numel() == 0:
         return gx
@@ -216,7 +214,7 @@ def depthwise_weight_grad(x, grad_output, weight_shape, stride, padding, dilatio
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight_shape
     OH, OW = grad_output.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     P = N * OH * OW
     if P == 0 or C_out == 0:
         return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
