@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="run folders, sweep folders or summary.json files")
     parser.add_argument("--metric", default="val/acc")
     parser.add_argument("--csv", help="also write the table to this CSV file")
+    parser.add_argument("--plot", help="also save accuracy against MFLOPs (PNG/PDF) to this file")
     args = parser.parse_args(argv)
     rows = table(load_summaries(args.paths), args.metric)
     print(to_markdown(rows))
@@ -86,7 +87,31 @@ def main(argv: list[str] | None = None) -> int:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    if args.plot and rows:
+        plot(rows, args.plot, args.metric)
     return 0
+
+
+def plot(rows: list[dict], path: str, metric: str = "val/acc") -> None:
+    """Best accuracy (mean, with the std over seeds as error bars) against forward MFLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        if r[f"best {metric}"] is None:
+            continue
+        ax.errorbar(r["MFLOPs"], r[f"best {metric}"], yerr=r["std"] or 0.0, fmt="o", capsize=3)
+        ax.annotate(f"{r['variant']} ({r['dataset']})", (r["MFLOPs"], r[f"best {metric}"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("forward MFLOPs per image")
+    ax.set_ylabel(f"best {metric}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-
 FLOPs) on a CPU copy of the model running the PyTorch reference backend, so the count does not
 depend on the device or on which kernels run. Convolutions, matmuls and the project's custom ops
 (which register their formulas) are counted; element-wise ops (BN, ReLU, additions) are not, as
-usual. ``torchvision::deform_conv2d`` gets a formula here: the convolution's multiply-adds plus the
-bilinear sampling (about 8 FLOPs per sampled value, 1 more with a modulation mask).
+usual. ``torchvision::deform_conv2d`` (what the reference backend runs for the deformable layers) gets a
+formula here with layers/deform.py's convention for ``convlab::deform_conv2d``: the convolution's
+multiply-adds plus 7 FLOPs per bilinearly sampled value (8 with a modulation mask).
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ def _register_deform_conv_formula() -> None:
         n, cin = x_shape[0], x_shape[1]
         kh, kw = w_shape[-2:]
         sampled = n * cin * kh * kw * out_shape[-2] * out_shape[-1]
-        use_mask = mask_shape is not None and len(mask_shape) > 0 and mask_shape[1] > 0
+        # (..., n_weight_grps, n_offset_grps, use_mask): v1 passes a dummy (N, 1) mask with use_mask=False
+        use_mask = bool(args[-1]) if args and isinstance(args[-1], bool) else False
         return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False) + \
-            sampled * (9 if use_mask else 8)
+            sampled * (8 if use_mask else 7)
 
 
 _register_deform_conv_formula()

@@ -121,8 +121,19 @@ def device_description(trainer) -> dict:
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
     else:
-        info["name"] = platform.processor() or platform.machine()
+        info["name"] = _cpu_name()
     return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_summary(path: str | os.PathLike, summary: dict) -> Path:

@@ -265,3 +265,37 @@ def test_multirun_two_tiny_runs(tmp_path):
     variants = [json.loads(p.read_text())["conv"]["variant"] for p in summaries]
     assert variants == ["standard", "dilated"]
     assert (sweep / "multirun.yaml").is_file()
+    from experiments.analysis import load_summaries, table
+
+    rows = table(load_summaries([sweep]))
+    assert sorted(r["variant"] for r in rows) == ["dilated", "standard"] and all(r["runs"] == 1 for r in rows)
+
+
+# ----------------------------------------------------------------------------------- model size
+
+
+def test_resnet20_size_and_swap_stages():
+    from experiments.flops import count_flops, count_params
+    from experiments.models import CifarResNet
+
+    net = CifarResNet(depth=20, width=16, conv={"variant": "standard"})
+    assert count_params(net) == 272_474  # ResNet-20's 0.27M (He et al. 2016, option B shortcuts)
+    assert count_flops(net) == pytest.approx(2 * 40.8e6, rel=0.01)  # ~41M multiply-adds
+    dw_all = CifarResNet(conv={"variant": "depthwise_separable"}, swap_stages=[1, 2, 3])
+    dw_late = CifarResNet(conv={"variant": "depthwise_separable"}, swap_stages=[3])
+    assert count_params(dw_all) < count_params(dw_late) < count_params(net)
+    assert isinstance(dw_late.stage1[0].conv1, type(net.stage1[0].conv1))  # stage 1 stays standard
+    with pytest.raises(ValueError, match="swap_stages"):
+        CifarResNet(swap_stages=[4])
+
+
+def test_deformable_flops_formula():
+    if not _deform_available():
+        pytest.skip("layers.OffsetDeformConv2d not available yet")
+    from experiments.flops import count_flops
+    from layers.factory import make_conv
+
+    conv, offsets, samples = 2 * 16 * 16 * 9 * 1024, 2 * 16 * 18 * 9 * 1024, 16 * 9 * 1024
+    assert count_flops(make_conv("deformable", 16, 16), (16, 32, 32)) == conv + offsets + 7 * samples
+    masks = 2 * 16 * 9 * 9 * 1024  # the offset conv also predicts 9 mask logits
+    assert count_flops(make_conv("deformable_v2", 16, 16), (16, 32, 32)) == conv + offsets + masks + 8 * samples
