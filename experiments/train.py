@@ -121,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "global_step": trainer.global_step,
             "resumed_from": ckpt_path,
             "conv": OmegaConf.to_container(cfg.conv, resolve=True),
-            "swap_stages": list(getattr(model.net, "swap_stages", [])),
+            "swap_stages": list(getattr(getattr(model, "net", None), "swap_stages", [])),
             "model": {"target": cfg.model.net.get("_target_"), **model.model_stats},
             "timing": _timing(model, trainer, started),
             "backend": {"setting": get_backend(), "resolved": resolve(device)},
@@ -131,6 +131,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "seed": cfg.get("seed"),
             "config": config_dict,
         })
+        # Task-specific results (analysis callbacks, detection metrics, ...) put a dict in
+        # ``model.summary_extras``; its keys go into summary.json beside the common ones.
+        summary.update(getattr(model, "summary_extras", None) or {})
         if trainer.is_global_zero:
             path = utils.write_summary(output_dir / "summary.json", summary)
             log.info("summary: %s", path)

@@ -1,0 +1,1 @@
+"""One module per study report (``main(argv) -> int``), run by ``python -m experiments.report NAME``."""
