@@ -35,7 +35,7 @@ class ClassifierModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.net = net
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        num_classes = net.fc.out_features if hasattr(net, "fc") else None
+        num_classes = net.fc.out_features if hasattr(net, "fc") else getattr(net, "num_classes", None)
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()

@@ -1,0 +1,264 @@
+"""Shape suite of real network layers for the benchmarks.
+
+Every layer is expanded over batch (32, 1), dtype and memory layout into ``Case`` objects with a
+stable id: ``family/model/layer/b<N>/<dtype>/<layout>``.
+
+dtypes: ``fp32`` (fp32, TF32 off), ``tf32`` (fp32 tensors, TF32 on for both sides: convlab's fp32
+GEMM follows ``torch.backends.cudnn.allow_tf32`` as F.conv2d does), ``bf16``, ``fp16``.
+layouts: ``nchw`` (contiguous) and ``cl`` (channels_last).
+
+Families and the kernels that serve them (``kernels.inspect`` spec names):
+  standard  - ResNet-50 3x3 layers                        conv2d_fwd / bwd_input / bwd_weight
+  grouped   - ResNeXt-50 32x4d grouped 3x3 layers         conv2d_*
+  depthwise - MobileNetV2 3x3 (s1, s2), ConvNeXt-T 7x7,
+              RepLKNet-31B 31/29/27/13                    depthwise_fwd / bwd_input / bwd_weight
+  dilated   - DeepLabV3 (ResNet backbone + ASPP), OS8 / OS16 at a 513x513 crop   conv2d_*
+  deform    - DCNv1 / DCNv2 at ResNet-50 stage 3-5 (224 input) and detection (800x1216 input)
+              deform_fwd / deform_bwd_data / deform_bwd_weight
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, List, Optional, Sequence
+
+import torch
+
+FAMILIES = ("standard", "grouped", "depthwise", "dilated", "deform")
+DTYPES = ("fp32", "tf32", "bf16", "fp16")
+BATCHES = (32, 1)
+LAYOUTS = ("nchw", "cl")
+
+TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: dtype name the kernels are compiled for (``kernels.inspect``); tf32 is fp32 tensors.
+KERNEL_DTYPES = {"fp32": "fp32", "tf32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
+
+#: kernels (AOT spec names) each family launches.
+FAMILY_KERNELS = {
+    "standard": ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"),
+    "grouped": ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"),
+    "dilated": ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"),
+    "depthwise": ("depthwise_fwd", "depthwise_bwd_input", "depthwise_bwd_weight"),
+    "deform": ("deform_fwd", "deform_bwd_data", "deform_bwd_weight"),
+}
+PEERS = {"standard": "cudnn", "grouped": "cudnn", "depthwise": "cudnn", "dilated": "cudnn",
+         "deform": "torchvision"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One convolution layer (batch, dtype and layout come from the Case)."""
+    family: str
+    model: str
+    name: str
+    c_in: int
+    c_out: int
+    h: int
+    w: int
+    k: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+    deform: str = ""  # "" | "v1" | "v2" (v2 = with modulation mask)
+    offset_groups: int = 1
+
+
+@dataclass(frozen=True)
+class Case:
+    layer: Layer
+    batch: int
+    dtype: str
+    layout: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.layer.family}/{self.layer.model}/{self.layer.name}/b{self.batch}/{self.dtype}/{self.layout}"
+
+    @property
+    def family(self) -> str:
+        return self.layer.family
+
+    @property
+    def out_hw(self):
+        L = self.layer
+        oh = (L.h + 2 * L.padding - L.dilation * (L.k - 1) - 1) // L.stride + 1
+        ow = (L.w + 2 * L.padding - L.dilation * (L.k - 1) - 1) // L.stride + 1
+        return oh, ow
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+    # --- shapes -------------------------------------------------------------------------------
+    def shapes(self) -> dict:
+        """Tensor shapes of one call (name -> shape)."""
+        L = self.layer
+        oh, ow = self.out_hw
+        taps = L.k * L.k
+        s = {"input": (self.batch, L.c_in, L.h, L.w), "weight": (L.c_out, L.c_in // L.groups, L.k, L.k),
+             "output": (self.batch, L.c_out, oh, ow)}
+        if L.deform:
+            s["offset"] = (self.batch, 2 * L.offset_groups * taps, oh, ow)
+            if L.deform == "v2":
+                s["mask"] = (self.batch, L.offset_groups * taps, oh, ow)
+        return s
+
+    # --- work model ---------------------------------------------------------------------------
+    def flops(self, mode: str) -> int:
+        """2 * N * OH * OW * C_out * C_in/groups * KH * KW per pass: fwd = 1 pass, bwd = 2 (input
+        grad + weight grad), fwd_bwd = 3. Deformable sampling (bilinear) work is not counted."""
+        L = self.layer
+        oh, ow = self.out_hw
+        one = 2 * self.batch * oh * ow * L.c_out * (L.c_in // L.groups) * L.k * L.k
+        return one * {"fwd": 1, "bwd": 2, "fwd_bwd": 3}[mode]
+
+    def bytes_moved(self, mode: str) -> int:
+        """Compulsory traffic, every tensor read or written exactly once (caches, re-reads and
+        workspaces ignored). fwd: read input, weight (, offset, mask), write output. bwd: read
+        grad_output, input, weight (, offset, mask), write grad_input, grad_weight (, grad_offset,
+        grad_mask). fwd_bwd = fwd + bwd."""
+        numel = {k: _prod(v) for k, v in self.shapes().items()}
+        aux = numel.get("offset", 0) + numel.get("mask", 0)
+        fwd = numel["input"] + numel["weight"] + aux + numel["output"]
+        bwd = numel["output"] + numel["input"] + numel["weight"] + aux \
+            + numel["input"] + numel["weight"] + aux
+        elems = {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]
+        return elems * ELEMENT_BYTES[self.dtype]
+
+    def as_dict(self) -> dict:
+        d = asdict(self.layer)
+        d.update(id=self.id, batch=self.batch, dtype=self.dtype, layout=self.layout,
+                 out_h=self.out_hw[0], out_w=self.out_hw[1])
+        return d
+
+
+def _prod(shape: Sequence[int]) -> int:
+    n = 1
+    for v in shape:
+        n *= v
+    return n
+
+
+# ----------------------------------------------------------------------------------------- layers
+def _resnet50() -> List[Layer]:
+    # Bottleneck conv2 (3x3), torchvision v1.5: the stride sits on the 3x3 of each stage's first block.
+    out = []
+    for c, hw, first_stride in ((64, 56, 1), (128, 56, 2), (256, 28, 2), (512, 14, 2)):
+        if first_stride == 2:
+            out.append(Layer("standard", "resnet50", f"c{c}_{hw}_s2", c, c, hw, hw, 3, 2, 1))
+            hw //= 2
+        out.append(Layer("standard", "resnet50", f"c{c}_{hw}", c, c, hw, hw, 3, 1, 1))
+    return out
+
+
+def _resnext50() -> List[Layer]:
+    out = []  # 32x4d: conv2 width 128/256/512/1024, 32 groups
+    for c, hw, first_stride in ((128, 56, 1), (256, 56, 2), (512, 28, 2), (1024, 14, 2)):
+        if first_stride == 2:
+            out.append(Layer("grouped", "resnext50_32x4d", f"c{c}_{hw}_s2_g32", c, c, hw, hw, 3, 2, 1, 1, 32))
+            hw //= 2
+        out.append(Layer("grouped", "resnext50_32x4d", f"c{c}_{hw}_g32", c, c, hw, hw, 3, 1, 1, 1, 32))
+    return out
+
+
+def _dw(model, c, hw, k, stride=1):
+    return Layer("depthwise", model, f"c{c}_{hw}_k{k}" + ("_s2" if stride == 2 else ""), c, c, hw, hw, k,
+                 stride, k // 2, 1, c)
+
+
+def _depthwise() -> List[Layer]:
+    mbv2 = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 2), (384, 14, 1),
+            (576, 14, 1), (576, 14, 2), (960, 7, 1)]
+    out = [_dw("mobilenet_v2", c, hw, 3, s) for c, hw, s in mbv2]
+    out += [_dw("convnext_t", c, hw, 7) for c, hw in ((96, 56), (192, 28), (384, 14), (768, 7))]
+    out += [_dw("replknet31b", c, hw, k) for c, hw, k in ((128, 56, 31), (256, 28, 29), (512, 14, 27), (1024, 7, 13))]
+    return out
+
+
+def _dilated() -> List[Layer]:
+    # DeepLabV3, 513x513 crop: output stride 8 -> 65x65 features, 16 -> 33x33. padding = dilation.
+    rows = [("os8", "layer3", 256, 256, 65, 2), ("os8", "layer4", 512, 512, 65, 4),
+            ("os8", "aspp", 2048, 256, 65, 12), ("os8", "aspp", 2048, 256, 65, 24), ("os8", "aspp", 2048, 256, 65, 36),
+            ("os16", "layer4", 512, 512, 33, 2), ("os16", "aspp", 2048, 256, 33, 6),
+            ("os16", "aspp", 2048, 256, 33, 12), ("os16", "aspp", 2048, 256, 33, 18)]
+    return [Layer("dilated", "deeplabv3", f"{os_}_{part}_c{ci}_d{d}", ci, co, hw, hw, 3, 1, d, d)
+            for os_, part, ci, co, hw, d in rows]
+
+
+def _deform() -> List[Layer]:
+    out = []
+    for v in ("v1", "v2"):
+        # ResNet-50 stages 3-5 (conv2 of the bottleneck made deformable), 224 input.
+        for stage, c, hw in ((3, 128, 28), (4, 256, 14), (5, 512, 7)):
+            out.append(Layer("deform", "resnet50_dcn", f"stage{stage}_c{c}_{hw}_{v}", c, c, hw, hw, 3, 1, 1,
+                             deform=v))
+        # Detection (e.g. Mask R-CNN / DCNv2 setups), 800x1216 input: strides 8 / 16 / 32.
+        for stage, c, (h, w) in ((3, 128, (100, 152)), (4, 256, (50, 76)), (5, 512, (25, 38))):
+            out.append(Layer("deform", "det_dcn", f"stage{stage}_c{c}_{h}x{w}_{v}", c, c, h, w, 3, 1, 1,
+                             deform=v))
+    return out
+
+
+def all_layers() -> List[Layer]:
+    return _resnet50() + _resnext50() + _depthwise() + _dilated() + _deform()
+
+
+def build_suite(families: Optional[Iterable[str]] = None, dtypes: Optional[Iterable[str]] = None,
+                batches: Optional[Iterable[int]] = None, layouts: Optional[Iterable[str]] = None,
+                limit: Optional[int] = None) -> List[Case]:
+    """All cases, filtered; ``limit`` keeps the first ``limit`` cases (in suite order)."""
+    families = list(families or FAMILIES)
+    dtypes, batches, layouts = list(dtypes or DTYPES), list(batches or BATCHES), list(layouts or LAYOUTS)
+    for name, got, allowed in (("family", families, FAMILIES), ("dtype", dtypes, DTYPES),
+                               ("batch", batches, BATCHES), ("layout", layouts, LAYOUTS)):
+        bad = [g for g in got if g not in allowed]
+        if bad:
+            raise ValueError(f"unknown {name} {bad}; choose from {list(allowed)}")
+    cases = [Case(L, b, dt, lo) for L in all_layers() if L.family in families
+             for b in batches for dt in dtypes for lo in layouts]
+    return cases[:limit] if limit else cases
+
+
+# ------------------------------------------------------------------------------------- validation
+def validate(case: Case) -> str:
+    """'' when the case is valid, else the reason. Checks sizes and divisibility, then calls the
+    public convlab op on meta tensors with the reference backend (its argument checks run, no data)
+    and compares the output shape with the suite's own formula."""
+    import layers
+
+    L = case.layer
+    oh, ow = case.out_hw
+    if case.batch < 1 or min(L.c_in, L.c_out, L.h, L.w, L.k, L.stride, L.dilation, L.groups) < 1 or L.padding < 0:
+        return "non-positive size"
+    if oh < 1 or ow < 1:
+        return f"output size ({oh}, {ow}) not positive"
+    if L.c_in % L.groups or L.c_out % L.groups:
+        return f"channels ({L.c_in}, {L.c_out}) not divisible by groups {L.groups}"
+    if L.family == "depthwise" and not (L.groups == L.c_in == L.c_out):
+        return "depthwise layer must have groups == c_in == c_out"
+    if L.family != "depthwise" and L.c_in // L.groups == 1:
+        return "non-depthwise family would dispatch to the depthwise kernels"
+    if (L.family == "deform") != bool(L.deform) or L.deform not in ("", "v1", "v2"):
+        return f"deform variant {L.deform!r} does not match family {L.family}"
+    if L.deform and L.c_in % L.offset_groups:
+        return f"c_in {L.c_in} not divisible by offset_groups {L.offset_groups}"
+    shapes = case.shapes()
+    fmt = torch.channels_last if case.layout == "cl" else torch.contiguous_format
+
+    def meta(name):
+        t = torch.empty(shapes[name], device="meta", dtype=case.torch_dtype)
+        return t.to(memory_format=fmt) if name == "input" else t
+
+    try:
+        with layers.use_backend("reference"):
+            if L.deform:
+                y = layers.deform_conv2d(meta("input"), meta("offset"), meta("weight"), None, L.stride, L.padding,
+                                         L.dilation, meta("mask") if "mask" in shapes else None)
+            else:
+                y = layers.conv2d(meta("input"), meta("weight"), None, L.stride, L.padding, L.dilation, L.groups)
+    except Exception as exc:  # the op's argument checks rejected the case
+        return f"op rejected it: {type(exc).__name__}: {exc}"
+    if tuple(y.shape) != shapes["output"]:
+        return f"op output shape {tuple(y.shape)} != expected {shapes['output']}"
+    return ""

@@ -1,0 +1,166 @@
+"""Deep Roots report: ``python -m experiments.report deep_roots RUNS_DIR... [--out DIR]``.
+
+Gathers every ``summary.json`` under the given folders (single runs or multirun sweeps of
+``experiment=deep_roots``) and writes to ``--out`` (default: the first folder's ``report/``):
+
+* ``report.md``: one row per root: validation accuracy mean ± std over seeds, number of seeds,
+  parameters, conv multiply-adds, training throughput, the block-diagonality index of the
+  conv2c x conv3a correlation (raw / ZCA-whitened) and of conv3a's intra-layer correlation against
+  1/g, and the paper's accuracy and multiply-adds (Ioannou et al. 2017) for reference;
+* ``heatmaps.png``: the correlation matrices side by side, one column per root (lowest seed),
+  rows inter raw / inter whitened / intra raw / intra whitened;
+* ``results.json``: the aggregated numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+from experiments.models.nin import PAPER
+
+INDEX_KEYS = ("inter_raw", "inter_whitened", "intra_raw", "intra_whitened")
+
+
+def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
+    runs = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("summary.json")):
+            try:
+                s = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if "deep_roots" not in s or s.get("status") != "finished":
+                continue
+            s["_path"] = str(path)
+            runs.append(s)
+    return runs
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    by_root: dict[int, list[dict]] = {}
+    for s in runs:
+        root = max(1, int(s["deep_roots"].get("root", 1)))
+        by_root.setdefault(root, []).append(s)
+    out = {}
+    for root, group in sorted(by_root.items()):
+        group.sort(key=lambda s: (s.get("seed") is None, s.get("seed")))
+        accs = [s["metrics"].get("val/acc") for s in group if s["metrics"].get("val/acc") is not None]
+        thr = [s["timing"].get("throughput") for s in group if s["timing"].get("throughput")]
+        d0 = group[0]["deep_roots"]
+        index = {k: mean(s["deep_roots"]["index"][k]["index"] for s in group) for k in INDEX_KEYS}
+        out[root] = {
+            "root": root, "conv_groups": d0.get("conv_groups"), "groups": d0["groups"], "one_over_g": 1 / d0["groups"],
+            "intra_chance": d0["index"]["intra_raw"]["chance"],
+            "seeds": [s.get("seed") for s in group], "n": len(group),
+            "acc_mean": mean(accs) if accs else None, "acc_std": stdev(accs) if len(accs) > 1 else 0.0 if accs else None,
+            "params": group[0]["model"].get("params"), "macs": d0.get("macs"),
+            "throughput": mean(thr) if thr else None, "index": index,
+            "dataset": sorted({s["dataset"]["name"] for s in group}),
+            "epochs": sorted({s.get("epochs_completed") for s in group}),
+            "steps": sorted({s.get("global_step") for s in group}),
+            "device": group[0].get("device", {}).get("name") or group[0].get("device", {}).get("type"),
+            "correlations": d0.get("correlations"), "paper": PAPER.get(root),
+            "runs": [s["_path"] for s in group],
+        }
+    return out
+
+
+def render_table(agg: dict[int, dict[str, Any]]) -> str:
+    head = ("| model | groups (conv2a, conv3a) | seeds | val acc % (mean ± std) | params | MACs (M) | img/s "
+            "| inter raw | inter whitened | intra raw | intra whitened | 1/g | paper acc % | paper MACs (M) |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for root, r in agg.items():
+        name = "NiN" if root == 1 else f"root-{root}"
+        acc = "n/a" if r["acc_mean"] is None else f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}"
+        g = r["conv_groups"] or []
+        paper = r["paper"] or {}
+        idx = r["index"]
+        lines.append(
+            f"| {name} | ({', '.join(map(str, g))}) | {r['n']} | {acc} | {r['params']:,} | {_fmt(r['macs'] / 1e6, '.1f')} "
+            f"| {_fmt(r['throughput'], '.0f')} | {_fmt(idx['inter_raw'])} | {_fmt(idx['inter_whitened'])} "
+            f"| {_fmt(idx['intra_raw'])} | {_fmt(idx['intra_whitened'])} | {_fmt(r['one_over_g'])} "
+            f"| {_fmt(paper.get('acc'), '.2f')} | {_fmt(paper.get('macs_m'), '.1f')} |")
+    return "\n".join(lines)
+
+
+def plot(agg: dict[int, dict[str, Any]], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    cols = [(root, r) for root, r in agg.items() if r.get("correlations") and Path(r["correlations"]).is_file()]
+    if not cols:
+        return None
+    fig, axes = plt.subplots(len(INDEX_KEYS), len(cols), figsize=(2.6 * len(cols), 2.6 * len(INDEX_KEYS)),
+                             squeeze=False)
+    for j, (root, r) in enumerate(cols):
+        data = torch.load(r["correlations"], map_location="cpu")
+        for i, key in enumerate(INDEX_KEYS):
+            ax = axes[i][j]
+            mat = data["matrices"][key].float().numpy()
+            vmax = 1.0 if key.startswith("inter") else (0.5 if key.endswith("raw") else 0.2)
+            ax.imshow(mat, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"{'NiN' if root == 1 else f'root-{root}'} (g={r['groups']})", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(key.replace("_", "\n"), fontsize=9)
+            ax.set_xlabel(f"index {data['index'][key]['index']:.2f}", fontsize=7)
+    fig.suptitle("|correlation|: inter = conv2c (rows) x conv3a (cols), intra = conv3a x conv3a", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.report deep_roots", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run or sweep folders (searched for summary.json)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first run dir>/report)")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.runs)
+    if not runs:
+        print(f"no finished deep_roots runs (summary.json with 'deep_roots') under {[str(d) for d in args.runs]}")
+        return 1
+    out = args.out or args.runs[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(runs)
+    fig = plot(agg, out / "heatmaps.png")
+    any_run = next(iter(agg.values()))
+    datasets = sorted({d for r in agg.values() for d in r["dataset"]})
+    text = [
+        "# Deep Roots: NiN root variants on CIFAR-10",
+        "",
+        f"{len(runs)} runs from {', '.join(str(d) for d in args.runs)}; data: {', '.join(datasets)}; "
+        f"epochs completed: {sorted({e for r in agg.values() for e in r['epochs']})}, "
+        f"optimizer steps: {sorted({s for r in agg.values() for s in r['steps']})}; device: {any_run['device']}.",
+        "",
+        render_table(agg),
+        "",
+        "- val acc: final validation accuracy of each run, mean ± sample std over seeds.",
+        "- MACs: multiply-adds of the convolutions for one 3x32x32 image; paper columns: Ioannou et al., CVPR 2017 "
+        "(full training; short runs are not comparable).",
+        "- inter / intra: block-diagonality index, the share of |correlation| mass inside the g diagonal blocks "
+        "(g = conv3a's groups) of the conv2c x conv3a matrix (inter) and of conv3a's own matrix without its "
+        "diagonal (intra), for raw and ZCA-whitened responses; 1/g is the share without structure "
+        f"(intra without the diagonal: {', '.join(f'{r['intra_chance']:.3f}' for r in agg.values())}).",
+    ]
+    if fig:
+        text += ["", f"![heatmaps]({fig.name})"]
+    (out / "report.md").write_text("\n".join(text) + "\n")
+    (out / "results.json").write_text(json.dumps({str(k): v for k, v in agg.items()}, indent=2, default=str))
+    print("\n".join(text))
+    print(f"\nwritten: {out / 'report.md'}" + (f", {fig}" if fig else ""))
+    return 0
