@@ -179,6 +179,28 @@ def _input_grad_backward(ctx, grad):
 _conv2d_input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
 
 
+def _weight_grad_setup(ctx, inputs, output):
+    input, grad_output, weight_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, grad_output)
+    ctx.conf = (stride, padding, dilation, groups)
+
+
+def _weight_grad_backward(ctx, grad):
+    # <grad, weight_grad(x, gy)> = <conv2d(x, grad), gy>: bilinear in x and gy (double backward).
+    input, grad_output = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conf
+    gx = ggy = None
+    if ctx.needs_input_grad[0]:
+        gx = torch.ops.convlab.conv2d_input_grad(grad_output, grad, None, list(input.shape), stride, padding,
+                                                 dilation, groups)
+    if ctx.needs_input_grad[1]:
+        ggy = torch.ops.convlab.conv2d(input, grad, None, stride, padding, dilation, groups)
+    return gx, ggy, None, None, None, None, None
+
+
+_conv2d_weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)
+
+
 # FLOPs: 2 * N * OH * OW * C_out * (C_in / groups) * KH * KW for the forward and for each gradient.
 @register_flop_formula(torch.ops.convlab.conv2d)
 def _conv2d_flops(x_shape, w_shape, bias_shape, stride, padding, dilation, groups, *, out_shape, **kwargs):

@@ -209,6 +209,16 @@ def test_gradcheck_float64(device):
                                     fast_mode=True)
 
 
+def test_gradgradcheck_float64(device):
+    """Double backward (e.g. gradient penalties): every backward op has its own autograd."""
+    x = torch.randn(1, 2, 4, 4, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 3, 2, device=device, dtype=torch.float64, requires_grad=True)
+    wd = torch.randn(2, 1, 2, 2, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w: layers.conv2d(x, w, None, (2, 1), 1, 1, 2), (x, w),
+                                        fast_mode=True)
+    assert torch.autograd.gradgradcheck(lambda x, w: layers.conv2d(x, w, None, 1, 0, 1, 2), (x, wd), fast_mode=True)
+
+
 def test_opcheck(device):
     x = torch.randn(2, 4, 5, 5, device=device)
     w = torch.randn(6, 2, 3, 3, device=device)
