@@ -202,6 +202,16 @@ def analyse(net: nn.Module, images: Tensor, layers: Sequence[str] = ("conv2c", "
     return result
 
 
+def color_max(mat: Tensor, key: str) -> float:
+    """Colour scale of a heatmap: 1 for raw correlations; the 99th percentile of the off-diagonal
+    cells for whitened ones (whitening leaves small values that a 0..1 scale would hide)."""
+    if key.endswith("raw"):
+        return 1.0
+    mat = torch.as_tensor(mat, dtype=torch.float32)
+    vals = mat[~torch.eye(*mat.shape, dtype=torch.bool)] if mat.shape[0] == mat.shape[1] else mat.flatten()
+    return max(0.02, float(torch.quantile(vals, 0.99)))
+
+
 TITLES = {"inter": "inter-layer |corr| {a} x {b}", "intra": "intra-layer |corr| {b}"}
 
 
@@ -224,7 +234,7 @@ def plot_heatmaps(result: dict[str, Any], out_dir: Path, title: str = "") -> dic
         label = f"{TITLES[kind].format(a=a, b=b)}, {mode}\nblock index {idx['index']:.3f} (1/g = {idx['one_over_g']:.3f}, g={idx['groups']})"
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         for axis in (ax, ax_all):
-            axis.imshow(mat, cmap="viridis", vmin=0, vmax=1 if kind == "inter" else 0.5 if mode == "raw" else 0.2,
+            axis.imshow(mat, cmap="viridis", vmin=0, vmax=color_max(result["matrices"][key], key),
                         interpolation="nearest")
             axis.set_title(label, fontsize=8)
             axis.set_xlabel(b)

@@ -39,6 +39,17 @@ def _label_run(cfg: DictConfig, data_info: dict) -> None:
         cfg.tags = tags + [name] + (["fallback"] if data_info.get("fallback") else [])
 
 
+def _instantiate_model(cfg: DictConfig) -> L.LightningModule:
+    """``instantiate(cfg.model)`` without ``model.name``, a label for run names only."""
+    with open_dict(cfg):
+        name = cfg.model.pop("name", None)
+        try:
+            return instantiate(cfg.model)
+        finally:
+            if name is not None:
+                cfg.model.name = name
+
+
 def _setup_loggers(cfg: DictConfig) -> tuple[list, str | None]:
     wandb_mode = None
     logger_cfg = cfg.get("logger") or {}
@@ -74,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("run %s on %s data (%s)", cfg.run_name, data_info["name"], data_info["source"])
 
     log.info("model <%s> with conv variant %r", cfg.model._target_, cfg.conv.variant)
-    model: L.LightningModule = instantiate(cfg.model)
+    model: L.LightningModule = _instantiate_model(cfg)
     callbacks = utils.instantiate_group(cfg.get("callbacks"), "callback")
     loggers, wandb_mode = _setup_loggers(cfg)
     log.info("trainer <%s>", cfg.trainer._target_)

@@ -9,9 +9,11 @@ from .conv import (
     conv_transpose2d,
 )
 from .deform import DeformConv2d, OffsetDeformConv2d, bilinear_gather, deform_conv2d
+from .roi import DeformRoIPool2d, OffsetDeformRoIPool2d, deform_roi_pool
 
 __all__ = [
     "conv2d", "conv_transpose2d", "Conv2d", "ConvTranspose2d", "DepthwiseSeparableConv2d",
     "SpatiallySeparableConv2d", "deform_conv2d", "bilinear_gather", "DeformConv2d", "OffsetDeformConv2d",
+    "deform_roi_pool", "DeformRoIPool2d", "OffsetDeformRoIPool2d",
     "get_backend", "set_backend", "use_backend", "resolve",
 ]

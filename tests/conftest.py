@@ -21,9 +21,15 @@ def device() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_backend():
+    """Every test starts from seed 0 and leaves the global backend as it found it (a training run
+    sets it from its config, which would otherwise leak into later tests on the same worker)."""
+    from layers import get_backend, set_backend
+
     torch.manual_seed(0)
+    before = get_backend()
     yield
+    set_backend(before)
 
 
 def pytest_report_header(config):

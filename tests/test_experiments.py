@@ -107,6 +107,31 @@ def test_bad_conv_override_is_a_clear_hydra_error():
     assert "deformable_v2" in message and "standard" in message  # lists the valid options
 
 
+@pytest.mark.parametrize("model,expected", [
+    ("resnet20", "standard-resnet20-w16-s0"), ("resnet56", "standard-resnet56-w16-s0"),
+    ("nin", "standard-nin-root1-s0"), ("detector", "standard-frcnn-resnet18-s0"),
+])
+def test_every_model_gives_a_run_name(model, expected):
+    """run_name interpolates model.name, which every conf/model file defines."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={model}"])
+    assert cfg.run_name == expected
+
+
+def test_nin_without_the_experiment_trains(tmp_path):
+    # not experiment=smoke: it shrinks ResNet settings (width, depth) that NiN does not have
+    overrides = ["data=synthetic", "logger=csv", "trainer=cpu"] + [o for o in FAST if o.split("=")[0].split(".")[0]
+                                                                  in ("backend", "cpu_threads", "data")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*overrides, "model=nin", "trainer.fast_dev_run=true",
+                                                      "data.batch_size=4", f"paths.output_dir={tmp_path}"])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["val/acc"] <= 1.0
+    summary = read_summary(cfg)
+    assert summary["run_name"] == "standard-nin-root1-s0-synthetic"
+    assert "name" not in summary.get("hparams", {})
+
+
 # ---------------------------------------------------------------------------------- fast_dev_run
 
 

@@ -60,7 +60,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
             "root": root, "conv_groups": d0.get("conv_groups"), "groups": d0["groups"], "one_over_g": 1 / d0["groups"],
             "intra_chance": d0["index"]["intra_raw"]["chance"],
             "seeds": [s.get("seed") for s in group], "n": len(group),
-            "acc_mean": mean(accs) if accs else None, "acc_std": stdev(accs) if len(accs) > 1 else 0.0 if accs else None,
+            "acc_mean": mean(accs) if accs else None, "acc_std": stdev(accs) if len(accs) > 1 else None,
             "params": group[0]["model"].get("params"), "macs": d0.get("macs"),
             "throughput": mean(thr) if thr else None, "index": index,
             "dataset": sorted({s["dataset"]["name"] for s in group}),
@@ -79,7 +79,8 @@ def render_table(agg: dict[int, dict[str, Any]]) -> str:
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for root, r in agg.items():
         name = "NiN" if root == 1 else f"root-{root}"
-        acc = "n/a" if r["acc_mean"] is None else f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}"
+        acc = "n/a" if r["acc_mean"] is None else f"{100 * r['acc_mean']:.2f}" + (
+            f" ± {100 * r['acc_std']:.2f}" if r["acc_std"] is not None else " (one seed)")
         g = r["conv_groups"] or []
         paper = r["paper"] or {}
         idx = r["index"]
@@ -98,6 +99,8 @@ def plot(agg: dict[int, dict[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     import torch
 
+    from experiments.roots import color_max
+
     cols = [(root, r) for root, r in agg.items() if r.get("correlations") and Path(r["correlations"]).is_file()]
     if not cols:
         return None
@@ -107,8 +110,9 @@ def plot(agg: dict[int, dict[str, Any]], path: Path) -> Path | None:
         data = torch.load(r["correlations"], map_location="cpu")
         for i, key in enumerate(INDEX_KEYS):
             ax = axes[i][j]
-            mat = data["matrices"][key].float().numpy()
-            vmax = 1.0 if key.startswith("inter") else (0.5 if key.endswith("raw") else 0.2)
+            mat = data["matrices"][key].float()
+            vmax = color_max(mat, key)
+            mat = mat.numpy()
             ax.imshow(mat, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -117,7 +121,8 @@ def plot(agg: dict[int, dict[str, Any]], path: Path) -> Path | None:
             if j == 0:
                 ax.set_ylabel(key.replace("_", "\n"), fontsize=9)
             ax.set_xlabel(f"index {data['index'][key]['index']:.2f}", fontsize=7)
-    fig.suptitle("|correlation|: inter = conv2c (rows) x conv3a (cols), intra = conv3a x conv3a", fontsize=10)
+    fig.suptitle("|correlation|: inter = conv2c (rows) x conv3a (cols), intra = conv3a x conv3a; "
+                 "colour scale 0..1 (raw), 0..99th percentile (whitened)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -139,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     agg = aggregate(runs)
     fig = plot(agg, out / "heatmaps.png")
     any_run = next(iter(agg.values()))
+    chance = ", ".join(f"{r['intra_chance']:.3f}" for r in agg.values())
     datasets = sorted({d for r in agg.values() for d in r["dataset"]})
     text = [
         "# Deep Roots: NiN root variants on CIFAR-10",
@@ -149,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         render_table(agg),
         "",
-        "- val acc: final validation accuracy of each run, mean ± sample std over seeds.",
+        "- val acc: final validation accuracy of each run (val/acc), mean ± sample std over seeds.",
         "- MACs: multiply-adds of the convolutions for one 3x32x32 image; paper columns: Ioannou et al., CVPR 2017 "
         "(full training; short runs are not comparable).",
         "- inter / intra: block-diagonality index, the share of |correlation| mass inside the g diagonal blocks "
         "(g = conv3a's groups) of the conv2c x conv3a matrix (inter) and of conv3a's own matrix without its "
         "diagonal (intra), for raw and ZCA-whitened responses; 1/g is the share without structure "
-        f"(intra without the diagonal: {', '.join(f'{r['intra_chance']:.3f}' for r in agg.values())}).",
+        f"(intra without the diagonal: {chance}).",
     ]
     if fig:
         text += ["", f"![heatmaps]({fig.name})"]

@@ -1,0 +1,310 @@
+"""Deformable RoI pooling (Dai et al., "Deformable Convolutional Networks", ICCV 2017, section 2.2).
+
+RoI Align with a learned offset per output bin. For RoI ``k`` = (b, x1, y1, x2, y2) in image
+coordinates, scaled by ``SCALE`` (the feature map's spatial scale, e.g. 1/16):
+
+    roi_w = max(x2 - x1, 1), roi_h = max(y2 - y1, 1)        (torchvision's aligned=False rule)
+    bin_w = roi_w / PW, bin_h = roi_h / PH
+    grid  = (SR, SR) when SR > 0, else (ceil(roi_h / PH), ceil(roi_w / PW))   (per RoI)
+    out[k, c, ph, pw] = 1 / (gh * gw) * sum_{iy, ix} bilinear(x[b, c],
+            y1 + ph * bin_h + GAMMA * roi_h * offset[k, 1, ph, pw] + (iy + 0.5) * bin_h / gh,
+            x1 + pw * bin_w + GAMMA * roi_w * offset[k, 0, ph, pw] + (ix + 0.5) * bin_w / gw)
+
+i.e. offset channel 0 is the normalised x (width) shift and channel 1 the y (height) shift of a
+bin: bin offset = GAMMA * offset * (roi_w, roi_h) as in the paper. Without an offset this is
+exactly ``torchvision.ops.roi_align(..., aligned=False)`` (average of the samples of a bin).
+
+Sampling rule: torchvision's RoI Align rule, *not* the deformable-convolution rule of
+``kernels.deform._bilinear`` (which zero-pads every corner outside the map). RoI Align returns 0
+for a sample with y < -1, y > H, x < -1 or x > W, clamps y, x in [-1, 0) to 0, and samples the
+border row / column (replicated) for y >= H - 1 / x >= W - 1. ``_roi_bilinear`` below implements
+that rule; it also returns where the position is not clamped, so the offset gradient is the exact
+derivative of the piecewise-bilinear function (0 where a coordinate is clamped).
+
+Kernels: forward, one program per (RoI, block of bins, block of channels), looping over the RoI's
+sampling grid (a runtime bound: adaptive grids differ per RoI). Backward, one program per (RoI,
+block of bins), looping over all channels: the offset gradient is reduced in registers
+(deterministic), the feature gradient is scattered with atomic adds into an fp32 (fp64) workspace.
+Boxes get no gradient. Accumulation in fp32 (fp64 for fp64).
+
+Layouts: input any strides (channels_last included); rois (K, 5) any strides; offset
+(K, 2, PH, PW) any strides; output (K, C, PH, PW) contiguous. ``SCALE`` and ``GAMMA`` are
+constexprs (one compilation per value; a detector uses one of each).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import accumulator_dtype, cdiv, _idx, KernelSpec, launch, needs_int64
+
+
+def _cfg(bp, bc, warps):
+    return triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
+
+
+# 7 x 7 = 49 bins: one 64-bin block covers a RoI. The first config of each list is the default.
+# <= 8 tile elements per thread (fp64: 4): larger tiles spill on sm_80 (python -m kernels.inspect).
+_FWD = [_cfg(64, 16, 4), _cfg(32, 16, 4), _cfg(64, 32, 8), _cfg(32, 32, 4)]
+FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": _FWD, "fp64": [_cfg(32, 16, 4), _cfg(64, 16, 8), _cfg(32, 32, 8)]}
+# backward: per-element atomic scatters plus four corner dot products: <= 2 tile elements per thread
+BWD_CONFIGS = {dt: [_cfg(32, 16, 8), _cfg(16, 16, 4), _cfg(64, 8, 8), _cfg(16, 32, 8)]
+               for dt in ("fp16", "bf16", "fp32", "fp64")}
+INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
+
+
+def _dtype_class(dtype: torch.dtype) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, "fp32")
+
+
+@triton.jit
+def _roi_bilinear(py, px, H, W):
+    """torchvision RoI Align sampling at (py, px): top-left corner (y0, x0) int32, the other
+    corner (y1, x1), fractional parts (ly, lx), validity of the sample, and whether y / x are
+    unclamped (their derivative passes)."""
+    valid = (py >= -1.0) & (py <= H) & (px >= -1.0) & (px <= W)
+    gy = (py >= 0.0) & valid
+    gx = (px >= 0.0) & valid
+    py = tl.minimum(tl.maximum(py, 0.0), H + 1.0)  # upper clamp: only invalid samples, safe int cast
+    px = tl.minimum(tl.maximum(px, 0.0), W + 1.0)
+    y0 = py.to(tl.int32)
+    x0 = px.to(tl.int32)
+    top_y = y0 >= H - 1
+    top_x = x0 >= W - 1
+    y0 = tl.where(top_y, H - 1, y0)
+    x0 = tl.where(top_x, W - 1, x0)
+    y1 = tl.where(top_y, H - 1, y0 + 1)
+    x1 = tl.where(top_x, W - 1, x0 + 1)
+    ly = tl.where(top_y, 0.0, py - y0.to(py.dtype))
+    lx = tl.where(top_x, 0.0, px - x0.to(px.dtype))
+    return y0, x0, y1, x1, ly, lx, valid, gy, gx
+
+
+@triton.jit
+def _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE: tl.constexpr, ftype: tl.constexpr):
+    rb = roi_ptr + k.to(tl.int64) * srk
+    b = tl.load(rb).to(tl.float32).to(tl.int32)
+    x1 = tl.load(rb + src).to(ftype) * SCALE
+    y1 = tl.load(rb + 2 * src).to(ftype) * SCALE
+    x2 = tl.load(rb + 3 * src).to(ftype) * SCALE
+    y2 = tl.load(rb + 4 * src).to(ftype) * SCALE
+    roi_w = tl.maximum(x2 - x1, 1.0)
+    roi_h = tl.maximum(y2 - y1, 1.0)
+    bin_h = roi_h / PH
+    bin_w = roi_w / PW
+    gh = tl.ceil(roi_h / PH).to(tl.int32)
+    gw = tl.ceil(roi_w / PW).to(tl.int32)
+    if SR > 0:
+        gh = SR
+        gw = SR
+    return b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw
+
+
+@triton.jit
+def _roi_fwd_kernel(
+    x_ptr, roi_ptr, off_ptr, y_ptr,
+    C, H, W, PH, PW, SR,
+    sxn, sxc, sxh, sxw,
+    srk, src,
+    sok, soc, soh, sow,
+    syk, syc, syh, syw,
+    SCALE: tl.constexpr, GAMMA: tl.constexpr, HAS_OFFSET: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    k = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    if x_ptr.dtype.element_ty == tl.float64:
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    ftype = acc.dtype
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_p = offs_p < PH * PW
+    mask_c = offs_c < C
+    pw = offs_p % PW
+    ph = offs_p // PW
+    b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw = _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE, ftype)
+    ystart = y1 + ph.to(ftype) * bin_h
+    xstart = x1 + pw.to(ftype) * bin_w
+    if HAS_OFFSET:
+        o_pix = _idx(k, IDX64) * sok + _idx(ph, IDX64) * soh + _idx(pw, IDX64) * sow
+        ox = tl.load(off_ptr + o_pix, mask=mask_p, other=0.0).to(ftype)
+        oy = tl.load(off_ptr + (o_pix + soc), mask=mask_p, other=0.0).to(ftype)
+        ystart += GAMMA * roi_h * oy
+        xstart += GAMMA * roi_w * ox
+    step_h = bin_h / gh.to(ftype)
+    step_w = bin_w / gw.to(ftype)
+    x_img = _idx(b, IDX64) * sxn
+    xc = _idx(offs_c, IDX64)[None, :] * sxc
+    mc = mask_c[None, :]
+    for iy in range(0, gh):
+        py = ystart + (iy + 0.5) * step_h
+        for ix in range(0, gw):
+            px = xstart + (ix + 0.5) * step_w
+            y0, x0, y1_, x1_, ly, lx, valid, gy, gx = _roi_bilinear(py, px, H, W)
+            hy = 1.0 - ly
+            hx = 1.0 - lx
+            ok = (mask_p & valid)[:, None] & mc
+            r0 = x_img + _idx(y0, IDX64) * sxh
+            r1 = x_img + _idx(y1_, IDX64) * sxh
+            c0 = _idx(x0, IDX64) * sxw
+            c1 = _idx(x1_, IDX64) * sxw
+            acc += tl.load(x_ptr + ((r0 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * hx)[:, None]
+            acc += tl.load(x_ptr + ((r0 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * lx)[:, None]
+            acc += tl.load(x_ptr + ((r1 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * hx)[:, None]
+            acc += tl.load(x_ptr + ((r1 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * lx)[:, None]
+    count = tl.maximum(gh * gw, 1).to(ftype)
+    acc = acc / count
+    y_off = (_idx(k, IDX64) * syk + _idx(ph, IDX64) * syh + _idx(pw, IDX64) * syw)[:, None] \
+        + _idx(offs_c, IDX64)[None, :] * syc
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mc)
+
+
+@triton.jit
+def _roi_bwd_kernel(
+    x_ptr, roi_ptr, off_ptr, gy_ptr, ws_ptr, goff_ptr,
+    C, H, W, PH, PW, SR,
+    sxn, sxc, sxh, sxw,
+    srk, src,
+    sok, soc, soh, sow,
+    sgk, sgc, sgh, sgw,
+    sin, sic, sih, siw,
+    sdk, sdc, sdh, sdw,
+    SCALE: tl.constexpr, GAMMA: tl.constexpr, HAS_OFFSET: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # One program: one RoI x BLOCK_P bins, all channels. Strides: x sx*, rois sr*, offset so*,
+    # grad output sg*, grad-input workspace si*, grad offset sd*.
+    k = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    if x_ptr.dtype.element_ty == tl.float64:
+        g_y = tl.zeros((BLOCK_P,), dtype=tl.float64)
+    else:
+        g_y = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    g_x = tl.zeros_like(g_y)
+    ftype = g_y.dtype
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < PH * PW
+    pw = offs_p % PW
+    ph = offs_p // PW
+    b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw = _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE, ftype)
+    ystart = y1 + ph.to(ftype) * bin_h
+    xstart = x1 + pw.to(ftype) * bin_w
+    if HAS_OFFSET:
+        o_pix = _idx(k, IDX64) * sok + _idx(ph, IDX64) * soh + _idx(pw, IDX64) * sow
+        ox = tl.load(off_ptr + o_pix, mask=mask_p, other=0.0).to(ftype)
+        oy = tl.load(off_ptr + (o_pix + soc), mask=mask_p, other=0.0).to(ftype)
+        ystart += GAMMA * roi_h * oy
+        xstart += GAMMA * roi_w * ox
+    step_h = bin_h / gh.to(ftype)
+    step_w = bin_w / gw.to(ftype)
+    inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
+    x_img = _idx(b, IDX64) * sxn
+    w_img = _idx(b, IDX64) * sin
+    g_pix = _idx(k, IDX64) * sgk + _idx(ph, IDX64) * sgh + _idx(pw, IDX64) * sgw
+    for c_start in range(0, C, BLOCK_C):
+        offs_c = c_start + tl.arange(0, BLOCK_C)
+        mc = (offs_c < C)[None, :]
+        gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc,
+                     other=0.0).to(ftype) * inv_count
+        xc = _idx(offs_c, IDX64)[None, :] * sxc
+        ic = _idx(offs_c, IDX64)[None, :] * sic
+        for iy in range(0, gh):
+            py = ystart + (iy + 0.5) * step_h
+            for ix in range(0, gw):
+                px = xstart + (ix + 0.5) * step_w
+                y0, x0, y1_, x1_, ly, lx, valid, gyok, gxok = _roi_bilinear(py, px, H, W)
+                hy = 1.0 - ly
+                hx = 1.0 - lx
+                ok = (mask_p & valid)[:, None] & mc
+                r0 = _idx(y0, IDX64)
+                r1 = _idx(y1_, IDX64)
+                c0 = _idx(x0, IDX64)
+                c1 = _idx(x1_, IDX64)
+                tl.atomic_add(ws_ptr + ((w_img + r0 * sih + c0 * siw)[:, None] + ic), gv * (hy * hx)[:, None],
+                              mask=ok, sem="relaxed")
+                tl.atomic_add(ws_ptr + ((w_img + r0 * sih + c1 * siw)[:, None] + ic), gv * (hy * lx)[:, None],
+                              mask=ok, sem="relaxed")
+                tl.atomic_add(ws_ptr + ((w_img + r1 * sih + c0 * siw)[:, None] + ic), gv * (ly * hx)[:, None],
+                              mask=ok, sem="relaxed")
+                tl.atomic_add(ws_ptr + ((w_img + r1 * sih + c1 * siw)[:, None] + ic), gv * (ly * lx)[:, None],
+                              mask=ok, sem="relaxed")
+                if HAS_OFFSET:
+                    u00 = tl.sum(gv * tl.load(x_ptr + ((x_img + r0 * sxh + c0 * sxw)[:, None] + xc), mask=ok,
+                                              other=0.0).to(ftype), axis=1)
+                    u01 = tl.sum(gv * tl.load(x_ptr + ((x_img + r0 * sxh + c1 * sxw)[:, None] + xc), mask=ok,
+                                              other=0.0).to(ftype), axis=1)
+                    u10 = tl.sum(gv * tl.load(x_ptr + ((x_img + r1 * sxh + c0 * sxw)[:, None] + xc), mask=ok,
+                                              other=0.0).to(ftype), axis=1)
+                    u11 = tl.sum(gv * tl.load(x_ptr + ((x_img + r1 * sxh + c1 * sxw)[:, None] + xc), mask=ok,
+                                              other=0.0).to(ftype), axis=1)
+                    g_y += tl.where(gyok, (u10 - u00) * hx + (u11 - u01) * lx, 0.0)
+                    g_x += tl.where(gxok, (u01 - u00) * hy + (u11 - u10) * ly, 0.0)
+    if HAS_OFFSET:
+        d_pix = _idx(k, IDX64) * sdk + _idx(ph, IDX64) * sdh + _idx(pw, IDX64) * sdw
+        tl.store(goff_ptr + d_pix, (g_x * (GAMMA * roi_w)).to(goff_ptr.dtype.element_ty), mask=mask_p)
+        tl.store(goff_ptr + (d_pix + sdc), (g_y * (GAMMA * roi_h)).to(goff_ptr.dtype.element_ty), mask=mask_p)
+
+
+# --------------------------------------------------------------------------- launchers
+_KEY = ["C", "PH", "PW", "SR", "sxc"]
+_fwd_tuned = {dt: triton.autotune(configs=cfgs, key=_KEY)(_roi_fwd_kernel) for dt, cfgs in FWD_CONFIGS.items()}
+# the backward accumulates into ws with atomics: zero it before every autotuning trial
+_bwd_tuned = {dt: triton.autotune(configs=cfgs, key=_KEY, reset_to_zero=["ws_ptr"])(_roi_bwd_kernel)
+              for dt, cfgs in BWD_CONFIGS.items()}
+
+
+def deform_roi_pool_forward(x, rois, offset, spatial_scale: float, pooled_h: int, pooled_w: int,
+                            sampling_ratio: int, gamma: float):
+    """x (N, C, H, W); rois (K, 5) as (batch index, x1, y1, x2, y2); offset (K, 2, PH, PW) as
+    normalised (dx, dy) or None -> (K, C, PH, PW), contiguous."""
+    N, C, H, W = x.shape
+    K = rois.shape[0]
+    y = torch.empty((K, C, pooled_h, pooled_w), device=x.device, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    o_t = offset if offset is not None else rois
+    o_strides = tuple(offset.stride()) if offset is not None else (0, 0, 0, 0)
+    grid = lambda meta: (K, cdiv(pooled_h * pooled_w, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
+    launch(_fwd_tuned[_dtype_class(x.dtype)], _roi_fwd_kernel, grid, INTERPRET_CONFIG,
+           x, rois, o_t, y, C, H, W, pooled_h, pooled_w, sampling_ratio,
+           *x.stride(), *rois.stride(), *o_strides, *y.stride(),
+           SCALE=float(spatial_scale), GAMMA=float(gamma), HAS_OFFSET=offset is not None,
+           IDX64=needs_int64(x, rois, offset, y))
+    return y
+
+
+def deform_roi_pool_backward(grad_output, x, rois, offset, spatial_scale: float, pooled_h: int, pooled_w: int,
+                             sampling_ratio: int, gamma: float):
+    """(grad input like x, grad offset (K, 2, PH, PW) or an empty tensor when offset is None)."""
+    N, C, H, W = x.shape
+    K = rois.shape[0]
+    ws = torch.zeros_like(x, dtype=accumulator_dtype(x.dtype))
+    g_off = (torch.zeros((K, 2, pooled_h, pooled_w), device=x.device, dtype=x.dtype) if offset is not None
+             else torch.empty(0, device=x.device, dtype=x.dtype))
+    if K == 0 or C == 0 or pooled_h * pooled_w == 0:
+        return ws.to(x.dtype), g_off
+    o_t = offset if offset is not None else rois
+    o_strides = tuple(offset.stride()) if offset is not None else (0, 0, 0, 0)
+    d_t = g_off if offset is not None else rois
+    d_strides = tuple(g_off.stride()) if offset is not None else (0, 0, 0, 0)
+    grid = lambda meta: (K, cdiv(pooled_h * pooled_w, meta["BLOCK_P"]))
+    launch(_bwd_tuned[_dtype_class(x.dtype)], _roi_bwd_kernel, grid, INTERPRET_CONFIG,
+           x, rois, o_t, grad_output, ws, d_t, C, H, W, pooled_h, pooled_w, sampling_ratio,
+           *x.stride(), *rois.stride(), *o_strides, *grad_output.stride(), *ws.stride(), *d_strides,
+           SCALE=float(spatial_scale), GAMMA=float(gamma), HAS_OFFSET=offset is not None,
+           IDX64=needs_int64(x, rois, offset, grad_output, ws))
+    return ws.to(x.dtype), g_off
+
+
+def _roi_constexprs(dt):
+    return {"SCALE": 0.0625, "GAMMA": 0.1, "HAS_OFFSET": True, "IDX64": False}
+
+
+AOT_SPECS = [
+    KernelSpec("deform_roi_pool_fwd", _roi_fwd_kernel, FWD_CONFIGS, _roi_constexprs),
+    KernelSpec("deform_roi_pool_bwd", _roi_bwd_kernel, BWD_CONFIGS, _roi_constexprs),
+]

@@ -1,0 +1,147 @@
+"""Deformable RoI pooling: zero offset == torchvision.ops.roi_align (aligned=False), values and
+gradients vs the plain-PyTorch reference (autograd), float64 gradcheck, boxes outside the image,
+empty box lists, dtypes, layouts, opcheck, FLOP counting, argument errors. Tiny shapes: on CPU the
+kernels run in Triton's interpreter."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+torchvision = pytest.importorskip("torchvision")
+from torchvision.ops import roi_align  # noqa: E402
+
+from layers.backend import use_backend  # noqa: E402
+from layers.roi import DeformRoIPool2d, OffsetDeformRoIPool2d, deform_roi_pool  # noqa: E402
+
+
+def _rois(device, dtype, H=6, W=7, scale=0.5):
+    # image coordinates (feature map = image * scale): inside, partly outside, degenerate (< 1 px),
+    # far outside, and a second image of the batch
+    boxes = torch.tensor([[0, 1.0, 2.0, 9.0, 10.0],
+                          [1, -3.0, -2.5, 6.3, 4.1],
+                          [0, 10.2, 8.3, 17.9, 15.5],
+                          [1, 4.0, 4.0, 4.4, 4.2],
+                          [0, 30.0, 30.0, 40.0, 44.0]], dtype=dtype, device=device)
+    return boxes
+
+
+def _inputs(device, dtype, C=3, H=6, W=7, offset=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, C, H, W, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    rois = _rois(device, dtype)
+    off = (torch.randn(rois.shape[0], 2, 2, 3, generator=g, dtype=torch.float64) * 0.8).to(device=device,
+                                                                                          dtype=dtype)
+    return x, rois, (off if offset else None)
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_zero_offset_equals_torchvision_roi_align(device, sampling_ratio):
+    x, rois, _ = _inputs(device, torch.float64)
+    ref = roi_align(x, rois, (2, 3), spatial_scale=0.5, sampling_ratio=sampling_ratio, aligned=False)
+    out = deform_roi_pool(x, rois, None, (2, 3), 0.5, sampling_ratio)
+    zero = deform_roi_pool(x, rois, torch.zeros(rois.shape[0], 2, 2, 3, dtype=x.dtype, device=device), (2, 3), 0.5,
+                           sampling_ratio)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(zero, ref)
+    with use_backend("reference"):
+        torch.testing.assert_close(deform_roi_pool(x, rois, None, (2, 3), 0.5, sampling_ratio), ref)
+    # gradient w.r.t. the input matches roi_align's
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    gy = torch.randn_like(ref)
+    (roi_align(xa, rois, (2, 3), 0.5, sampling_ratio, aligned=False) * gy).sum().backward()
+    (deform_roi_pool(xb, rois, None, (2, 3), 0.5, sampling_ratio) * gy).sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad)
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_values_and_gradients_vs_reference(device, sampling_ratio):
+    x, rois, off = _inputs(device, torch.float64)
+    args = ((2, 3), 0.5, sampling_ratio, 0.1)
+    xa, oa = x.clone().requires_grad_(), off.clone().requires_grad_()
+    xb, ob = x.clone().requires_grad_(), off.clone().requires_grad_()
+    out = deform_roi_pool(xa, rois, oa, *args)
+    with use_backend("reference"):
+        ref = deform_roi_pool(xb, rois, ob, *args)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn_like(out)
+    (out * gy).sum().backward()
+    (ref * gy).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    torch.testing.assert_close(oa.grad, ob.grad)
+
+
+def test_gradcheck_float64(device):
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    rois = torch.tensor([[0, 0.3, 0.6, 3.1, 2.7], [0, -1.2, 1.1, 2.2, 4.6]], dtype=torch.float64, device=device)
+    off = (torch.randn(2, 2, 2, 2, dtype=torch.float64, device=device) * 0.5).requires_grad_()
+    fn = lambda a, o: deform_roi_pool(a, rois, o, 2, 1.0, 2, 0.1)
+    assert torch.autograd.gradcheck(fn, (x, off), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_dtypes(device, dtype):
+    x, rois, off = _inputs(device, torch.float64)
+    ref = deform_roi_pool(x, rois, off, (2, 3), 0.5, 2)
+    xl = x.to(dtype).requires_grad_()
+    out = deform_roi_pool(xl, rois.to(dtype), off.to(dtype), (2, 3), 0.5, 2)
+    assert out.dtype == dtype
+    tol = {torch.float16: 2e-2, torch.bfloat16: 6e-2, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    out.float().sum().backward()
+    assert xl.grad.dtype == dtype and torch.isfinite(xl.grad.float()).all()
+
+
+def test_list_boxes_channels_last_and_module(device):
+    x, rois, off = _inputs(device, torch.float32)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    order = torch.cat([torch.nonzero(rois[:, 0] == i).flatten() for i in range(2)])
+    pool = DeformRoIPool2d((2, 3), spatial_scale=0.5, sampling_ratio=2, gamma=0.1)
+    a = pool(x.contiguous(memory_format=torch.channels_last), boxes, off[order])
+    b = pool(x, rois[order], off[order])
+    torch.testing.assert_close(a, b)
+    assert "gamma=0.1" in repr(pool)
+
+
+def test_empty_boxes(device):
+    x = torch.randn(2, 3, 5, 5, device=device, requires_grad=True)
+    off = torch.zeros(0, 2, 2, 2, device=device, requires_grad=True)
+    out = deform_roi_pool(x, torch.zeros(0, 5, device=device), off, 2, 1.0, 2)
+    assert out.shape == (0, 3, 2, 2)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert deform_roi_pool(x, [torch.zeros(0, 4, device=device)] * 2, None, 2).shape == (0, 3, 2, 2)
+    assert deform_roi_pool(x, [], None, 2).shape == (0, 3, 2, 2)
+
+
+def test_offset_module_starts_as_roi_align_and_learns(device):
+    x, rois, _ = _inputs(device, torch.float32)
+    mod = OffsetDeformRoIPool2d((2, 3), 0.5, 2, in_channels=3, hidden_channels=8).to(device)
+    out = mod(x, rois)
+    torch.testing.assert_close(out, roi_align(x, rois, (2, 3), 0.5, 2, aligned=False))
+    out.square().sum().backward()
+    assert mod.offset_fc[-1].weight.grad.abs().sum() > 0  # offsets receive a gradient
+
+
+def test_opcheck_and_flops(device):
+    x, rois, off = _inputs(device, torch.float32)
+    args = (x.requires_grad_(), rois, off.requires_grad_(), 0.5, 2, 3, 2, 0.1)
+    torch.library.opcheck(torch.ops.convlab.deform_roi_pool.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    with FlopCounterMode(display=False) as counter:
+        deform_roi_pool(x, rois, off, (2, 3), 0.5, 2)
+    assert counter.get_total_flops() == 8 * 5 * 3 * 6 * 4
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(offset=torch.zeros(5, 2, 3, 3)), r"offset must have shape \(K, 2, PH, PW\) = \(5, 2, 2, 3\)"),
+    (dict(boxes=torch.zeros(5, 4)), r"boxes \(rois\) must be a Tensor of shape \(K, 5\)"),
+    (dict(boxes=[torch.zeros(2, 5)]), r"boxes\[0\] must be a Tensor of shape \(L, 4\)"),
+    (dict(input=torch.zeros(3, 5, 5)), r"input must be a 4-D Tensor \(N, C, H, W\)"),
+    (dict(output_size=(0, 2)), "output_size must be positive"),
+    (dict(offset=torch.zeros(5, 2, 2, 3, dtype=torch.float64)), "offset dtype must match"),
+])
+def test_argument_errors(kwargs, match):
+    x, rois, _ = _inputs("cpu", torch.float32)
+    call = dict(input=x, boxes=rois, offset=None, output_size=(2, 3), spatial_scale=0.5, sampling_ratio=2)
+    call.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        deform_roi_pool(**call)
