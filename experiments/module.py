@@ -9,9 +9,6 @@ Logged metrics
 """
 from __future__ import annotations
 
-import math
-import time
-from statistics import median
 from typing import Any, Callable
 
 import lightning.pytorch as L
@@ -21,10 +18,12 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from experiments import utils
 from experiments.flops import count_flops, count_params
+from experiments.timing import StepTimingMixin
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(StepTimingMixin, L.LightningModule):
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: str = "cosine", warmup_fraction: float = 0.05, label_smoothing: float = 0.0,
                  sync_timing: bool = True, input_shape: tuple[int, int, int] = (3, 32, 32)):
@@ -41,9 +40,7 @@ class ClassifierModule(L.LightningModule):
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.model_stats: dict[str, Any] = {}
-        self.step_times: list[float] = []  # seconds per training step (whole run, this process)
-        self.step_images: list[int] = []
-        self._t0 = None
+        self._reset_timing()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -67,14 +64,6 @@ class ClassifierModule(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
 
-    def _sync(self) -> None:
-        if self.hparams.sync_timing and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._sync()
-        self._t0 = time.perf_counter()
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
@@ -84,29 +73,6 @@ class ClassifierModule(L.LightningModule):
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self._t0 is None:
-            return
-        self._sync()
-        dt = time.perf_counter() - self._t0
-        n = int(batch[1].shape[0])
-        self.step_times.append(dt)
-        self.step_images.append(n)
-        self.log("train/step_time_ms", dt * 1e3, on_step=True, on_epoch=True)
-        self.log("train/throughput", n / dt, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-
-    def timing_summary(self, skip: int = 3) -> dict[str, float | None]:
-        """Median step time and throughput over this process's steps, skipping the first ``skip``
-        (warm-up, kernel compilation) when there are more than that."""
-        times = self.step_times[skip:] if len(self.step_times) > skip else self.step_times
-        images = self.step_images[skip:] if len(self.step_images) > skip else self.step_images
-        if not times:
-            return {"step_time_ms": None, "throughput": None, "steps_timed": 0}
-        return {"step_time_ms": median(times) * 1e3,
-                "throughput": median(n / t for n, t in zip(images, times)),
-                "steps_timed": len(times)}
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -133,23 +99,5 @@ class ClassifierModule(L.LightningModule):
     # -- optimisation --------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self._param_groups())
-        if self.hparams.scheduler == "none":
-            return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_fraction * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _param_groups(self):
-        """No weight decay on biases and norm parameters (all 1-d tensors)."""
-        decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim <= 1]
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return utils.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
+                                            self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches)

@@ -102,6 +102,25 @@ def _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE: tl.constexpr, ftype: 
 
 
 @triton.jit
+def _bin_grid(roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, PH, PW, SR,
+              SCALE: tl.constexpr, GAMMA: tl.constexpr, HAS_OFFSET: tl.constexpr, IDX64: tl.constexpr,
+              ftype: tl.constexpr):
+    """Sampling grid of bins (ph, pw) of RoI k: image b, the grid origin (ystart, xstart) shifted by
+    the bin's offset (gamma * offset * RoI size), the step between samples, samples per bin
+    (gh, gw) and the RoI size (roi_w, roi_h) in feature-map pixels."""
+    b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw = _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE, ftype)
+    ystart = y1 + ph.to(ftype) * bin_h
+    xstart = x1 + pw.to(ftype) * bin_w
+    if HAS_OFFSET:
+        o_pix = _idx(k, IDX64) * sok + _idx(ph, IDX64) * soh + _idx(pw, IDX64) * sow
+        ox = tl.load(off_ptr + o_pix, mask=mask_p, other=0.0).to(ftype)
+        oy = tl.load(off_ptr + (o_pix + soc), mask=mask_p, other=0.0).to(ftype)
+        ystart += GAMMA * roi_h * oy
+        xstart += GAMMA * roi_w * ox
+    return b, ystart, xstart, bin_h / gh.to(ftype), bin_w / gw.to(ftype), gh, gw, roi_w, roi_h
+
+
+@triton.jit
 def _roi_fwd_kernel(
     x_ptr, roi_ptr, off_ptr, y_ptr,
     C, H, W, PH, PW, SR,
@@ -126,17 +145,9 @@ def _roi_fwd_kernel(
     mask_c = offs_c < C
     pw = offs_p % PW
     ph = offs_p // PW
-    b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw = _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE, ftype)
-    ystart = y1 + ph.to(ftype) * bin_h
-    xstart = x1 + pw.to(ftype) * bin_w
-    if HAS_OFFSET:
-        o_pix = _idx(k, IDX64) * sok + _idx(ph, IDX64) * soh + _idx(pw, IDX64) * sow
-        ox = tl.load(off_ptr + o_pix, mask=mask_p, other=0.0).to(ftype)
-        oy = tl.load(off_ptr + (o_pix + soc), mask=mask_p, other=0.0).to(ftype)
-        ystart += GAMMA * roi_h * oy
-        xstart += GAMMA * roi_w * ox
-    step_h = bin_h / gh.to(ftype)
-    step_w = bin_w / gw.to(ftype)
+    b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
+        roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, PH, PW, SR,
+        SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     x_img = _idx(b, IDX64) * sxn
     xc = _idx(offs_c, IDX64)[None, :] * sxc
     mc = mask_c[None, :]
@@ -190,17 +201,9 @@ def _roi_bwd_kernel(
     mask_p = offs_p < PH * PW
     pw = offs_p % PW
     ph = offs_p // PW
-    b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw = _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE, ftype)
-    ystart = y1 + ph.to(ftype) * bin_h
-    xstart = x1 + pw.to(ftype) * bin_w
-    if HAS_OFFSET:
-        o_pix = _idx(k, IDX64) * sok + _idx(ph, IDX64) * soh + _idx(pw, IDX64) * sow
-        ox = tl.load(off_ptr + o_pix, mask=mask_p, other=0.0).to(ftype)
-        oy = tl.load(off_ptr + (o_pix + soc), mask=mask_p, other=0.0).to(ftype)
-        ystart += GAMMA * roi_h * oy
-        xstart += GAMMA * roi_w * ox
-    step_h = bin_h / gh.to(ftype)
-    step_w = bin_w / gw.to(ftype)
+    b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
+        roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, PH, PW, SR,
+        SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
     x_img = _idx(b, IDX64) * sxn
     w_img = _idx(b, IDX64) * sin

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
-from statistics import median
 from typing import Any, Callable
 
 import lightning.pytorch as L
@@ -27,7 +25,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from experiments import utils
 from experiments.flops import count_flops, count_params
+from experiments.timing import StepTimingMixin
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ FLOPS_NOTE = ("forward FLOPs of one image in eval mode (FlopCounterMode: convolu
               "layers, deformable RoI pooling; torchvision RoI Align, NMS and anchor/box coding are not counted)")
 
 
-class DetectionModule(L.LightningModule):
+class DetectionModule(StepTimingMixin, L.LightningModule):
     def __init__(self, net: Callable[..., nn.Module], optimizer: Callable[..., torch.optim.Optimizer],
                  num_classes: int | None = None, image_size: int = 320, roi_pool: str = "standard",
                  scheduler: str = "cosine", warmup_fraction: float = 0.1, output_dir: str | None = None,
@@ -53,9 +53,7 @@ class DetectionModule(L.LightningModule):
             self.net = net(num_classes=num_classes)
         self.model_stats: dict[str, Any] = {}
         self.summary_extras: dict[str, Any] = {}
-        self.step_times: list[float] = []
-        self.step_images: list[int] = []
-        self._t0 = None
+        self._reset_timing()
         self.map_metric = None
         self.history: list[dict[str, float]] = []
         self._samples: list = []
@@ -93,14 +91,6 @@ class DetectionModule(L.LightningModule):
             logger.log_metrics({"model/params": float(params), "model/flops": float(flops or 0)}, step=0)
 
     # -- training ------------------------------------------------------------------------------------
-    def _sync(self) -> None:
-        if self.hparams.sync_timing and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._sync()
-        self._t0 = time.perf_counter()
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         losses = self.net(images, targets)
@@ -110,26 +100,6 @@ class DetectionModule(L.LightningModule):
         for k, v in losses.items():
             self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs)
         return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self._t0 is None:
-            return
-        self._sync()
-        dt = time.perf_counter() - self._t0
-        n = len(batch[0])
-        self.step_times.append(dt)
-        self.step_images.append(n)
-        self.log("train/step_time_ms", dt * 1e3, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/throughput", n / dt, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n)
-
-    def timing_summary(self, skip: int = 3) -> dict[str, float | None]:
-        times = self.step_times[skip:] if len(self.step_times) > skip else self.step_times
-        images = self.step_images[skip:] if len(self.step_images) > skip else self.step_images
-        if not times:
-            return {"step_time_ms": None, "throughput": None, "steps_timed": 0}
-        return {"step_time_ms": median(times) * 1e3, "throughput": median(n / t for n, t in zip(images, times)),
-                "steps_timed": len(times)}
 
     # -- validation ----------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -205,19 +175,5 @@ class DetectionModule(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim <= 1]
-        optimizer = self.optimizer_factory(params=[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
-        if self.hparams.scheduler == "none":
-            return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_fraction * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return utils.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
+                                            self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches)

@@ -1,1 +1,42 @@
 """One module per study report (``main(argv) -> int``), run by ``python -m experiments.report NAME``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_finished_runs(dirs: list[Path], section: str) -> list[dict[str, Any]]:
+    """Every finished run's ``summary.json`` under ``dirs`` that has the study's ``section`` key,
+    with its path under ``_path``; unreadable files are skipped."""
+    runs = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("summary.json")):
+            try:
+                s = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if section not in s or s.get("status") != "finished":
+                continue
+            s["_path"] = str(path)
+            runs.append(s)
+    return runs
+
+
+def report_inputs(study: str, doc: str, argv: list[str] | None) -> tuple[list[dict[str, Any]], Path] | None:
+    """The shared command line of a study report: ``RUNS_DIR... [--out DIR]``. Returns the finished
+    runs of ``study`` and the (created) output folder, or None (after saying so) when there are none."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.report {study}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run or sweep folders (searched for summary.json)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first run dir>/report)")
+    args = parser.parse_args(argv)
+    runs = load_finished_runs(args.runs, study)
+    if not runs:
+        print(f"no finished {study} runs (summary.json with {study!r}) under {[str(d) for d in args.runs]}")
+        return None
+    out = args.out or args.runs[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    return runs, out

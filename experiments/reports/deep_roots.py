@@ -13,12 +13,13 @@ Gathers every ``summary.json`` under the given folders (single runs or multirun 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
+
+from experiments.reports import load_finished_runs, report_inputs
 
 from experiments.models.nin import PAPER
 
@@ -26,18 +27,7 @@ INDEX_KEYS = ("inter_raw", "inter_whitened", "intra_raw", "intra_whitened")
 
 
 def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
-    runs = []
-    for d in dirs:
-        for path in sorted(Path(d).rglob("summary.json")):
-            try:
-                s = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if "deep_roots" not in s or s.get("status") != "finished":
-                continue
-            s["_path"] = str(path)
-            runs.append(s)
-    return runs
+    return load_finished_runs(dirs, "deep_roots")
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -130,26 +120,20 @@ def plot(agg: dict[int, dict[str, Any]], path: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.report deep_roots", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run or sweep folders (searched for summary.json)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first run dir>/report)")
-    args = parser.parse_args(argv)
-    runs = load_runs(args.runs)
-    if not runs:
-        print(f"no finished deep_roots runs (summary.json with 'deep_roots') under {[str(d) for d in args.runs]}")
+    inputs = report_inputs("deep_roots", __doc__, argv)
+    if inputs is None:
         return 1
-    out = args.out or args.runs[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    runs, out = inputs
     agg = aggregate(runs)
     fig = plot(agg, out / "heatmaps.png")
     any_run = next(iter(agg.values()))
     chance = ", ".join(f"{r['intra_chance']:.3f}" for r in agg.values())
     datasets = sorted({d for r in agg.values() for d in r["dataset"]})
+    sweeps = sorted({str(Path(r["_path"]).parent.parent) for r in runs})
     text = [
         "# Deep Roots: NiN root variants on CIFAR-10",
         "",
-        f"{len(runs)} runs from {', '.join(str(d) for d in args.runs)}; data: {', '.join(datasets)}; "
+        f"{len(runs)} runs from {', '.join(sweeps)}; data: {', '.join(datasets)}; "
         f"epochs completed: {sorted({e for r in agg.values() for e in r['epochs']})}, "
         f"optimizer steps: {sorted({s for r in agg.values() for s in r['steps']})}; device: {any_run['device']}.",
         "",

@@ -10,27 +10,17 @@ runs or multirun sweeps) and writes to ``--out`` (default: the first folder's ``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
+from experiments.reports import load_finished_runs, report_inputs
+
 
 def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
-    runs = []
-    for d in dirs:
-        for path in sorted(Path(d).rglob("summary.json")):
-            try:
-                s = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if "detection" not in s or s.get("status") != "finished":
-                continue
-            s["_path"] = str(path)
-            runs.append(s)
-    return runs
+    return load_finished_runs(dirs, "detection")
 
 
 def _ms(values: list[float], spec: str = ".4f") -> str:
@@ -86,19 +76,12 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.report detection", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dirs", nargs="+", type=Path, help="run or multirun folders")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default: FIRST_DIR/report)")
-    args = ap.parse_args(argv)
-    runs = load_runs(args.dirs)
-    if not runs:
-        print(f"no finished detection runs (summary.json with 'detection') under {[str(d) for d in args.dirs]}")
+    inputs = report_inputs("detection", __doc__, argv)
+    if inputs is None:
         return 1
+    runs, out = inputs
     rows = aggregate(runs)
     text = render(rows)
-    out = args.out or args.dirs[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(text)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     print(text)
