@@ -7,6 +7,7 @@ import math
 import netrc
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -62,23 +63,51 @@ def choose_wandb_mode(timeout: float = 3.0) -> str:
 # ---------------------------------------------------------------------------------------- threads
 
 
+def busy_cores(window: float = 0.3) -> float | None:
+    """Cores busy on the machine right now: the non-idle share of all CPU time in ``/proc/stat``
+    over ``window`` seconds, times the number of CPUs. ``None`` where ``/proc/stat`` is missing.
+
+    Sampled while this process waits, so a finished job of the same multirun process does not
+    count (the 1-minute load average would still hold it for a minute).
+    """
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
+        return sum(fields[:8]), idle                                # guest time is inside user time
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    if total <= 0:
+        return None
+    return (1.0 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
+
+
 def choose_cpu_threads(setting) -> int | None:
     """Threads for CPU ops: an int, ``null`` (torch's default) or ``auto``.
 
-    ``auto`` leaves room for what else runs on the machine: the cores not busy according to the
-    1-minute load average (at least 1, at most torch's default). Oversubscribed OpenMP threads are
-    much slower than fewer threads on a shared machine.
+    ``auto`` leaves room for what else runs on the machine: the cores available to this process
+    minus those busy right now (:func:`busy_cores`, else the 1-minute load average), at least 1
+    and at most torch's default. Oversubscribed OpenMP threads are much slower than fewer threads
+    on a shared machine.
     """
     if setting is None:
         return None
     if isinstance(setting, str) and setting.lower() == "auto":
         default = torch.get_num_threads()
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            return None
+        busy = busy_cores()
+        if busy is None:
+            try:
+                busy = os.getloadavg()[0]
+            except (AttributeError, OSError):
+                return None
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, min(default, cores - int(round(load))))
+        threads = max(1, min(default, cores - int(round(busy))))
     else:
         threads = int(setting)
     torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,36 @@ def test_deformable_flops_formula():
     assert count_flops(make_conv("deformable", 16, 16), (16, 32, 32)) == conv + offsets + 7 * samples
     masks = 2 * 16 * 9 * 9 * 1024  # the offset conv also predicts 9 mask logits
     assert count_flops(make_conv("deformable_v2", 16, 16), (16, 32, 32)) == conv + offsets + masks + 8 * samples
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs /proc/stat")
+def test_busy_cores_sees_a_spinning_process():
+    from experiments import utils
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = utils.busy_cores(window=0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and 0.7 <= busy <= os.cpu_count() + 1e-6
+
+
+def test_cpu_threads_setting(monkeypatch):
+    from experiments import utils
+
+    before = torch.get_num_threads()
+    try:
+        assert utils.choose_cpu_threads(None) is None
+        assert utils.choose_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+        # every core busy elsewhere -> still one thread; nothing busy -> torch's default
+        torch.set_num_threads(before)
+        monkeypatch.setattr(utils, "busy_cores", lambda window=0.3: float(os.cpu_count()))
+        assert utils.choose_cpu_threads("auto") == 1
+        torch.set_num_threads(before)
+        monkeypatch.setattr(utils, "busy_cores", lambda window=0.3: 0.0)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        assert utils.choose_cpu_threads("auto") == min(before, cores)
+    finally:
+        torch.set_num_threads(before)
