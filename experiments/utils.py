@@ -63,6 +63,11 @@ def choose_wandb_mode(timeout: float = 3.0) -> str:
 # ---------------------------------------------------------------------------------------- threads
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def busy_cores(window: float = 0.3) -> float | None:
     """Cores busy on the machine right now: the non-idle share of all CPU time in ``/proc/stat``
     over ``window`` seconds, times the number of CPUs. ``None`` where ``/proc/stat`` is missing.
@@ -106,8 +111,7 @@ def choose_cpu_threads(setting) -> int | None:
                 busy = os.getloadavg()[0]
             except (AttributeError, OSError):
                 return None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, min(default, cores - int(round(busy))))
+        threads = max(1, min(default, usable_cores() - int(round(busy))))
     else:
         threads = int(setting)
     torch.set_num_threads(threads)

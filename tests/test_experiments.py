@@ -354,7 +354,6 @@ def test_cpu_threads_setting(monkeypatch):
         assert utils.choose_cpu_threads("auto") == 1
         torch.set_num_threads(before)
         monkeypatch.setattr(utils, "busy_cores", lambda window=0.3: 0.0)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        assert utils.choose_cpu_threads("auto") == min(before, cores)
+        assert utils.choose_cpu_threads("auto") == min(before, utils.usable_cores())
     finally:
         torch.set_num_threads(before)
