@@ -91,11 +91,14 @@ def _idx(v, IDX64: tl.constexpr):
 
 @triton.jit
 def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
-    """acc + a @ b; fp32 operands use TF32 only when allowed (fp16/bf16/fp64 are unaffected)."""
+    """acc + a @ b; fp32 operands use TF32 only when allowed (fp16/bf16/fp64 are unaffected).
+
+    ``out_dtype`` is passed explicitly: triton 3.8 infers it from ``acc``, but triton 3.6 (the
+    GPU image) defaults it to fp32 and rejects an fp64 accumulator."""
     if ALLOW_TF32:
-        return tl.dot(a, b, acc, input_precision="tf32")
+        return tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
 
 
 def pair(v) -> tuple:
