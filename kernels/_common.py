@@ -69,14 +69,16 @@ def launch(tuned, plain, grid, interpret_config: dict, *args, **kwargs) -> None:
 
     ``grid`` is a callable ``meta -> tuple`` as in Triton's tutorials.
     """
-    from torch.library import wrap_triton
-
     if INTERPRET:
         if is_fake(*[a for a in args if isinstance(a, torch.Tensor)]):
             return
+        # Interpreted ops are opaque custom_ops (layers/_op.py), so nothing traces this launch;
+        # call the function directly (torch 2.11's wrap_triton rejects InterpretedFunction).
         meta = dict(kwargs, **interpret_config)
-        wrap_triton(plain)[grid(meta)](*args, **meta)
+        plain[grid(meta)](*args, **meta)
     else:
+        from torch.library import wrap_triton
+
         wrap_triton(tuned)[grid](*args, **kwargs)
 
 
