@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,16 @@ def _versions() -> dict[str, str]:
     except ImportError:
         out["triton"] = None
     return out
+
+
+def _backend_setting(cfg: DictConfig) -> str:
+    """``cfg.backend``, checked. Its default in conf/train.yaml is ``${oc.env:CONVLAB_BACKEND,auto}``;
+    a bad value that came from the environment variable is reported under that name."""
+    from layers.backend import ENV_VAR, check_backend
+
+    name = cfg.get("backend", "auto")
+    from_env = OmegaConf.is_interpolation(cfg, "backend") and ENV_VAR in os.environ
+    return check_backend(name, ENV_VAR if from_env else "backend")
 
 
 def _label_run(cfg: DictConfig, data_info: dict) -> None:
@@ -67,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from layers import get_backend, resolve, set_backend
 
     started = time.time()
-    set_backend(cfg.get("backend", "auto"))
+    set_backend(_backend_setting(cfg))
     threads = utils.choose_cpu_threads(cfg.get("cpu_threads"))
     if threads is not None:
         log.info("torch CPU threads: %d", threads)

@@ -2,8 +2,9 @@
 
 ``auto`` (the default) picks Triton for CUDA tensors, Triton's CPU interpreter for CPU
 tensors when ``TRITON_INTERPRET=1`` was set before import, and the PyTorch reference
-otherwise. Choose with the ``CONVLAB_BACKEND`` environment variable, ``set_backend``,
-or the ``use_backend`` context manager.
+otherwise. Choose with the ``CONVLAB_BACKEND`` environment variable (read at import; it is
+also the default of ``backend`` in conf/train.yaml), ``set_backend``, or the ``use_backend``
+context manager.
 """
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ import os
 import torch
 
 BACKENDS = ("auto", "triton", "reference")
+ENV_VAR = "CONVLAB_BACKEND"
 
 
-def _check(name: str) -> str:
+def check_backend(name: str, what: str = "backend") -> str:
+    """``name`` if it is one of BACKENDS, else a ValueError naming ``what`` (e.g. "CONVLAB_BACKEND")."""
     if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        raise ValueError(f"{what} must be one of {BACKENDS}, got {name!r}")
     return name
 
 
-_backend = _check(os.environ.get("CONVLAB_BACKEND", "auto"))
+_backend = check_backend(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
 
 
 def interpreting() -> bool:
@@ -33,7 +36,7 @@ def interpreting() -> bool:
 
 def set_backend(name: str) -> None:
     global _backend
-    _backend = _check(name)
+    _backend = check_backend(name)
 
 
 def get_backend() -> str:
@@ -44,7 +47,7 @@ def get_backend() -> str:
 def use_backend(name: str):
     """Temporarily run the ops on ``name``: ``with use_backend("reference"): ...``."""
     global _backend
-    previous, _backend = _backend, _check(name)
+    previous, _backend = _backend, check_backend(name)
     try:
         yield
     finally:

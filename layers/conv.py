@@ -154,6 +154,19 @@ def _conv2d_backward(ctx, grad_output):
 _conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
 
 
+def _crop_to(out: Tensor, like: Tensor) -> Tensor:
+    """``out`` cut to ``like``'s height and width.
+
+    conv2d over an input of size (H - 1) * stride - 2 * pad + dil * (K - 1) + 1 + output_padding
+    gives floor(output_padding / stride) rows more than H. conv_transpose2d allows output_padding
+    up to max(stride, dilation) - 1, so with output_padding >= stride the conv2d that is its
+    input gradient (and the grad_output gradient of its weight gradient) has extra rows/columns
+    past the end of the transposed conv's input; they belong to no input element and are dropped.
+    """
+    h, w = like.shape[-2:]
+    return out if out.shape[-2:] == (h, w) else out[..., :h, :w]
+
+
 def _input_grad_setup(ctx, inputs, output):
     grad_output, weight, bias, input_size, stride, padding, dilation, groups = inputs
     ctx.save_for_backward(grad_output, weight)
@@ -167,7 +180,7 @@ def _input_grad_backward(ctx, grad):
     stride, padding, dilation, groups = ctx.conf
     gg = gw = gb = None
     if ctx.needs_input_grad[0]:
-        gg = torch.ops.convlab.conv2d(grad, weight, None, stride, padding, dilation, groups)
+        gg = _crop_to(torch.ops.convlab.conv2d(grad, weight, None, stride, padding, dilation, groups), grad_output)
     if ctx.needs_input_grad[1]:
         gw = torch.ops.convlab.conv2d_weight_grad(grad, grad_output, list(weight.shape), stride, padding,
                                                   dilation, groups)
@@ -194,7 +207,7 @@ def _weight_grad_backward(ctx, grad):
         gx = torch.ops.convlab.conv2d_input_grad(grad_output, grad, None, list(input.shape), stride, padding,
                                                  dilation, groups)
     if ctx.needs_input_grad[1]:
-        ggy = torch.ops.convlab.conv2d(input, grad, None, stride, padding, dilation, groups)
+        ggy = _crop_to(torch.ops.convlab.conv2d(input, grad, None, stride, padding, dilation, groups), grad_output)
     return gx, ggy, None, None, None, None, None
 
 
@@ -300,6 +313,10 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` (same arguments and state_dict) running convlab's kernels."""
 
     def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        """``output_size`` ((H, W), or with the leading batch/channel sizes) picks output_padding, as in
+        ``nn.ConvTranspose2d.forward``; sizes up to stride - 1 past the smallest are reachable."""
+        if self.padding_mode != "zeros":  # settable after construction; nn.ConvTranspose2d refuses it here too
+            raise ValueError(f"Only 'zeros' padding mode is supported for ConvTranspose2d, got {self.padding_mode!r}")
         num_spatial_dims = 2
         output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
                                               num_spatial_dims, self.dilation)

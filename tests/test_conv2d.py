@@ -194,6 +194,56 @@ def test_conv_transpose2d(device, dtype, case):
         assert_close(ours.grad, theirs.grad, dtype, f"grad {name}")
 
 
+# output_padding may reach max(stride, dilation) - 1, i.e. be >= stride when dilation > stride;
+# then conv2d (the input gradient) over the output has extra rows/columns that must be dropped.
+# Every case has output_padding >= stride in at least one dimension; N None = unbatched (C, H, W).
+# (N, C_in, C_out, H, W, kernel, stride, padding, output_padding, groups, dilation)
+OP_CASES = [
+    (2, 2, 3, 3, 4, 2, 1, 0, 1, 1, 2),                             # stride 1, dilation 2, op 1
+    (1, 2, 2, 3, 3, 3, 2, 1, 2, 1, 3),                             # stride 2, dilation 3, op 2
+    (1, 4, 2, 3, 2, (2, 3), (3, 2), (1, 0), (2, 3), 2, (4, 4)),    # asymmetric, groups 2
+    (None, 3, 2, 3, 4, 2, (1, 2), (0, 1), (1, 0), 1, (2, 1)),      # unbatched, op >= stride in height only
+    (None, 4, 4, 2, 3, (3, 2), (2, 1), 0, (1, 2), 2, (1, 3)),      # unbatched, groups, width only
+    (1, 3, 3, 3, 3, 2, 1, 1, (0, 1), 3, (1, 2)),                   # depthwise transposed
+]
+OP_IDS = ["s1-d2-op1", "s2-d3-op2", "asym-groups", "unbatched-h", "unbatched-groups-w", "depthwise"]
+
+
+def _transpose_inputs(case, dtype, device):
+    N, C_in, C_out, H, W, k, s, p, op, g, d = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    shape = (C_in, H, W) if N is None else (N, C_in, H, W)
+    x = torch.randn(shape, device=device).to(dtype).requires_grad_()
+    w = torch.randn(C_in, C_out // g, kh, kw, device=device).to(dtype).requires_grad_()
+    b = torch.randn(C_out, device=device).to(dtype).requires_grad_()
+    return (x, w, b), (s, p, op, g, d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", OP_CASES, ids=OP_IDS)
+def test_conv_transpose2d_output_padding_ge_stride(device, dtype, case):
+    (x, w, b), conf = _transpose_inputs(case, dtype, device)
+    y = layers.conv_transpose2d(x, w, b, *conf)
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = F.conv_transpose2d(xr, wr, br, *conf)
+    assert_close(y, ref, dtype, "output")
+    gy = torch.randn_like(ref).to(dtype)
+    y.backward(gy)
+    ref.backward(gy.double())
+    for name, ours, theirs in (("input", x, xr), ("weight", w, wr), ("bias", b, br)):
+        assert_close(ours.grad, theirs.grad, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("case", [OP_CASES[2], OP_CASES[4]], ids=[OP_IDS[2], OP_IDS[4]])
+def test_conv_transpose2d_output_padding_gradcheck(device, case):
+    (x, w, b), conf = _transpose_inputs(case, torch.float64, device)
+    assert torch.autograd.gradcheck(lambda x, w, b: layers.conv_transpose2d(x, w, b, *conf), (x, w, b),
+                                    fast_mode=True)
+    # double backward: the weight gradient's own gradient w.r.t. the input is a conv2d too
+    assert torch.autograd.gradgradcheck(lambda x, w: layers.conv_transpose2d(x, w, None, *conf), (x, w),
+                                        fast_mode=True)
+
+
 # --------------------------------------------------------------------------- autograd machinery
 def test_gradcheck_float64(device):
     x = torch.randn(1, 4, 5, 4, device=device, dtype=torch.float64, requires_grad=True)
@@ -295,6 +345,30 @@ def test_conv_transpose2d_module_output_size(device):
     torch.testing.assert_close(out, ref(x, output_size=[8, 10]), atol=1e-4, rtol=1e-4)
 
 
+def test_conv_transpose2d_module_output_padding_ge_stride(device):
+    """The module with output_padding >= stride (dilation > stride), batched and unbatched, with
+    output_size, against nn.ConvTranspose2d: output and every gradient."""
+    kwargs = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 2), dilation=(1, 3), groups=2)
+    ref = torch.nn.ConvTranspose2d(4, 2, (3, 2), **kwargs).to(device).double()
+    ours = layers.ConvTranspose2d(4, 2, (3, 2), **kwargs).to(device).double()
+    ours.load_state_dict(ref.state_dict())
+    for shape, output_size in (((2, 4, 3, 3), None), ((4, 3, 3), [6, 6]), ((4, 3, 3), [2, 6, 6])):
+        x = torch.randn(shape, device=device, dtype=torch.float64)
+        xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, expected = ours(xo, output_size=output_size), ref(xr, output_size=output_size)
+        assert out.shape == expected.shape
+        torch.testing.assert_close(out, expected)
+        gy = torch.randn_like(expected)
+        out.backward(gy)
+        expected.backward(gy)
+        torch.testing.assert_close(xo.grad, xr.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
+    ours.padding_mode = "reflect"  # nn.ConvTranspose2d.forward refuses this too
+    with pytest.raises(ValueError, match="zeros"):
+        ours(x)
+
+
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_depthwise_separable(device, multiplier):
     m = layers.DepthwiseSeparableConv2d(3, 5, 3, stride=2, padding=1, depth_multiplier=multiplier).to(device)
@@ -364,6 +438,12 @@ def test_conv_transpose2d_errors():
         layers.conv_transpose2d(x, torch.zeros(3, 2, 3, 3))
     with pytest.raises(ValueError, match="output_padding .* must be smaller than stride or dilation"):
         layers.conv_transpose2d(x, torch.zeros(4, 2, 3, 3), stride=2, output_padding=2)
+    # per dimension: output_padding < max(stride, dilation) (1 < 2 is legal in height, 3 in width is not)
+    with pytest.raises(ValueError, match=r"output_padding \(3\) must be smaller than stride or dilation in width"):
+        layers.conv_transpose2d(x, torch.zeros(4, 2, 3, 3), stride=(1, 3), output_padding=(1, 3), dilation=(2, 1))
+    for padding in ("same", "valid"):  # no string padding for transposed convolution, as in PyTorch
+        with pytest.raises(ValueError, match="padding must be an int or a pair of ints"):
+            layers.conv_transpose2d(x, torch.zeros(4, 2, 3, 3), padding=padding)
 
 
 def test_backend_switch(monkeypatch):

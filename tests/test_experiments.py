@@ -176,6 +176,48 @@ def test_summary_json_contents(tmp_path):
         assert column in csv
 
 
+# ------------------------------------------------------------------------------ CONVLAB_BACKEND
+
+
+def _cfg_without_backend(tmp_path: Path, *overrides: str):
+    """FAST without its ``backend=reference``: the backend is whatever the config's default gives."""
+    fast = [o for o in FAST if not o.startswith("backend=")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[*fast, f"paths.output_dir={tmp_path / 'run'}", *overrides])
+
+
+def test_convlab_backend_env_is_the_config_default(tmp_path, monkeypatch):
+    """``CONVLAB_BACKEND=reference python train.py ...`` runs the reference, and summary.json says so;
+    an explicit ``backend=`` still wins, and without the variable the default stays auto."""
+    monkeypatch.setenv("CONVLAB_BACKEND", "reference")
+    assert _cfg_without_backend(tmp_path, "backend=triton").backend == "triton"
+    cfg = _cfg_without_backend(tmp_path, "trainer.fast_dev_run=true")
+    assert cfg.backend == "reference"
+    train(cfg)
+    summary = read_summary(cfg)
+    assert summary["backend"] == {"setting": "reference", "resolved": "reference"}
+    assert summary["config"]["backend"] == "reference"
+    monkeypatch.delenv("CONVLAB_BACKEND")
+    assert _cfg_without_backend(tmp_path).backend == "auto"
+
+
+def test_invalid_convlab_backend_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVLAB_BACKEND", "cudnn")
+    cfg = _cfg_without_backend(tmp_path, "trainer.fast_dev_run=true")
+    assert cfg.backend == "cudnn"
+    with pytest.raises(ValueError, match=r"CONVLAB_BACKEND must be one of .*got 'cudnn'"):
+        train(cfg)
+    # a bad backend= on the command line is named as such
+    monkeypatch.delenv("CONVLAB_BACKEND")
+    with pytest.raises(ValueError, match=r"^backend must be one of .*got 'cudnn'"):
+        train(_cfg_without_backend(tmp_path, "backend=cudnn", "trainer.fast_dev_run=true"))
+    # and at import, before any config (the variable is read when layers is first imported)
+    env = {**os.environ, "CONVLAB_BACKEND": "cudnn"}
+    proc = subprocess.run([sys.executable, "-c", "import layers"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "CONVLAB_BACKEND must be one of" in proc.stderr, proc.stderr[-2000:]
+
+
 # -------------------------------------------------------------------------------------- resume
 
 
