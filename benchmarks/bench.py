@@ -10,6 +10,9 @@ achieved GB/s (``Case.bytes_moved``) and TFLOP/s (``Case.flops``).
     python -m benchmarks.bench                                   # full suite, needs a GPU
     python -m benchmarks.bench --family depthwise --dtype bf16 --batch 32 --limit 10
     python -m benchmarks.bench --dry-run [filters]               # CPU: validate + AOT compile sm_90
+    python -m benchmarks.bench --preset session --time-budget 120 --resume benchmarks/results/*.json --out run
+    python -m benchmarks.bench --match 'deform/*/b32/fp16/*' 'depthwise/*k31*' --order match --list
+    TRITON_INTERPRET=1 python -m benchmarks.bench --device cpu --preset rehearsal --warmup 0 --rep 0 --out /tmp/r
 
 Writes benchmarks/results/<date>_<device>.json and .csv (``--out`` to choose the stem).
 """

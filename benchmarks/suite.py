@@ -15,6 +15,9 @@ Families and the kernels that serve them (``kernels.inspect`` spec names):
   dilated   - DeepLabV3 (ResNet backbone + ASPP), OS8 / OS16 at a 513x513 crop   conv2d_*
   deform    - DCNv1 / DCNv2 at ResNet-50 stage 3-5 (224 input) and detection (800x1216 input)
               deform_fwd / deform_bwd_data / deform_bwd_weight
+
+``build_suite(suite="tiny")`` gives one small layer per family (model "tiny") for the CPU rehearsal
+of the GPU session. ``SESSION_PRIORITY`` / ``order_cases`` give the order a short GPU lease runs in.
 """
 from __future__ import annotations
 

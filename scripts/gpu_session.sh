@@ -20,7 +20,7 @@
 #
 # CONVLAB_SESSION_REHEARSAL=1 runs the same phases on the CPU through Triton's interpreter with tiny
 # sizes and a fake device name (tests/test_gpu_session.py), so the script cannot rot between GPU
-# sessions. Other knobs: CONVLAB_SESSION_BUDGET, CONVLAB_SESSION_TESTS (pytest arguments),
+# sessions. Other knobs: CONVLAB_SESSION_BUDGET, CONVLAB_SESSION_TESTS (pytest arguments, or "skip"),
 # CONVLAB_SESSION_WORKERS, CONVLAB_SESSION_WARM (warm-up processes), CONVLAB_SESSION_WHEELS (wheel
 # folder, "skip" for none), CONVLAB_SESSION_DATA (training data: archive, folder or "synthetic"),
 # CONVLAB_RESUME (extra results files to resume from), CONVLAB_FAKE_DEVICE, PYTHON.
@@ -210,10 +210,14 @@ if [ "$WARM" -gt 0 ] && [ "$WARM_LIMIT" -ge 5 ]; then
     done
     log "started $WARM warm-up processes (limit ${WARM_LIMIT}s)"
 fi
-# shellcheck disable=SC2086  # TESTS is a list of pytest arguments
-phase tests "$CAP_TESTS" "$RES_TESTS" "$O/tests.log" "$PY" -m pytest $TESTS -v -p no:cacheprovider \
-    ${XDIST_ARGS[@]+"${XDIST_ARGS[@]}"} ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} -rfE --durations=15
-log "tests: $(grep -E '^=+ .*(passed|failed|error).* =+$' "$O/tests.log" | tail -1 || true)"
+if [ "$TESTS" = skip ]; then
+    log "phase tests: skipped (CONVLAB_SESSION_TESTS=skip)"; STATUS+=" tests=skipped"
+else
+    # shellcheck disable=SC2086  # TESTS is a list of pytest arguments
+    phase tests "$CAP_TESTS" "$RES_TESTS" "$O/tests.log" "$PY" -m pytest $TESTS -v -p no:cacheprovider \
+        ${XDIST_ARGS[@]+"${XDIST_ARGS[@]}"} ${TIMEOUT_ARGS[@]+"${TIMEOUT_ARGS[@]}"} -rfE --durations=15
+    log "tests: $(grep -E '^=+ .*(passed|failed|error).* =+$' "$O/tests.log" | tail -1 || true)"
+fi
 stop_warmups
 
 # --- c. benchmark subset, priority order, resumed, written after every case ---------------------------
