@@ -10,6 +10,9 @@ achieved GB/s (``Case.bytes_moved``) and TFLOP/s (``Case.flops``).
     python -m benchmarks.bench                                   # full suite, needs a GPU
     python -m benchmarks.bench --family depthwise --dtype bf16 --batch 32 --limit 10
     python -m benchmarks.bench --dry-run [filters]               # CPU: validate + AOT compile sm_90
+    python -m benchmarks.bench --preset session --time-budget 120 --resume benchmarks/results/*.json --out run
+    python -m benchmarks.bench --match 'deform/*/b32/fp16/*' 'depthwise/*k31*' --order match --list
+    TRITON_INTERPRET=1 python -m benchmarks.bench --device cpu --preset rehearsal --warmup 0 --rep 0 --out /tmp/r
 
 Writes benchmarks/results/<date>_<device>.json and .csv (``--out`` to choose the stem).
 """
@@ -29,8 +32,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .suite import (BATCHES, DTYPES, FAMILIES, FAMILY_KERNELS, KERNEL_DTYPES, LAYOUTS, PEERS, Case, build_suite,
-                    validate)
+from .suite import (BATCHES, DTYPES, FAMILIES, FAMILY_KERNELS, KERNEL_DTYPES, LAYOUTS, PEERS, PRESETS, SUITES, Case,
+                    build_suite, order_cases, validate)
 
 MODES = ("fwd", "bwd", "fwd_bwd")
 QUANTILES = [0.5, 0.2, 0.8]
@@ -55,40 +58,88 @@ def tflops(flops: int, ms: Optional[float]) -> Optional[float]:
 
 
 # ---------------------------------------------------------------------------------- environment
-def git_commit() -> str:
+#: Paths whose last commit identifies the measured code (``code_commit``): a results file measured at
+#: the same code commit on the same device can be resumed even after later commits that only add
+#: results or docs.
+CODE_PATHS = ("kernels", "layers", "benchmarks/bench.py", "benchmarks/suite.py")
+#: Written by scripts/prepare_gpu_session.sh for machines whose copy of the tree has no .git.
+STAMP = os.path.join(ROOT, ".session", "commit.json")
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip())
+    return out.stdout.strip()
+
+
+def source_version() -> dict:
+    """``git_commit`` (HEAD, ``-dirty`` with uncommitted changes to tracked files), ``code_commit``
+    (last commit touching CODE_PATHS, ``-dirty`` when they have uncommitted changes) and where they
+    came from. Order: CONVLAB_COMMIT / CONVLAB_CODE_COMMIT environment variables, git, the stamp
+    file, else "unknown" (never resumable)."""
+    if os.environ.get("CONVLAB_COMMIT"):
+        commit = os.environ["CONVLAB_COMMIT"]
+        return {"git_commit": commit, "code_commit": os.environ.get("CONVLAB_CODE_COMMIT", commit),
+                "commit_source": "environment"}
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
+        head = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        code = _git("log", "-1", "--format=%H", "--", *CODE_PATHS) or head
+        code_dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+        return {"git_commit": head + ("-dirty" if dirty else ""), "code_commit": code + ("-dirty" if code_dirty else ""),
+                "commit_source": "git"}
     except Exception:
-        return "unknown"
+        pass
+    try:
+        with open(STAMP) as f:
+            st = json.load(f)
+        return {"git_commit": st["git_commit"], "code_commit": st["code_commit"],
+                "commit_source": f"stamp written {st.get('date', '?')}"}
+    except Exception:
+        return {"git_commit": "unknown", "code_commit": "unknown", "commit_source": "none"}
 
 
-def environment() -> dict:
+def git_commit() -> str:
+    return source_version()["git_commit"]
+
+
+def environment(device: str = "cuda") -> dict:
     import triton
 
-    cuda = torch.cuda.is_available()
+    cuda = device == "cuda" and torch.cuda.is_available()
     try:
         import torchvision
         tv = torchvision.__version__
     except ImportError:
         tv = None
-    return {
-        "device": torch.cuda.get_device_name() if cuda else "cpu (no CUDA)",
+    fake = os.environ.get("CONVLAB_FAKE_DEVICE")
+    name = torch.cuda.get_device_name() if cuda else "cpu (no CUDA)"
+    env = {
+        "device": fake or name,
         "capability": ".".join(map(str, torch.cuda.get_device_capability())) if cuda else None,
         "torch": torch.__version__, "triton": triton.__version__, "torchvision": tv,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "python": platform.python_version(), "host": platform.node(),
-        "git_commit": git_commit(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **source_version(),
+        "date": _now(),
         "quantiles": QUANTILES,
+        "timer": "triton.testing.do_bench (CUDA events)" if cuda else "time.perf_counter (CPU)",
         "bytes_model": "each of input, weight, output (+offset, mask) read/written once; bwd reads grad_output, "
                        "input, weight(, offset, mask) and writes grad_input, grad_weight(, grad_offset, grad_mask)",
         "flops_model": "2*N*OH*OW*Cout*Cin/g*KH*KW per pass; fwd 1, bwd 2, fwd_bwd 3 passes",
     }
+    if fake:
+        env["fake_device"] = f"device name set by CONVLAB_FAKE_DEVICE; really ran on: {name}"
+    if not cuda:
+        env["rehearsal"] = ("CPU run through Triton's interpreter (TRITON_INTERPRET=1): checks that the harness "
+                            "works end to end; the times are not measurements of the kernels")
+    return env
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ------------------------------------------------------------------------------------ timing
@@ -151,8 +202,10 @@ def mode_fn(fwd: Callable, t: Dict[str, torch.Tensor], mode: str) -> Callable[[]
     return lambda: torch.autograd.grad(fwd(t), leaves, gy)
 
 
-def peak_extra_mb(fn: Callable[[], object]) -> float:
-    """Peak memory above what was allocated before one call, in MiB."""
+def peak_extra_mb(fn: Callable[[], object]) -> Optional[float]:
+    """Peak memory above what was allocated before one call, in MiB (None off CUDA)."""
+    if not torch.cuda.is_available():
+        return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -163,26 +216,68 @@ def peak_extra_mb(fn: Callable[[], object]) -> float:
     return peak / 2**20
 
 
-def time_fn(fn: Callable[[], object], warmup: int, rep: int) -> dict:
-    from triton.testing import do_bench
+def time_fn(fn: Callable[[], object], warmup: int, rep: int, device: str = "cuda") -> dict:
+    if device == "cuda":
+        from triton.testing import do_bench
 
-    med, p20, p80 = do_bench(fn, warmup=warmup, rep=rep, quantiles=QUANTILES)
+        med, p20, p80 = do_bench(fn, warmup=warmup, rep=rep, quantiles=QUANTILES)
+        return {"median_ms": med, "p20_ms": p20, "p80_ms": p80}
+    return cpu_time(fn, warmup, rep)
+
+
+def cpu_time(fn: Callable[[], object], warmup: int, rep: int, max_iters: int = 100) -> dict:
+    """do_bench's contract on the CPU (wall clock): about ``warmup`` ms of untimed calls, then about
+    ``rep`` ms of timed calls, quantiles QUANTILES of the per-call times. The first call is timed
+    too; it is the only sample when one call outlasts ``warmup`` and ``rep`` (the rehearsal's case)."""
+    t0 = time.perf_counter()
+    fn()
+    times = [(time.perf_counter() - t0) * 1e3]
+    one = max(times[0], 1e-6)
+    if warmup >= one:
+        for _ in range(min(max_iters, int(warmup / one))):
+            fn()
+        times = []
+    while len(times) < max(1, min(max_iters, int(rep / one))):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    med, p20, p80 = (_quantile(times, q) for q in QUANTILES)
     return {"median_ms": med, "p20_ms": p20, "p80_ms": p80}
 
 
-def bench_case(case: Case, warmup: int = 25, rep: int = 100) -> List[dict]:
+def _quantile(values: List[float], q: float) -> float:
+    """Linear-interpolation quantile (as torch.quantile / numpy's default)."""
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def _set_tf32(cudnn: bool, matmul: Optional[bool] = None):
+    """Set TF32 for cuDNN and matmul (convlab's fp32 GEMMs follow the cuDNN flag); returns the old pair."""
+    prev = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = cudnn
+    torch.backends.cuda.matmul.allow_tf32 = cudnn if matmul is None else matmul
+    return prev
+
+
+def _empty_cache(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_case(case: Case, warmup: int = 25, rep: int = 100, device: str = "cuda") -> List[dict]:
     import layers
 
     rows = []
-    tf32 = case.dtype == "tf32"
-    prev = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    prev = _set_tf32(case.dtype == "tf32")
     try:
-        t = make_inputs(case)
+        t = make_inputs(case, device)
         ours_fwd, peer_fwd, note = op_fns(case)
         for mode in MODES:
             row = dict(case.as_dict(), mode=mode, peer=PEERS[case.family], peer_note=note,
-                       flops=case.flops(mode), bytes=case.bytes_moved(mode), error="")
+                       flops=case.flops(mode), bytes=case.bytes_moved(mode), error="", measured_at=_now())
             for side, fwd in (("ours", ours_fwd), ("peer", peer_fwd)):
                 row.update({f"{side}_{k}": None for k in ("median_ms", "p20_ms", "p80_ms", "peak_mb")})
                 if fwd is None:
@@ -190,9 +285,10 @@ def bench_case(case: Case, warmup: int = 25, rep: int = 100) -> List[dict]:
                 try:
                     with layers.use_backend("triton") if side == "ours" else _null():
                         fn = mode_fn(fwd, t, mode)
-                        fn()  # compile / autotune outside the timed region
-                        row[f"{side}_peak_mb"] = peak_extra_mb(fn)
-                        row.update({f"{side}_{k}": v for k, v in time_fn(fn, warmup, rep).items()})
+                        if device == "cuda":
+                            fn()  # compile / autotune outside the timed region
+                            row[f"{side}_peak_mb"] = peak_extra_mb(fn)
+                        row.update({f"{side}_{k}": v for k, v in time_fn(fn, warmup, rep, device).items()})
                 except Exception as exc:
                     row["error"] += f"{side}: {type(exc).__name__}: {str(exc)[:200]} "
             row["ratio"] = ratio(row["peer_median_ms"], row["ours_median_ms"])
@@ -202,11 +298,33 @@ def bench_case(case: Case, warmup: int = 25, rep: int = 100) -> List[dict]:
             rows.append(row)
         del t
     except Exception as exc:  # e.g. out of memory while allocating inputs
-        rows.append(dict(case.as_dict(), mode="all", error=f"{type(exc).__name__}: {str(exc)[:300]}"))
+        rows.append(dict(case.as_dict(), mode="all", error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                         measured_at=_now()))
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
-        torch.cuda.empty_cache()
+        _set_tf32(*prev)
+        _empty_cache(device)
     return rows
+
+
+def warm_case(case: Case, device: str = "cuda") -> str:
+    """One forward + backward of convlab's op on the case's inputs (no timing): compiles and autotunes
+    its kernels, filling Triton's cache for a later timed run. Returns '' or the error."""
+    import layers
+
+    prev = _set_tf32(case.dtype == "tf32")
+    try:
+        t = make_inputs(case, device)
+        ours_fwd, _, _ = op_fns(case)
+        with layers.use_backend("triton"):
+            mode_fn(ours_fwd, t, "fwd_bwd")()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return ""
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        _set_tf32(*prev)
+        _empty_cache(device)
 
 
 class _null:
@@ -218,21 +336,61 @@ class _null:
 
 
 # ------------------------------------------------------------------------------------ output
+def default_stem(env: dict) -> str:
+    dev = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()
+    return os.path.join(RESULTS_DIR, f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}_{dev}")
+
+
+def _atomic_write(path: str, write: Callable) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        write(f)
+    os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+
+
 def write_results(env: dict, rows: List[dict], stem: Optional[str] = None) -> str:
-    os.makedirs(RESULTS_DIR, exist_ok=True)
+    """Write ``<stem>.json`` ({"environment", "results"}) and ``<stem>.csv``; returns the JSON path."""
     if stem is None:
-        dev = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()
-        stem = os.path.join(RESULTS_DIR, f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}_{dev}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"environment": env, "results": rows}, f, indent=1)
+        stem = default_stem(env)
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    _atomic_write(stem + ".json", lambda f: json.dump({"environment": env, "results": rows}, f, indent=1))
     keys = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(stem + ".csv", "w", newline="") as f:
+
+    def csv_rows(f):
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
+    _atomic_write(stem + ".csv", csv_rows)
     return stem + ".json"
+
+
+def resumable(env: dict, paths: List[str]) -> Dict[str, List[dict]]:
+    """Rows from earlier results files that this run can keep instead of measuring again: same device
+    name, same code commit (``code_commit``; "unknown" and "-dirty" never match) and same timing
+    settings. Returns {case id: rows}; a case whose only row is an error row (``mode == "all"``, e.g.
+    out of memory) is measured again. Later files win. Missing or unreadable files are skipped."""
+    keep: Dict[str, List[dict]] = {}
+    want = (env["device"], env.get("code_commit"), env.get("timing"))
+    if not env.get("code_commit") or env["code_commit"] == "unknown" or env["code_commit"].endswith("-dirty"):
+        return keep
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        e = data.get("environment", {})
+        if (e.get("device"), e.get("code_commit"), e.get("timing")) != want:
+            continue
+        by_id: Dict[str, List[dict]] = {}
+        for r in data.get("results", []):
+            by_id.setdefault(r.get("id"), []).append(r)
+        for cid, rows in by_id.items():
+            if cid and any(r.get("mode") in MODES for r in rows):
+                keep[cid] = [dict(r, resumed_from=r.get("resumed_from") or os.path.basename(path)) for r in rows]
+    return keep
 
 
 # ------------------------------------------------------------------------------------ dry run
@@ -300,14 +458,69 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", nargs="+", choices=DTYPES)
     ap.add_argument("--batch", nargs="+", type=int, choices=BATCHES)
     ap.add_argument("--layout", nargs="+", choices=LAYOUTS)
-    ap.add_argument("--limit", type=int, help="keep only the first N cases")
+    ap.add_argument("--match", nargs="+", metavar="GLOB",
+                    help="keep cases whose id matches one of these globs (fnmatch), e.g. 'deform/*/b32/fp16/*'")
+    ap.add_argument("--order", choices=("suite", "match"), default=None,
+                    help="'match': run cases in the order of the first --match glob they match (a priority "
+                         "order); 'suite' (default without a preset): suite order")
+    ap.add_argument("--preset", choices=sorted(PRESETS),
+                    help="'session': the GPU session's priority order over the whole suite (benchmarks.suite."
+                         "SESSION_PRIORITY); 'rehearsal': tiny layers for the CPU rehearsal. Filters still apply")
+    ap.add_argument("--suite", choices=SUITES, default=None, help="layer set (default full; 'tiny' for rehearsals)")
+    ap.add_argument("--limit", type=int, help="keep only the first N cases (after ordering)")
+    ap.add_argument("--shard", help="I/N: keep every N-th case starting at I (0-based), for parallel warm-up")
     ap.add_argument("--dry-run", action="store_true", help="CPU only: validate the suite and AOT-compile kernels")
+    ap.add_argument("--list", action="store_true", help="print the selected case ids in run order and exit")
+    ap.add_argument("--warm-only", action="store_true",
+                    help="run convlab's forward + backward once per case (compile + autotune), no timing, no files")
     ap.add_argument("--arch", type=int, default=90, help="dry run: compute capability x10 (default 90)")
     ap.add_argument("--workers", type=int, default=1, help="dry run: parallel compiles")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="S",
+                    help="start no new case after S seconds (the results so far are already written)")
+    ap.add_argument("--resume", nargs="+", default=[], metavar="JSON",
+                    help="earlier results files: cases they measured on this device at the same code commit "
+                         "with the same --warmup/--rep are copied, not measured again (missing files are skipped)")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: rehearsal through Triton's interpreter (needs TRITON_INTERPRET=1); times are "
+                         "not measurements")
     ap.add_argument("--out", help="results path stem (default benchmarks/results/<date>_<device>)")
     return ap.parse_args(argv)
+
+
+def select_cases(args) -> List[Case]:
+    """The cases to run, in run order, from the filters, --preset / --match / --order, --limit, --shard."""
+    suite, globs, order = "full", None, args.order or "suite"
+    if args.preset:
+        suite, globs = PRESETS[args.preset]
+        order = args.order or "match"
+    suite = args.suite or suite
+    cases = build_suite(args.family, args.dtype, args.batch, args.layout, None, suite)
+    if globs is not None:
+        cases = order_cases(cases, globs, by_glob=order == "match")
+    if args.match:
+        cases = order_cases(cases, args.match, by_glob=order == "match" and not args.preset)
+    if args.limit:
+        cases = cases[:args.limit]
+    if args.shard:
+        i, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError(f"--shard {args.shard}: need 0 <= I < N")
+        cases = cases[i::n]
+    return cases
+
+
+def warm(cases: List[Case], device: str, budget: Optional[float]) -> int:
+    t0 = time.time()
+    for i, case in enumerate(cases):
+        if budget is not None and time.time() - t0 > budget:
+            print(f"warm: time budget {budget:.0f} s reached after {i} of {len(cases)} cases", flush=True)
+            break
+        err = warm_case(case, device)
+        print(f"warm [{i + 1}/{len(cases)}] {case.id} {time.time() - t0:.1f}s" + (f"  ERR {err}" if err else ""),
+              flush=True)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -318,31 +531,64 @@ def main(argv=None) -> int:
         return subprocess.call([sys.executable, "-m", "benchmarks.bench", *(sys.argv[1:] if argv is None else argv)],
                                env=env, cwd=ROOT)
     try:
-        cases = build_suite(args.family, args.dtype, args.batch, args.layout, args.limit)
+        cases = select_cases(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.list:
+        print("\n".join(c.id for c in cases))
+        return 0
     if args.dry_run:
         return dry_run(cases, args.arch, args.workers)
-    if not torch.cuda.is_available():
-        print("error: no CUDA GPU found; timing needs a GPU. On this machine run "
-              "`python -m benchmarks.bench --dry-run` to validate the suite and compile the kernels.",
-              file=sys.stderr)
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("error: no CUDA GPU found; timing needs a GPU. On this machine run "
+                  "`python -m benchmarks.bench --dry-run` to validate the suite and compile the kernels "
+                  "(or `--device cpu` with TRITON_INTERPRET=1 to rehearse the harness).", file=sys.stderr)
+            return 2
+        if interp:
+            print("error: TRITON_INTERPRET=1 is set; unset it to benchmark compiled kernels", file=sys.stderr)
+            return 2
+    elif not interp:
+        print("error: --device cpu runs convlab's kernels through Triton's interpreter: set TRITON_INTERPRET=1 "
+              "before starting", file=sys.stderr)
         return 2
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("error: TRITON_INTERPRET=1 is set; unset it to benchmark compiled kernels", file=sys.stderr)
-        return 2
-    env = environment()
+    if args.warm_only:
+        return warm(cases, args.device, args.time_budget)
+
+    t0 = time.time()
+    env = environment(args.device)
+    env["timing"] = {"warmup_ms": args.warmup, "rep_ms": args.rep}
+    env["selection"] = " ".join(sys.argv[1:] if argv is None else argv)
+    stem = args.out or default_stem(env)
+    done = resumable(env, args.resume)
+    rows: List[dict] = []
+    todo = []
+    for case in cases:
+        if case.id in done:
+            rows += done[case.id]
+        else:
+            todo.append(case)
+    env["cases_selected"], env["cases_resumed"] = len(cases), len(cases) - len(todo)
+    env["cases_measured"], env["complete"] = 0, not todo
     print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  CUDA {env['cuda']}  cuDNN {env['cudnn']}  "
-          f"commit {env['git_commit']}  {len(cases)} cases")
-    rows = []
-    for i, case in enumerate(cases):
-        case_rows = bench_case(case, args.warmup, args.rep)
+          f"commit {env['git_commit']} (code {env['code_commit']})  {len(cases)} cases, "
+          f"{len(cases) - len(todo)} resumed, {len(todo)} to measure", flush=True)
+    path = write_results(env, rows, stem)
+    for i, case in enumerate(todo):
+        if args.time_budget is not None and time.time() - t0 > args.time_budget:
+            print(f"time budget {args.time_budget:.0f} s reached: {len(todo) - i} cases not measured", flush=True)
+            break
+        case_rows = bench_case(case, args.warmup, args.rep, args.device)
         rows += case_rows
+        env["cases_measured"] = i + 1
+        env["complete"] = i + 1 == len(todo)
+        path = write_results(env, rows, stem)  # after every case: a kill loses at most the case in flight
         parts = [f"{r['mode']}: {r['ratio']:.2f}x" if r.get("ratio") else f"{r['mode']}: -" for r in case_rows]
         errs = " ".join(r["error"] for r in case_rows if r.get("error"))
-        print(f"[{i + 1}/{len(cases)}] {case.id}  " + "  ".join(parts) + (f"  ERR {errs}" if errs else ""), flush=True)
-    path = write_results(env, rows, args.out)
+        print(f"[{i + 1}/{len(todo)}] {case.id}  " + "  ".join(parts) + (f"  ERR {errs}" if errs else "")
+              + f"  ({time.time() - t0:.0f} s)", flush=True)
     print(f"wrote {path} (+ .csv); report: python -m benchmarks.report {os.path.relpath(path, ROOT)}")
     return 0
 

@@ -15,9 +15,13 @@ Families and the kernels that serve them (``kernels.inspect`` spec names):
   dilated   - DeepLabV3 (ResNet backbone + ASPP), OS8 / OS16 at a 513x513 crop   conv2d_*
   deform    - DCNv1 / DCNv2 at ResNet-50 stage 3-5 (224 input) and detection (800x1216 input)
               deform_fwd / deform_bwd_data / deform_bwd_weight
+
+``build_suite(suite="tiny")`` gives one small layer per family (model "tiny") for the CPU rehearsal
+of the GPU session. ``SESSION_PRIORITY`` / ``order_cases`` give the order a short GPU lease runs in.
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import asdict, dataclass
 from typing import Iterable, List, Optional, Sequence
 
@@ -200,13 +204,83 @@ def _deform() -> List[Layer]:
     return out
 
 
-def all_layers() -> List[Layer]:
+def _tiny() -> List[Layer]:
+    # One small layer per family (and both deform variants), for the CPU rehearsal of the GPU session:
+    # they go through Triton's interpreter in seconds. Not real network layers; model name "tiny".
+    return [Layer("standard", "tiny", "c8_8", 8, 8, 8, 8, 3, 1, 1),
+            Layer("grouped", "tiny", "c16_8_g4", 16, 16, 8, 8, 3, 1, 1, 1, 4),
+            Layer("depthwise", "tiny", "c8_8_k3", 8, 8, 8, 8, 3, 1, 1, 1, 8),
+            Layer("depthwise", "tiny", "c8_8_k7", 8, 8, 8, 8, 7, 1, 3, 1, 8),
+            Layer("dilated", "tiny", "c8_9_d2", 8, 8, 9, 9, 3, 1, 2, 2),
+            Layer("deform", "tiny", "c8_6_v1", 8, 8, 6, 6, 3, 1, 1, deform="v1"),
+            Layer("deform", "tiny", "c8_6_v2", 8, 8, 6, 6, 3, 1, 1, deform="v2")]
+
+
+SUITES = ("full", "tiny")
+
+
+def all_layers(suite: str = "full") -> List[Layer]:
+    if suite == "tiny":
+        return _tiny()
+    if suite != "full":
+        raise ValueError(f"unknown suite {suite!r}; choose from {list(SUITES)}")
     return _resnet50() + _resnext50() + _depthwise() + _dilated() + _deform()
+
+
+# ------------------------------------------------------------------------------ partial runs
+#: Priority order of a GPU session (case-id globs, first match wins; see ``order_cases``). The first
+#: block covers every family against its peer in NCHW, the second adds channels_last, the rest walks
+#: the remaining suite with the most-used settings first. A lease measures as many as its time budget
+#: allows; ``--resume`` continues the list in the next lease.
+SESSION_PRIORITY = (
+    # 1. deformable vs torchvision: ResNet-50 DCN stages 3-5, DCNv1 and DCNv2, fp32 and fp16
+    "deform/resnet50_dcn/*/b32/fp32/nchw", "deform/resnet50_dcn/*/b32/fp16/nchw",
+    # 2. depthwise 3x3 / 7x7 / 31x31, bf16
+    "depthwise/mobilenet_v2/c144_56_k3/b32/bf16/nchw", "depthwise/convnext_t/c96_56_k7/b32/bf16/nchw",
+    "depthwise/replknet31b/c128_56_k31/b32/bf16/nchw",
+    # 3. grouped (ResNeXt), 4. dilated (DeepLabV3), 5. standard (ResNet-50)
+    "grouped/resnext50_32x4d/c256_28_g32/b32/bf16/nchw", "dilated/deeplabv3/os16_aspp_c2048_d12/b32/bf16/nchw",
+    "standard/resnet50/c256_14/b32/bf16/nchw",
+    # the same in channels_last
+    "depthwise/mobilenet_v2/c144_56_k3/b32/bf16/cl", "depthwise/convnext_t/c96_56_k7/b32/bf16/cl",
+    "depthwise/replknet31b/c128_56_k31/b32/bf16/cl", "grouped/resnext50_32x4d/c256_28_g32/b32/bf16/cl",
+    "dilated/deeplabv3/os16_aspp_c2048_d12/b32/bf16/cl", "standard/resnet50/c256_14/b32/bf16/cl",
+    "deform/resnet50_dcn/*/b32/fp16/cl", "deform/resnet50_dcn/*/b32/fp32/cl",
+    # then everything else
+    "deform/*/b32/*", "*/b32/bf16/*", "*/b32/fp16/*", "*/b32/tf32/*", "*/b32/fp32/*", "*/b1/*",
+)
+#: The part of SESSION_PRIORITY that must be measured before the README can give a ratio per family.
+SESSION_CORE = SESSION_PRIORITY[:16]
+#: Order of the CPU rehearsal (tiny suite, fp32, batch 1): the three kernel families' harness paths (deform vs
+#: torchvision; depthwise and implicit-GEMM conv vs F.conv2d), one in channels_last. Kept short: the
+#: interpreter takes seconds per case.
+REHEARSAL_PRIORITY = ("deform/tiny/c8_6_v2/b1/fp32/nchw", "depthwise/tiny/c8_8_k3/b1/fp32/nchw",
+                      "standard/tiny/*/b1/fp32/cl")
+
+PRESETS = {"session": ("full", SESSION_PRIORITY), "rehearsal": ("tiny", REHEARSAL_PRIORITY)}
+
+
+def match_case(case_id: str, globs: Iterable[str]) -> Optional[int]:
+    """Index of the first glob (fnmatch, case-sensitive) that ``case_id`` matches, or None."""
+    for i, g in enumerate(globs):
+        if fnmatch.fnmatchcase(case_id, g):
+            return i
+    return None
+
+
+def order_cases(cases: List[Case], globs: Sequence[str], by_glob: bool = True) -> List[Case]:
+    """Keep the cases whose id matches one of ``globs``. ``by_glob``: order them by the first glob
+    they match (priority order), suite order within one glob; else keep suite order."""
+    ranked = [(match_case(c.id, globs), i, c) for i, c in enumerate(cases)]
+    kept = [r for r in ranked if r[0] is not None]
+    if by_glob:
+        kept.sort(key=lambda r: (r[0], r[1]))
+    return [c for _, _, c in kept]
 
 
 def build_suite(families: Optional[Iterable[str]] = None, dtypes: Optional[Iterable[str]] = None,
                 batches: Optional[Iterable[int]] = None, layouts: Optional[Iterable[str]] = None,
-                limit: Optional[int] = None) -> List[Case]:
+                limit: Optional[int] = None, suite: str = "full") -> List[Case]:
     """All cases, filtered; ``limit`` keeps the first ``limit`` cases (in suite order)."""
     families = list(families or FAMILIES)
     dtypes, batches, layouts = list(dtypes or DTYPES), list(batches or BATCHES), list(layouts or LAYOUTS)
@@ -215,7 +289,7 @@ def build_suite(families: Optional[Iterable[str]] = None, dtypes: Optional[Itera
         bad = [g for g in got if g not in allowed]
         if bad:
             raise ValueError(f"unknown {name} {bad}; choose from {list(allowed)}")
-    cases = [Case(L, b, dt, lo) for L in all_layers() if L.family in families
+    cases = [Case(L, b, dt, lo) for L in all_layers(suite) if L.family in families
              for b in batches for dt in dtypes for lo in layouts]
     return cases[:limit] if limit else cases
 

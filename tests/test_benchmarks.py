@@ -153,3 +153,153 @@ def test_report_renders_markdown_and_png(tmp_path):
         assert f"synthetic_{fam}.png" in md
     s = report.summarize(json.loads(res.read_text())["results"])
     assert s["family"]["depthwise"]["fwd"] == pytest.approx(math.sqrt(2))
+
+
+# ------------------------------------------------------------------ partial runs: selection, resume, merge
+def _select(*argv):
+    return [c.id for c in bench.select_cases(bench.parse_args(list(argv)))]
+
+
+def test_match_globs_and_priority_order():
+    globs = ("depthwise/*k31*/b1/bf16/nchw", "standard/*/b1/bf16/cl")
+    ids = _select("--match", *globs, "--order", "match")  # priority: the first glob's cases first
+    assert ids[0] == "depthwise/replknet31b/c128_56_k31/b1/bf16/nchw" and ids[-1] == "standard/resnet50/c512_7/b1/bf16/cl"
+    assert len(ids) == 1 + 7
+    suite_order = _select("--match", *globs)  # suite order: standard layers come first in the suite
+    assert suite_order[0] == "standard/resnet50/c64_56/b1/bf16/cl" and sorted(suite_order) == sorted(ids)
+    assert _select("--match", "nothing/*") == []
+
+
+def test_session_preset_order_covers_every_family_first():
+    from benchmarks.suite import SESSION_CORE, SESSION_PRIORITY, match_case
+
+    ids = _select("--preset", "session")
+    assert len(ids) == len(set(ids)) == len(build_suite())  # the whole suite, each case once
+    assert all(i.startswith("deform/resnet50_dcn/") and "/b32/fp32/nchw" in i for i in ids[:6])
+    assert all(i.startswith("deform/resnet50_dcn/") and "/b32/fp16/nchw" in i for i in ids[6:12])
+    assert {i.split("/")[0] for i in ids[:18]} == set(FAMILIES)  # every family against its peer, NCHW
+    assert {i.rsplit("/", 1)[1] for i in ids[18:36]} == {"cl"}  # then channels_last
+    assert {"k3", "k7", "k31"} <= {i.split("/")[2].rsplit("_", 1)[1] for i in ids[:18] if i.startswith("depthwise")}
+    cases = build_suite()
+    for g in SESSION_PRIORITY:  # a glob matching nothing would silently drop its cases from the order
+        assert any(match_case(c.id, [g]) is not None for c in cases), g
+    assert len(_select("--preset", "session", "--match", *SESSION_CORE)) == 36
+
+
+def test_shards_partition_the_selection():
+    whole = _select("--preset", "session", "--limit", "20")
+    shards = [_select("--preset", "session", "--limit", "20", "--shard", f"{i}/3") for i in range(3)]
+    assert sorted(sum(shards, [])) == sorted(whole) and shards[0][:2] == [whole[0], whole[3]]
+    with pytest.raises(ValueError):
+        _select("--shard", "3/3")
+
+
+def test_quantiles_and_cpu_timer():
+    assert bench._quantile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert bench._quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.2) == pytest.approx(1.8)
+    calls = []
+    t = bench.cpu_time(lambda: calls.append(1), warmup=0, rep=0)
+    assert len(calls) == 1 and t["p20_ms"] <= t["median_ms"] <= t["p80_ms"]
+
+
+def _fake_rows(case, *a, **k):
+    """SYNTHETIC rows for one case (no kernel runs): ratio 2 in every mode."""
+    return [dict(case.as_dict(), mode=m, error="", ours_median_ms=1.0, peer_median_ms=2.0, ratio=2.0,
+                 measured_at="synthetic") for m in bench.MODES]
+
+
+def test_results_written_after_every_case_and_resumed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("CONVLAB_COMMIT", "c0ffee")
+    monkeypatch.setenv("CONVLAB_FAKE_DEVICE", "test-device")
+    stem = str(tmp_path / "run")
+    seen = []
+
+    def fake(case, *a, **k):  # what a kill during this case would leave on disk
+        with open(stem + ".json") as f:
+            seen.append(len({r["id"] for r in json.load(f)["results"]}))
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # the run dies during its third case
+        return _fake_rows(case)
+
+    monkeypatch.setattr(bench, "bench_case", fake)
+    sel = ["--device", "cpu", "--preset", "rehearsal", "--warmup", "0", "--rep", "0"]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(sel + ["--out", stem])
+    assert seen == [0, 1, 2]
+    first = json.loads(open(stem + ".json").read())
+    assert [r["id"] for r in first["results"][::3]] == _select("--preset", "rehearsal")[:2]
+    assert first["environment"]["complete"] is False and first["environment"]["code_commit"] == "c0ffee"
+    assert len(open(stem + ".csv").read().splitlines()) == 1 + 6
+
+    measured = []
+    monkeypatch.setattr(bench, "bench_case", lambda case, *a, **k: measured.append(case.id) or _fake_rows(case))
+    assert bench.main(sel + ["--out", str(tmp_path / "second"), "--resume", stem + ".json",
+                             str(tmp_path / "missing.json")]) == 0
+    second = json.loads((tmp_path / "second.json").read_text())
+    assert measured == _select("--preset", "rehearsal")[2:]  # only the case the first run lost
+    env = second["environment"]
+    assert (env["cases_selected"], env["cases_resumed"], env["cases_measured"], env["complete"]) == (3, 2, 1, True)
+    assert {r["resumed_from"] for r in second["results"] if "resumed_from" in r} == {"run.json"}
+
+    # other code, other timing settings or a dirty tree: nothing is resumed
+    for var, val, extra in (("CONVLAB_COMMIT", "beef", []), ("CONVLAB_COMMIT", "c0ffee", ["--rep", "5"]),
+                            ("CONVLAB_COMMIT", "c0ffee-dirty", [])):
+        monkeypatch.setenv(var, val)
+        measured.clear()
+        assert bench.main(sel + extra + ["--out", str(tmp_path / "third"), "--resume", stem + ".json"]) == 0
+        assert len(measured) == 3, (val, extra)
+
+
+def test_time_budget_stops_before_the_next_case(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(bench, "bench_case", lambda case, *a, **k: _fake_rows(case))
+    assert bench.main(["--device", "cpu", "--preset", "rehearsal", "--time-budget", "0",
+                       "--out", str(tmp_path / "b")]) == 0
+    env = json.loads((tmp_path / "b.json").read_text())["environment"]
+    assert env["cases_measured"] == 0 and env["complete"] is False
+
+
+def test_cpu_device_needs_the_interpreter(monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert bench.main(["--device", "cpu", "--preset", "rehearsal"]) == 2
+    assert "TRITON_INTERPRET=1" in capsys.readouterr().err
+
+
+def test_report_merges_partial_files_and_lists_unmeasured(tmp_path):
+    by_id = {c.id: c for c in build_suite()}
+    core = [by_id[i] for i in report.expected_ids(None)]  # the session's core list, in priority order
+    assert len(core) == 36
+    env = {"device": "dev", "code_commit": "abc", "date": "2026-01-01T00:00:00", "synthetic": "test fixture"}
+    a = {"environment": dict(env, complete=False), "results": sum((_fake_rows(c) for c in core[:2]), [])}
+    b_rows = sum((_fake_rows(c) for c in core[1:3]), [])
+    for r in b_rows:
+        r["ratio"] = 4.0  # core[1] measured again later: the later file wins
+    b = {"environment": env, "results": b_rows}
+    for name, d in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(d))
+    assert report.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--no-plots"]) == 2  # needs --out
+    assert report.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--no-plots",
+                        "--out", str(tmp_path / "merged")]) == 0
+    md = (tmp_path / "merged.md").read_text()
+    assert "Merged from 2 files" in md and "SYNTHETIC" in md
+    assert {c.family for c in core[:3]} == {"deform"}
+    assert "| deform | 3 | 3.17 | 3.17 | 3.17 |" in md  # geomean(2, 4, 4): core[1] counted once, at 4
+    merged = report.merge([("a.json", a), ("b.json", b)])
+    ratios = {r["id"]: r["ratio"] for r in merged["results"] if r["mode"] == "fwd"}
+    assert ratios == {core[0].id: 2.0, core[1].id: 4.0, core[2].id: 4.0}
+    assert "**Not yet measured**: 33 of the 36 expected cases" in md
+    assert f"| {core[3].id} | - | - | - | - | - | - | - | not yet measured |" in md
+    assert f"- {core[0].id}\n" not in md
+    with pytest.raises(ValueError):
+        report.readme_table(merged)  # synthetic: not a measurement
+
+
+def test_readme_table_says_what_is_not_measured():
+    case = build_suite(["deform"], ["fp16"], [32], ["nchw"], limit=1)[0]
+    data = {"sources": [("gpu.json", {"device": "NVIDIA H200", "date": "2026-12-01T10:00:00", "code_commit": "0123456789abc"}, 3)],
+            "results": [dict(r, source="gpu.json") for r in _fake_rows(case)]}
+    table = report.readme_table(data)
+    assert "| deform | 1 | 2.00 | 2.00 | 2.00 | NVIDIA H200 | 2026-12-01 | 0123456789 |" in table
+    for fam in ("standard", "grouped", "depthwise", "dilated"):
+        assert f"| {fam} | 0 | not measured yet |" in table
