@@ -131,9 +131,28 @@ def like_layout(ref: torch.Tensor, shape) -> torch.Tensor:
     return torch.empty(shape, device=ref.device, dtype=ref.dtype, memory_format=fmt)
 
 
-def allow_tf32(dtype: torch.dtype) -> bool:
-    """fp32 convolutions follow ``torch.backends.cudnn.allow_tf32`` exactly as F.conv2d does."""
-    return dtype == torch.float32 and bool(torch.backends.cudnn.allow_tf32)
+def allow_tf32(dtype: torch.dtype, flag: str = "cudnn") -> bool:
+    """Whether fp32 ``tl.dot`` may use TF32: only where the op the kernel replaces would.
+
+    ``flag="cudnn"``: convolutions follow ``torch.backends.cudnn.allow_tf32`` (on by default), as
+    F.conv2d does. ``flag="matmul"``: deformable convolution follows
+    ``torch.backends.cuda.matmul.allow_tf32`` (off by default), as torchvision's deform_conv2d,
+    whose GEMM is an addmm, does. Other dtypes never use TF32.
+    """
+    if dtype != torch.float32:
+        return False
+    if flag == "cudnn":
+        return bool(torch.backends.cudnn.allow_tf32)
+    if flag == "matmul":
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    raise ValueError(f"flag must be 'cudnn' or 'matmul', got {flag!r}")
+
+
+def config_class(dtype: torch.dtype, tf32: bool = False) -> str:
+    """Key of the autotune-config tables: "fp16", "bf16", "fp64", "fp32" (TF32 tensor cores) or
+    "fp32_ieee" (fp32 without TF32: CUDA-core FMAs, which need smaller tiles not to spill)."""
+    name = TRITON_DTYPE_NAMES[dtype]
+    return "fp32_ieee" if name == "fp32" and not tf32 else name
 
 
 @dataclass

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, allow_tf32, cdiv, _idx, KernelSpec, launch, like_layout, _mma, needs_int64, pair,
+    accumulator_dtype, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch, like_layout, _mma, needs_int64, pair,
 )
 
 
@@ -28,21 +28,22 @@ def _cfg(bm, bn, bk, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
 
-# Autotune configs per dtype class; the first of each list is the default that the
-# ahead-of-time check requires to compile without spills.
+# Autotune configs per config class (kernels._common.config_class); the first of each list is the
+# default, which must compile without spills in every build (python -m kernels.inspect).
+# "fp32_ieee" (TF32 off) runs on CUDA-core FMAs: its operand fragments take more registers than
+# tensor-core fragments, so its tiles are smaller and its K steps shorter.
 GEMM_CONFIGS = {
     "fp16": [_cfg(64, 64, 32, 4, 4), _cfg(128, 64, 32, 8, 3), _cfg(128, 128, 32, 8, 3), _cfg(64, 32, 32, 4, 4),
              _cfg(32, 32, 16, 2, 3)],
     "fp32": [_cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 32, 32, 4, 4), _cfg(32, 32, 16, 2, 3)],
+    "fp32_ieee": [_cfg(64, 64, 16, 4, 2), _cfg(32, 64, 16, 4, 2), _cfg(64, 32, 16, 4, 2)],
     "fp64": [_cfg(64, 32, 16, 4, 2), _cfg(32, 32, 16, 4, 2), _cfg(64, 64, 16, 8, 2)],
 }
 GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
+# The weight gradient keeps two more index vectors live per K step: its FMA default is narrower.
+WEIGHT_GRAD_CONFIGS = dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)])
 # Small tiles under the interpreter: numpy cost grows with tile area, not program count.
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}
-
-
-def _dtype_class(dtype: torch.dtype) -> str:
-    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, "fp32")
 
 
 # --------------------------------------------------------------------------- forward
@@ -221,14 +222,18 @@ def _conv2d_bwd_weight_kernel(
 
 
 # --------------------------------------------------------------------------- launchers
-def _autotuned(fn, key):
-    return {dt: triton.autotune(configs=cfgs, key=key)(fn) for dt, cfgs in GEMM_CONFIGS.items()}
+def _autotuned(fn, key, configs=GEMM_CONFIGS):
+    """One autotuner per config class. The key names every constexpr that changes the kernel, so a
+    build never reuses the tuning of another (TF32 builds are separate classes already)."""
+    key = key + ["HAS_BIAS", "IDX64"] if "HAS_BIAS" in fn.arg_names else key + ["IDX64"]
+    return {cls: triton.autotune(configs=cfgs, key=key)(fn) for cls, cfgs in configs.items()}
 
 
 _FWD_KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "stride_h", "stride_w", "sxc"]
 _fwd_tuned = _autotuned(_conv2d_fwd_kernel, _FWD_KEY)
 _bwd_input_tuned = _autotuned(_conv2d_bwd_input_kernel, _FWD_KEY[:-1] + ["sgc"])
-_bwd_weight_tuned = _autotuned(_conv2d_bwd_weight_kernel, ["M", "CIN_G", "COUT_G", "KH", "KW", "N_SPLIT", "sxc"])
+_bwd_weight_tuned = _autotuned(_conv2d_bwd_weight_kernel, ["M", "CIN_G", "COUT_G", "KH", "KW", "N_SPLIT", "sxc"],
+                               WEIGHT_GRAD_CONFIGS)
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
@@ -245,12 +250,13 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     if y.numel() == 0:
         return y
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(cout_g, meta["BLOCK_N"]), groups)
-    launch(_fwd_tuned[_dtype_class(x.dtype)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
+    tf32 = allow_tf32(x.dtype)
+    launch(_fwd_tuned[config_class(x.dtype, tf32)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
            x, weight, bias if bias is not None else weight, y,
            M, H, W, OH, OW, cin_g, cout_g, KH, KW,
            *x.stride(), *weight.stride(), *y.stride(),
            sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=allow_tf32(x.dtype), IDX64=needs_int64(x, weight, y))
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=needs_int64(x, weight, y))
     return y
 
 
@@ -268,12 +274,13 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
     if gx.numel() == 0:
         return gx
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]), groups)
-    launch(_bwd_input_tuned[_dtype_class(grad_output.dtype)], _conv2d_bwd_input_kernel, grid, INTERPRET_CONFIG,
+    tf32 = allow_tf32(grad_output.dtype)
+    launch(_bwd_input_tuned[config_class(grad_output.dtype, tf32)], _conv2d_bwd_input_kernel, grid, INTERPRET_CONFIG,
            grad_output, weight, bias if bias is not None else weight, gx,
            M, H, W, OH, OW, cin_g, cout_g, KH, KW,
            *grad_output.stride(), *weight.stride(), *gx.stride(),
            sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=allow_tf32(grad_output.dtype),
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
            IDX64=needs_int64(grad_output, weight, gx))
     return gx
 
@@ -305,12 +312,13 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
     split_k = cdiv(M, m_per_split)
     ws = torch.empty((split_k, C_out, cin_g, KH, KW), device=x.device, dtype=acc_dtype)
     grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]) * KH * KW, groups * split_k)
-    launch(_bwd_weight_tuned[_dtype_class(x.dtype)], _conv2d_bwd_weight_kernel, grid, INTERPRET_CONFIG,
+    tf32 = allow_tf32(x.dtype)
+    launch(_bwd_weight_tuned[config_class(x.dtype, tf32)], _conv2d_bwd_weight_kernel, grid, INTERPRET_CONFIG,
            x, grad_output, ws,
            M, H, W, OH, OW, cin_g, cout_g, KH, KW, m_per_split, split_k,
            *x.stride(), *grad_output.stride(),
            sh, sw, ph, pw, dh, dw,
-           ALLOW_TF32=allow_tf32(x.dtype), IDX64=needs_int64(x, grad_output, ws))
+           ALLOW_TF32=tf32, IDX64=needs_int64(x, grad_output, ws))
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 
 
@@ -321,6 +329,6 @@ def _gemm_constexprs(dt):
 AOT_SPECS = [
     KernelSpec("conv2d_fwd", _conv2d_fwd_kernel, GEMM_CONFIGS, _gemm_constexprs, gemm=True),
     KernelSpec("conv2d_bwd_input", _conv2d_bwd_input_kernel, GEMM_CONFIGS, _gemm_constexprs, gemm=True),
-    KernelSpec("conv2d_bwd_weight", _conv2d_bwd_weight_kernel, GEMM_CONFIGS,
+    KernelSpec("conv2d_bwd_weight", _conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS,
                lambda dt: {"ALLOW_TF32": dt == "fp32", "IDX64": False}, gemm=True),
 ]

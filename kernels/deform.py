@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, allow_tf32, cdiv, _idx, KernelSpec, launch, like_layout, _mma, needs_int64,
+    accumulator_dtype, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch, like_layout, _mma, needs_int64,
 )
 
 
@@ -47,25 +47,30 @@ def _cfg(bm, bn, bk, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
 
-# Autotune configs per dtype class; the first of each list is the default. Every shipped
-# config compiles for sm_80 / sm_90 without spills (python -m kernels.inspect). The gathered
+# Autotune configs per config class (kernels._common.config_class; "fp32_ieee" is fp32 with TF32
+# off, on CUDA-core FMAs); the first of each list is the default, which compiles for sm_80 / sm_90
+# without spills in every build (python -m kernels.inspect). The gathered
 # operand is built in fp32 registers from 4 corner loads, hence 8 warps for 64 x 64 tiles.
 FWD_CONFIGS = {
-    "fp16": [_cfg(64, 64, 32, 8, 2), _cfg(64, 32, 32, 8, 2)],
+    "fp16": [_cfg(64, 64, 16, 8, 2), _cfg(64, 32, 32, 8, 2)],
     "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2)],
+    "fp32_ieee": [_cfg(64, 32, 16, 4, 2), _cfg(32, 64, 16, 4, 2)],
     "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(32, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
 }
 WEIGHT_CONFIGS = {
-    "fp16": [_cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2), _cfg(128, 128, 32, 8, 2)],
+    "fp16": [_cfg(64, 64, 16, 8, 2), _cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2),
+             _cfg(128, 128, 32, 8, 2)],
     "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2)],
+    "fp32_ieee": [_cfg(64, 32, 16, 4, 2), _cfg(32, 64, 16, 4, 2)],
     "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
 }
 # Data gradient: BLOCK_M pixels x BLOCK_N channels, reduction over BLOCK_K output channels.
 # Its four masked per-element atomic scatters need many registers per tile element, so
 # tiles stay at <= 4 elements per thread.
 DATA_CONFIGS = {
-    "fp16": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
-    "fp32": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp16": [_cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp32": [_cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp32_ieee": [_cfg(16, 16, 32, 4, 1), _cfg(32, 16, 16, 4, 1)],
     "fp64": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
 }
 for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
@@ -507,7 +512,9 @@ def _gather_bwd_kernel(
 
 # --------------------------------------------------------------------------- launchers
 def _autotuned(fn, configs, key, reset=None):
-    return {dt: triton.autotune(configs=cfgs, key=key, reset_to_zero=reset)(fn) for dt, cfgs in configs.items()}
+    """One autotuner per config class; the key names every constexpr that changes the kernel."""
+    key = key + [c for c in ("HAS_MASK", "HAS_BIAS", "IDX64") if c in fn.arg_names]
+    return {cls: triton.autotune(configs=cfgs, key=key, reset_to_zero=reset)(fn) for cls, cfgs in configs.items()}
 
 
 _KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "SEG", "sxc"]
@@ -515,9 +522,9 @@ _fwd_tuned = _autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
 _bwd_weight_tuned = _autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + ["N_SPLIT"])
 # the data kernel accumulates into ws with atomics: zero it before every autotuning trial
 _bwd_data_tuned = _autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
-_gather_fwd_tuned = {dt: triton.autotune(configs=cfgs, key=["MP", "C", "sxc"])(_gather_fwd_kernel)
+_gather_fwd_tuned = {dt: triton.autotune(configs=cfgs, key=["MP", "C", "sxc", "IDX64"])(_gather_fwd_kernel)
                      for dt, cfgs in GATHER_CONFIGS.items()}
-_gather_bwd_tuned = triton.autotune(configs=GATHER_BWD_CONFIGS, key=["MP", "C", "sxc"], reset_to_zero=["ws_ptr"])(
+_gather_bwd_tuned = triton.autotune(configs=GATHER_BWD_CONFIGS, key=["MP", "C", "sxc", "IDX64"], reset_to_zero=["ws_ptr"])(
     _gather_bwd_kernel)
 
 
@@ -557,13 +564,14 @@ def deform_conv2d_forward(x, offset, weight, bias, mask, stride, padding, dilati
     cout_g = gm["C_out"] // gm["groups"]
     m_t, m_strides = _mask_args(mask, offset)
     grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), cdiv(cout_g, meta["BLOCK_N"]), gm["groups"])
-    launch(_fwd_tuned[_dtype_class(x.dtype)], _deform_fwd_kernel, grid, INTERPRET_CONFIG,
+    tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
+    launch(_fwd_tuned[config_class(x.dtype, tf32)], _deform_fwd_kernel, grid, INTERPRET_CONFIG,
            x, offset, m_t, weight, bias if bias is not None else weight, y,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
            gm["cpog"],
            *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *y.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-           HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ALLOW_TF32=allow_tf32(x.dtype),
+           HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
            IDX64=needs_int64(x, offset, weight, y, mask))
     return y
 
@@ -584,14 +592,15 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
     m_t, m_strides = _mask_args(mask, offset)
     gm_t = g_msk if mask is not None else g_off
     grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), gm["offset_groups"] * gm["KH"] * gm["KW"])
-    launch(_bwd_data_tuned[_dtype_class(x.dtype)], _deform_bwd_data_kernel, grid, INTERPRET_CONFIG,
+    tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
+    launch(_bwd_data_tuned[config_class(x.dtype, tf32)], _deform_bwd_data_kernel, grid, INTERPRET_CONFIG,
            x, offset, m_t, weight, grad_output, ws, g_off, gm_t,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
            gm["cpog"],
            *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *grad_output.stride(), *ws.stride(),
            *g_off.stride(), *(g_msk.stride() if mask is not None else m_strides),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-           HAS_MASK=mask is not None, ALLOW_TF32=allow_tf32(x.dtype),
+           HAS_MASK=mask is not None, ALLOW_TF32=tf32,
            IDX64=needs_int64(x, offset, weight, grad_output, ws, mask))
     return ws.to(x.dtype), g_off, g_msk
 
@@ -619,13 +628,14 @@ def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride
     m_t, m_strides = _mask_args(mask, offset)
     grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), gm["KH"] * gm["KW"] * n_seg * cdiv(seg, meta["BLOCK_N"]),
                          gm["groups"] * split_k)
-    launch(_bwd_weight_tuned[_dtype_class(x.dtype)], _deform_bwd_weight_kernel, grid, INTERPRET_CONFIG,
+    tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
+    launch(_bwd_weight_tuned[config_class(x.dtype, tf32)], _deform_bwd_weight_kernel, grid, INTERPRET_CONFIG,
            x, offset, m_t, grad_output, ws,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], seg,
            gm["cpog"], m_per_split, split_k,
            *x.stride(), *offset.stride(), *m_strides, *grad_output.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-           HAS_MASK=mask is not None, ALLOW_TF32=allow_tf32(x.dtype),
+           HAS_MASK=mask is not None, ALLOW_TF32=tf32,
            IDX64=needs_int64(x, offset, grad_output, ws, mask))
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 

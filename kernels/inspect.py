@@ -1,32 +1,50 @@
-"""Ahead-of-time compile check: every kernel x shipped autotune config x dtype x GPU arch.
+"""Ahead-of-time compile check: every build the launchers can select, for sm_80 and sm_90.
 
 Runs on a machine without a GPU: ``triton.compile`` targets sm_80 / sm_90 directly and the
 ``ptxas`` bundled with Triton reports registers, spills and shared memory (``-v``).
-For GEMM-like kernels it also reports whether fp16/bf16 use tensor cores (mma / wgmma).
 
-    python -m kernels.inspect                    # table for sm_80 and sm_90, all configs
-    python -m kernels.inspect --arch 90 --default-only --json out.json
-    python -m kernels.inspect --index64 --default-only   # the 64-bit index variants
+A *build* is what Triton compiles for one launch: the kernel, its dtype, the autotune config,
+the constexprs the launcher picks (``ALLOW_TF32`` on/off for fp32, ``IDX64`` for tensors past
+2**31 elements, ``HAS_BIAS`` / ``HAS_MASK``) and the specialisations Triton derives from the
+argument values at launch time (integers equal to 1 become constants, integers and pointers
+divisible by 16 are marked so, which decides vectorisation). To get those exactly, the public
+launchers are called on CPU tensors of a few typical problems with the launch intercepted, and
+Triton's own binder turns each intercepted call into the signature, constants and attributes
+that a GPU launch would compile:
 
-Exit status 1 when a kernel fails to compile, a default config spills (64-bit index variants
-are reported only), or a GEMM kernel's default fp16/bf16 config has no tensor-core instruction.
+    nchw   NCHW, 64 channels, 16x16, 3x3 stride 1 pad 1, bias, DCNv2 mask
+    nhwc   channels_last, 64 channels, 3x3 stride 2 pad 1, bias, DCNv2 mask
+    odd    NCHW, 3 -> 5 channels (5 depthwise), 15x15, 3x3 dilation 2, no bias, DCNv1
+
+For GEMM-like kernels fp16/bf16 builds must use tensor cores (mma / wgmma); for every kernel
+the share of global-load bytes issued vectorised (ld.global.v2/v4, cp.async of >= 8 bytes,
+TMA) is reported.
+
+    python -m kernels.inspect                      # default config of every build (what CI runs)
+    python -m kernels.inspect --all-configs        # every shipped autotune config of every build
+    python -m kernels.inspect --arch 90 --kernels conv2d_fwd --dtypes fp16 --json out.json
+
+Exit status 1 when a build fails to compile, a default config spills in any build, or a GEMM
+kernel's default fp16/bf16 build has no tensor-core instruction. Non-default configs are
+reported only (the autotuner may still pick them; only a GPU timing says whether they lose).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import os
 import pkgutil
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
-_PTR_TYPES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp64": "*fp64"}
+PROBLEMS = ("nchw", "nhwc", "odd")
 
 
 @dataclass
@@ -36,13 +54,16 @@ class Result:
     arch: int
     config: str
     default: bool
+    build: str  # problem, plus ",tf32" / ",ieee" for fp32 GEMMs and ",i64" for the 64-bit index build
     ok: bool
     registers: int = -1
     spill_bytes: int = -1
     shared_bytes: int = -1
     tensor_cores: str = ""  # "wgmma", "mma" or "" (none found)
+    vector_share: float = -1.0  # share of global-load bytes issued by vectorised / async / bulk loads
     gemm: bool = False
     index64: bool = False
+    tf32: bool | None = None  # None: the kernel has no ALLOW_TF32 (or the dtype is not fp32)
     seconds: float = 0.0
     error: str = ""
 
@@ -50,8 +71,7 @@ class Result:
     def problem(self) -> str:
         if not self.ok:
             return "compile error"
-        # 64-bit index variants (tensors past 2**31 elements) are reported, not gated on spills.
-        if self.default and self.spill_bytes > 0 and not self.index64:
+        if self.default and self.spill_bytes > 0:
             return "spills"
         if self.default and self.gemm and self.dtype in ("fp16", "bf16") and not self.tensor_cores:
             return "no tensor cores"
@@ -71,88 +91,225 @@ def all_specs():
     return out
 
 
-def _ptxas() -> str:
-    import triton.backends.nvidia as nv
+# ------------------------------------------------------------------------------ capturing launches
+@contextlib.contextmanager
+def _captured_launches(records: list):
+    """Replace ``launch`` in every kernel module by a recorder of (jit fn, args, kwargs)."""
+    modules = sorted({m for m, _ in all_specs()})
+    saved = {}
 
-    return os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
+    def record(tuned, plain, grid, interpret_config, *args, **kwargs):
+        records.append((plain, args, kwargs))
+
+    for name in modules:
+        mod = importlib.import_module(name)
+        saved[name] = mod.launch
+        mod.launch = record
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            importlib.import_module(name).launch = fn
 
 
+def _run_problem(problem: str, dtype):
+    """Call every public launcher once on CPU tensors of ``problem`` (nothing is computed:
+    launches are intercepted; outputs are only allocated)."""
+    import torch
+
+    from kernels import conv2d, deform, depthwise, roi
+
+    cl = problem == "nhwc"
+    n, h = 2, (15 if problem == "odd" else 16)
+    c_in, c_out = (3, 5) if problem == "odd" else (64, 64)
+    c_dw = 5 if problem == "odd" else 64
+    stride = (2, 2) if cl else (1, 1)
+    padding = (0, 0) if problem == "odd" else (1, 1)
+    dilation = (2, 2) if problem == "odd" else (1, 1)
+    with_bias = with_mask = problem != "odd"
+    fmt = torch.channels_last if cl else torch.contiguous_format
+
+    def t(*shape, layout=False):
+        x = torch.zeros(shape, dtype=dtype)
+        return x.contiguous(memory_format=fmt) if layout and len(shape) == 4 else x
+
+    x, xd = t(n, c_in, h, h, layout=True), t(n, c_dw, h, h, layout=True)
+    w, wd = t(c_out, c_in, 3, 3, layout=True), t(c_dw, 1, 3, 3)
+    b, bd = (t(c_out), t(c_dw)) if with_bias else (None, None)
+    # conv2d family
+    y = conv2d.conv2d_forward(x, w, b, stride, padding, dilation, 1)
+    conv2d.conv2d_input_grad(y, w, x.shape, stride, padding, dilation, 1, bias=None)
+    conv2d.conv2d_weight_grad(x, y, w.shape, stride, padding, dilation, 1, split_k=4)
+    # depthwise
+    yd = depthwise.depthwise_forward(xd, wd, bd, stride, padding, dilation)
+    depthwise.depthwise_input_grad(yd, wd, xd.shape, stride, padding, dilation)
+    depthwise.depthwise_weight_grad(xd, yd, wd.shape, stride, padding, dilation, split_k=4)
+    # deformable convolution (offsets / mask in the layout of the input, as a conv would produce them)
+    oh = y.shape[-1]
+    off = t(n, 2 * 9, oh, oh, layout=True)
+    mask = t(n, 9, oh, oh, layout=True) if with_mask else None
+    yf = deform.deform_conv2d_forward(x, off, w, b, mask, stride, padding, dilation)
+    deform.deform_conv2d_data_grad(yf, x, off, w, mask, stride, padding, dilation)
+    deform.deform_conv2d_weight_grad(yf, x, off, mask, w.shape, stride, padding, dilation, split_k=4)
+    # bilinear gather and deformable RoI pooling
+    pos = t(n, 32, 2)
+    yg = deform.bilinear_gather_forward(x, pos)
+    deform.bilinear_gather_backward(yg, x, pos)
+    rois = t(4, 5)
+    roi_off = t(4, 2, 7, 7) if with_mask else None
+    yr = roi.deform_roi_pool_forward(x, rois, roi_off, 0.0625, 7, 7, 2, 0.1)
+    roi.deform_roi_pool_backward(yr, x, rois, roi_off, 0.0625, 7, 7, 2, 0.1)
+
+
+def capture(problems=PROBLEMS, dtypes=("fp32", "fp16", "bf16", "fp64")) -> dict:
+    """{(kernel name, dtype, problem): (args, kwargs)} of the launches the launchers make."""
+    import torch
+
+    names = {spec.fn: spec.name for _, spec in all_specs()}
+    torch_dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+    out = {}
+    for problem in problems:
+        for dt in dtypes:
+            records = []
+            with _captured_launches(records):
+                _run_problem(problem, torch_dtypes[dt])
+            for fn, args, kwargs in records:
+                out.setdefault((names[fn], dt, problem), (args, kwargs))
+    return out
+
+
+def _variants(kwargs: dict, dtype: str):
+    """(label, constexpr overrides) of the builds a launcher can select from the same arguments:
+    TF32 on and off for fp32 GEMMs (torch's flags decide), 32- and 64-bit index arithmetic."""
+    tf32s = [None]
+    if "ALLOW_TF32" in kwargs and dtype == "fp32":
+        tf32s = [True, False]
+    idx = [False, True] if "IDX64" in kwargs else [None]
+    for tf32 in tf32s:
+        for i64 in idx:
+            over, label = {}, ""
+            if tf32 is not None:
+                over["ALLOW_TF32"] = tf32
+                label += ",tf32" if tf32 else ",ieee"
+            if i64 is not None:
+                over["IDX64"] = i64
+                label += ",i64" if i64 else ""
+            yield label, over, tf32, bool(i64)
+
+
+def _specialise(fn, args, kwargs, arch: int):
+    """Triton's own launch-time specialisation of ``fn(*args, **kwargs)`` for ``arch``:
+    (signature, constexprs, attrs, options dict), as JITFunction.run would compile it."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return signature, constexprs, attrs, dict(options.__dict__)
+
+
+# ----------------------------------------------------------------------------------- compiling
 def _config_label(cfg) -> str:
     kw = ",".join(f"{k.replace('BLOCK_', '')}{v}" for k, v in cfg.kwargs.items())
     return f"{kw},w{cfg.num_warps},s{cfg.num_stages}"
 
 
-def compile_one(module: str, name: str, dtype: str, index: int, arch: int, index64: bool = False) -> Result:
+_LD = re.compile(r"\bld\.global(?:\.[a-zA-Z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b")
+_CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global(?:\.[a-zA-Z0-9_:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],"
+                       r"\s*(0x[0-9a-f]+|\d+)")
+
+
+def vector_share(ptx: str) -> float:
+    """Share of the global-load bytes (as written in the PTX, one instruction each) that are
+    issued as 8/16-byte vector loads, 8/16-byte cp.async, or bulk (TMA) copies."""
+    vec = total = 0
+    for m in _LD.finditer(ptx):
+        n_bytes = int(m.group(1) or 1) * int(m.group(2)) // 8
+        total += n_bytes
+        vec += n_bytes if n_bytes >= 8 else 0
+    for m in _CP_ASYNC.finditer(ptx):
+        n_bytes = int(m.group(1), 0)
+        total += n_bytes
+        vec += n_bytes if n_bytes >= 8 else 0
+    bulk = 128 * len(re.findall(r"\bcp\.async\.bulk", ptx))
+    vec, total = vec + bulk, total + bulk
+    return vec / total if total else 1.0
+
+
+def compile_one(job: dict) -> Result:
     import triton
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    spec = next(s for s in importlib.import_module(module).AOT_SPECS if s.name == name)
-    cfg = spec.configs[dtype][index]
-    constexprs = dict(cfg.kwargs, **(spec.constexprs(dtype) if spec.constexprs else {}))
-    label = _config_label(cfg)
-    if index64 and "IDX64" in constexprs:  # the variant launched for tensors past 2**31 elements
-        constexprs["IDX64"] = True
-        label += ",i64"
-    res = Result(name, dtype, arch, label, index == 0, False, gemm=spec.gemm, index64=label.endswith(",i64"))
-    fn = spec.fn
-    acc = "fp64" if dtype == "fp64" else "fp32"
-    signature = {}
-    for p in fn.params:
-        if p.is_constexpr:
-            signature[p.name] = "constexpr"
-        elif p.name == "ws_ptr":
-            signature[p.name] = _PTR_TYPES[acc]
-        elif p.name.endswith("_ptr"):
-            signature[p.name] = _PTR_TYPES[dtype]
-        else:
-            signature[p.name] = "i32"
+    spec = next(s for s in importlib.import_module(job["module"]).AOT_SPECS if s.name == job["kernel"])
+    res = Result(job["kernel"], job["dtype"], job["arch"], job["config"], job["default"], job["build"], False,
+                 gemm=spec.gemm, index64=job["index64"], tf32=job["tf32"])
     t0 = time.time()
     try:
-        src = ASTSource(fn, signature, constexprs=constexprs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        src = ASTSource(spec.fn, job["signature"], constexprs=job["constexprs"], attrs=job["attrs"])
+        # Triton's own ptxas run (its flags differ between versions) reports registers and spills:
+        # recompile even when cached, and keep the log it prints.
+        knobs.nvidia.dump_ptxas_log = True
+        knobs.compilation.always_compile = True
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32), options=job["options"])
     except Exception as exc:  # report, do not crash the table
-        res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+        msg = str(exc).strip()
+        res.error = f"{type(exc).__name__}: {msg.splitlines()[-1][:300] if msg else ''}"
         res.seconds = time.time() - t0
         return res
     ptx = compiled.asm["ptx"]
-    target = re.search(r"\.target\s+(\S+)", ptx).group(1)
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    try:
-        out = subprocess.run([_ptxas(), "-v", f"--gpu-name={target}", f.name, "-o", os.devnull],
-                             capture_output=True, text=True, check=True)
-    finally:
-        os.unlink(f.name)
-    info = out.stdout + out.stderr
+    info = log.getvalue()
     res.registers = int(re.search(r"Used (\d+) registers", info).group(1))
     res.spill_bytes = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", info))
     res.shared_bytes = int(compiled.metadata.shared)
     res.tensor_cores = "wgmma" if "wgmma" in ptx else ("mma" if re.search(r"\bmma\.sync", ptx) else "")
+    res.vector_share = round(vector_share(ptx), 3)
     res.ok = True
     res.seconds = time.time() - t0
     return res
 
 
-def run(archs=(80, 90), default_only=False, kernels_filter=None, dtypes=None, workers=None, index64=False):
-    jobs = []
-    for module, spec in all_specs():
-        if kernels_filter and spec.name not in kernels_filter:
+def jobs(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, problems=PROBLEMS) -> list:
+    """One job per (build, config, arch), each with the signature a GPU launch would compile."""
+    specs = {spec.name: (module, spec) for module, spec in all_specs()}
+    launches = capture(problems, dtypes or ("fp32", "fp16", "bf16", "fp64"))
+    missing = {name for name in specs if not any(k[0] == name for k in launches)}
+    if missing:
+        raise RuntimeError(f"no typical problem launches {sorted(missing)}: extend kernels.inspect._run_problem")
+    out = []
+    for (name, dt, problem), (args, kwargs) in sorted(launches.items(), key=lambda kv: kv[0]):
+        if kernels_filter and name not in kernels_filter:
             continue
-        for dt in spec.dtypes:
-            if dtypes and dt not in dtypes:
-                continue
-            n = 1 if default_only else len(spec.configs[dt])
-            jobs += [(module, spec.name, dt, i, arch, index64) for i in range(n) for arch in archs]
+        module, spec = specs[name]
+        for label, over, tf32, i64 in _variants(kwargs, dt):
+            # fp32 without TF32 has a table of its own where the kernel ships one (config_class)
+            configs = spec.configs["fp32_ieee" if tf32 is False and "fp32_ieee" in spec.configs else dt]
+            for ci, cfg in enumerate(configs if all_configs else configs[:1]):
+                kw = dict(kwargs, **over, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                for arch in archs:
+                    sig, cx, attrs, options = _specialise(spec.fn, args, kw, arch)
+                    out.append(dict(module=module, kernel=name, dtype=dt, arch=arch, config=_config_label(cfg),
+                                    default=ci == 0, build=problem + label, tf32=tf32, index64=i64,
+                                    signature=sig, constexprs=cx, attrs=attrs, options=options))
+    return out
+
+
+def run(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, problems=PROBLEMS, workers=None):
+    todo = jobs(archs, all_configs, kernels_filter, dtypes, problems)
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(compile_one, *job) for job in jobs]
-        return [f.result() for f in futures]
+        return list(pool.map(compile_one, todo, chunksize=4))
 
 
 def format_table(results) -> str:
-    head = f"{'kernel':<26}{'dtype':<6}{'sm':<4}{'config':<30}{'regs':>5}{'spill':>7}{'smem':>8}  {'tc':<6}{'s':>6}  status"
+    head = (f"{'kernel':<22}{'dtype':<6}{'sm':<4}{'build':<16}{'config':<24}{'regs':>5}{'spill':>6}{'smem':>7}"
+            f"  {'tc':<6}{'vec':>5}  status")
     lines = [head, "-" * len(head)]
     for r in results:
         status = r.problem or "ok"
@@ -160,20 +317,23 @@ def format_table(results) -> str:
             status += f" ({r.error})"
         tc = r.tensor_cores or ("-" if not r.gemm else "none")
         cfg = r.config + (" *" if r.default else "")
-        lines.append(f"{r.kernel:<26}{r.dtype:<6}{r.arch:<4}{cfg:<30}{r.registers:>5}{r.spill_bytes:>7}"
-                     f"{r.shared_bytes:>8}  {tc:<6}{r.seconds:>6.1f}  {status}")
+        lines.append(f"{r.kernel:<22}{r.dtype:<6}{r.arch:<4}{r.build:<16}{cfg:<24}{r.registers:>5}{r.spill_bytes:>6}"
+                     f"{r.shared_bytes:>7}  {tc:<6}{r.vector_share:>5.0%}  {status}")
     n_bad = sum(bool(r.problem) for r in results)
-    lines.append(f"{len(results)} compiles, {n_bad} problems (* = default config; tc = tensor-core instructions)")
+    lines.append(f"{len(results)} compiles, {n_bad} problems (* = default config; tc = tensor-core instructions; "
+                 f"vec = share of global-load bytes vectorised)")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="CUDA compute capabilities (x10)")
-    ap.add_argument("--default-only", action="store_true", help="only each kernel's default config")
+    ap.add_argument("--all-configs", action="store_true", help="every shipped autotune config, not only defaults")
     ap.add_argument("--kernels", nargs="+", help="restrict to these kernel names")
-    ap.add_argument("--dtypes", nargs="+", choices=sorted(_PTR_TYPES), help="restrict to these dtypes")
-    ap.add_argument("--index64", action="store_true", help="compile the 64-bit index variants instead")
+    ap.add_argument("--dtypes", nargs="+", choices=["fp16", "bf16", "fp32", "fp64"], help="restrict to these dtypes")
+    ap.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS),
+                    help="typical problems whose launch specialisations are compiled")
+    ap.add_argument("--problems-only", action="store_true", help="print only the builds with a problem")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--json", help="also write the results as JSON here")
     args = ap.parse_args(argv)
@@ -181,8 +341,13 @@ def main(argv=None) -> int:
         # Interpreted kernels cannot be compiled; run again without the interpreter.
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         return subprocess.call([sys.executable, "-m", "kernels.inspect", *(argv or sys.argv[1:])], env=env)
-    results = run(args.arch, args.default_only, args.kernels, args.dtypes, args.workers, args.index64)
-    print(format_table(results))
+    t0 = time.time()
+    results = run(args.arch, args.all_configs, args.kernels, args.dtypes, args.problems, args.workers)
+    shown = [r for r in results if r.problem] if args.problems_only else results
+    print(format_table(shown).replace(f"{len(shown)} compiles", f"{len(results)} compiles"))
+    import triton
+
+    print(f"triton {triton.__version__}, {time.time() - t0:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([dict(asdict(r), problem=r.problem) for r in results], f, indent=1)

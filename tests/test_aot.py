@@ -1,6 +1,8 @@
-"""Ahead-of-time compile check: every kernel, shipped autotune config and dtype compiles for
-sm_80 and sm_90 (no GPU needed); default configs do not spill; GEMM kernels use tensor cores
-for fp16/bf16. The interpreter accepts code the GPU compiler rejects, hence this test."""
+"""Ahead-of-time compile check (no GPU needed): the default config of every build the launchers
+can select (dtype x TF32 on/off x 32/64-bit index x the launch-time specialisations of typical
+problems) compiles for sm_80 and sm_90, spills nothing, and GEMM kernels use tensor cores for
+fp16/bf16. The interpreter accepts code the GPU compiler rejects, hence this test.
+``python -m kernels.inspect --all-configs`` covers every shipped config (not run here)."""
 import json
 import os
 import subprocess
@@ -13,35 +15,61 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.aot
 
 
-def _inspect(tmp_path, *flags):
-    out = tmp_path / "aot.json"
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aot") / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.inspect", "--json", str(out), *flags], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1200)
-    assert out.exists(), proc.stdout + proc.stderr
-    return proc, json.loads(out.read_text())
+    proc = subprocess.run([sys.executable, "-m", "kernels.inspect", "--problems-only", "--json", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=1500)
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    rows_ok = proc.returncode == 0
+    return rows, rows_ok, proc.stdout[-3000:]
 
 
-def test_all_kernels_compile_for_sm80_sm90(tmp_path):
-    proc, rows = _inspect(tmp_path)
-    errors = [(r["kernel"], r["dtype"], r["arch"], r["config"], r["error"]) for r in rows if not r["ok"]]
+def test_every_build_compiles_for_sm80_sm90(rows):
+    rows, _, _ = rows
+    errors = [(r["kernel"], r["dtype"], r["arch"], r["build"], r["error"]) for r in rows if not r["ok"]]
     assert not errors, errors
+    assert {r["arch"] for r in rows} == {80, 90}
     kernels = {r["kernel"] for r in rows}
     assert {"conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight", "depthwise_fwd", "depthwise_bwd_input",
-            "depthwise_bwd_weight"} <= kernels
+            "depthwise_bwd_weight", "deform_fwd", "deform_bwd_data", "deform_bwd_weight", "bilinear_gather_fwd",
+            "bilinear_gather_bwd", "deform_roi_pool_fwd", "deform_roi_pool_bwd"} <= kernels
     for r in rows:
-        assert r["registers"] > 0 and r["arch"] in (80, 90)
-    defaults = [r for r in rows if r["default"]]
-    spilling = [(r["kernel"], r["dtype"], r["arch"], r["spill_bytes"]) for r in defaults if r["spill_bytes"] > 0]
+        assert r["registers"] > 0
+
+
+def test_builds_cover_tf32_index64_and_specialisations(rows):
+    rows, _, _ = rows
+    fwd32 = {r["build"] for r in rows if r["kernel"] == "conv2d_fwd" and r["dtype"] == "fp32" and r["arch"] == 90}
+    assert fwd32 == {f"{p},{t}{i}" for p in ("nchw", "nhwc", "odd") for t in ("tf32", "ieee") for i in ("", ",i64")}
+    assert any(r["index64"] for r in rows if r["kernel"] == "depthwise_fwd")
+    # the TF32-off build takes its own (smaller) config table
+    ieee = {r["config"] for r in rows if r["kernel"] == "conv2d_fwd" and r["tf32"] is False}
+    tf32 = {r["config"] for r in rows if r["kernel"] == "conv2d_fwd" and r["tf32"] is True}
+    assert ieee and tf32 and ieee != tf32
+
+
+def test_default_builds_do_not_spill_and_use_tensor_cores(rows):
+    rows, ok, stdout = rows
+    spilling = [(r["kernel"], r["dtype"], r["arch"], r["build"], r["spill_bytes"]) for r in rows if r["spill_bytes"] > 0]
     assert not spilling, spilling
-    for r in defaults:
+    for r in rows:
         if r["gemm"] and r["dtype"] in ("fp16", "bf16"):
             assert r["tensor_cores"] in ("mma", "wgmma"), r
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert ok, stdout
 
 
-def test_index64_variants_compile(tmp_path):
-    _, rows = _inspect(tmp_path, "--index64", "--default-only")
-    assert rows and {r["kernel"] for r in rows if r["index64"]} >= {"conv2d_fwd", "depthwise_fwd"}
-    errors = [(r["kernel"], r["dtype"], r["arch"], r["error"]) for r in rows if not r["ok"]]
-    assert not errors, errors
+def test_capture_specialises_like_a_launch():
+    """The builds come from Triton's own binder: unit strides become constants, and an NCHW
+    tensor's inner stride is 1 while channels_last's channel stride is 1."""
+    from kernels.inspect import _specialise, capture
+
+    launches = capture(problems=("nchw", "nhwc"), dtypes=("fp16",))
+    for problem, const in (("nchw", "sxw"), ("nhwc", "sxc")):
+        args, kwargs = launches[("conv2d_fwd", "fp16", problem)]
+        kw = dict(kwargs, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+        sig, _, attrs, _ = _specialise(__import__("kernels.conv2d").conv2d._conv2d_fwd_kernel, args, kw, 90)
+        assert sig[const] == "constexpr" and sig["x_ptr"] == "*fp16"
+        assert attrs[(0,)] == [["tt.divisibility", 16]]
