@@ -7,6 +7,7 @@ when ``@triton.jit`` decorates a function, so it is read once, here).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +123,37 @@ def needs_int64(*tensors: torch.Tensor) -> bool:
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def empty_workspace(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Allocation of an atomic-add workspace (``like``'s strides when it is dense). Its contents
+    are undefined: ``zeroed_workspace`` zeroes it. A separate function so tests can hand the
+    launchers a dirty buffer."""
+    return torch.empty_like(like, dtype=dtype)
+
+
+def zeroed_workspace(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The workspace an atomic-add kernel accumulates into, zeroed here by the launcher. Kernels
+    must not rely on the autotuner's ``reset_to_zero`` for this: it only runs around autotuning
+    trials, and Inductor's handling of it for user kernels has changed between versions."""
+    return empty_workspace(like, dtype).zero_()
+
+
+def alert_nondeterministic(caller: str) -> None:
+    """What PyTorch does for its own non-deterministic ops (``torch.use_deterministic_algorithms``):
+    raise a RuntimeError when deterministic algorithms are required, warn when ``warn_only=True``.
+    Called by the launchers of the kernels that accumulate with floating-point atomic adds, whenever
+    such a kernel is about to run (also under the CPU interpreter, where the adds happen to be
+    sequential, so the behaviour is the same everywhere and testable)."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    msg = (f"{caller} does not have a deterministic implementation (it accumulates with floating-point "
+           f"atomic adds), but you set 'torch.use_deterministic_algorithms(True")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg + ", warn_only=True)'.", UserWarning, stacklevel=3)
+    else:
+        raise RuntimeError(msg + ")'. You can turn off determinism just for this operation, or use the "
+                           "'warn_only=True' option, if that's acceptable for your application.")
 
 
 def like_layout(ref: torch.Tensor, shape) -> torch.Tensor:

@@ -4,7 +4,11 @@ Sampling rule (torchvision's ``deform_conv2d``): a sample at fractional pixel po
 (y, x) of an H x W map is the bilinear blend of its four integer corners, where a
 corner outside the image contributes 0. Hence a sample with y <= -1, y >= H, x <= -1
 or x >= W is 0. Positions are clamped to [-2, H + 1] x [-2, W + 1] before the
-float -> int conversion: far-away samples (1e10) stay 0 and cannot overflow.
+float -> int conversion: far-away samples (1e10) stay 0 and cannot overflow. A sample with a
+NaN coordinate reads no pixel and is NaN; gradients are those autograd gives through the
+plain-PyTorch reference (``layers.deform._bilinear_reference``): none into the input, NaN for
+the weight it meets, its mask and its other (finite, in clamp range) coordinate, 0 for the NaN
+coordinate itself (the clamp's derivative).
 
 Deformable convolution, per weight group ``g``, is the implicit GEMM
 
@@ -39,7 +43,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch, like_layout, _mma, needs_int64,
+    accumulator_dtype, alert_nondeterministic, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch,
+    like_layout, _mma, needs_int64, zeroed_workspace,
 )
 
 
@@ -99,13 +104,18 @@ def _dtype_class(dtype: torch.dtype) -> str:
 def _bilinear(py, px, H, W):
     """Corners of fractional positions (py, px): top-left (y0, x0) as int32, the fractional
     parts (ly, lx) and the validity of the two rows / columns. Clamping to [-2, H + 1]
-    keeps the result (every corner outside) and makes the int conversion safe."""
-    py = tl.minimum(tl.maximum(py, -2.0), H + 1.0)
-    px = tl.minimum(tl.maximum(px, -2.0), W + 1.0)
-    fy = tl.floor(py)
-    fx = tl.floor(px)
-    ly = py - fy
-    lx = px - fx
+    keeps the result (every corner outside) and makes the int conversion safe.
+    A NaN coordinate (tl.minimum / tl.maximum may drop it) is placed at -2 for the indices,
+    so every corner is outside and nothing is read, and keeps NaN as its fractional part, so
+    every corner weight and the sample are NaN."""
+    ny = py != py
+    nx = px != px
+    py_c = tl.where(ny, -2.0, tl.minimum(tl.maximum(py, -2.0), H + 1.0))
+    px_c = tl.where(nx, -2.0, tl.minimum(tl.maximum(px, -2.0), W + 1.0))
+    fy = tl.floor(py_c)
+    fx = tl.floor(px_c)
+    ly = tl.where(ny, py, py_c - fy)
+    lx = tl.where(nx, px, px_c - fx)
     y0 = fy.to(tl.int32)
     x0 = fx.to(tl.int32)
     vy0 = (y0 >= 0) & (y0 < H)
@@ -334,6 +344,9 @@ def _deform_bwd_data_kernel(
     dx = tl.load(off_ptr + (o_pix + (oc + 1) * soc), mask=mask_m, other=0.0).to(ftype)
     py = (oh * stride_h - pad_h + kh * dil_h).to(ftype) + dy
     px = (ow * stride_w - pad_w + kw * dil_w).to(ftype) + dx
+    # where the derivative passes the clamp to [-2, H + 1] (autograd's: not outside it, not for NaN)
+    pass_y = (py >= -2.0) & (py <= H + 1.0)
+    pass_x = (px >= -2.0) & (px <= W + 1.0)
     y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
     hy = 1.0 - ly
     hx = 1.0 - lx
@@ -389,6 +402,10 @@ def _deform_bwd_data_kernel(
                       sem="relaxed")
     g_dy = mv * ((s10 - s00) * hx + (s11 - s01) * lx)
     g_dx = mv * ((s01 - s00) * hy + (s11 - s10) * ly)
+    # 0 where the clamp stops the derivative (NaN included); a NaN in the other coordinate makes it
+    # NaN (0 * NaN), as autograd through the bilinear blend does
+    g_dy = tl.where(pass_y, g_dy, 0.0)
+    g_dx = tl.where(pass_x, g_dx, 0.0)
     # grad offset (strides sdn..sdw) and grad mask (strides sen..sew)
     d_pix = _idx(n, IDX64) * sdn + _idx(oh, IDX64) * sdh + _idx(ow, IDX64) * sdw
     tl.store(goff_ptr + (d_pix + oc * sdc), g_dy.to(goff_ptr.dtype.element_ty), mask=mask_m)
@@ -473,6 +490,8 @@ def _gather_bwd_kernel(
     pos = _idx(n, IDX64) * spn + _idx(p, IDX64) * spp
     py = tl.load(pos_ptr + pos, mask=mask_p, other=0.0).to(ftype)
     px = tl.load(pos_ptr + (pos + spk), mask=mask_p, other=0.0).to(ftype)
+    pass_y = (py >= -2.0) & (py <= H + 1.0)  # see _deform_bwd_data_kernel
+    pass_x = (px >= -2.0) & (px <= W + 1.0)
     y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
     hy = 1.0 - ly
     hx = 1.0 - lx
@@ -505,6 +524,8 @@ def _gather_bwd_kernel(
                       sem="relaxed")
     g_y = (s10 - s00) * hx + (s11 - s01) * lx
     g_x = (s01 - s00) * hy + (s11 - s10) * ly
+    g_y = tl.where(pass_y, g_y, 0.0)
+    g_x = tl.where(pass_x, g_x, 0.0)
     d_pos = _idx(n, IDX64) * sdn + _idx(p, IDX64) * sdp
     tl.store(gpos_ptr + d_pos, g_y.to(gpos_ptr.dtype.element_ty), mask=mask_p)
     tl.store(gpos_ptr + (d_pos + sdk), g_x.to(gpos_ptr.dtype.element_ty), mask=mask_p)
@@ -520,7 +541,8 @@ def _autotuned(fn, configs, key, reset=None):
 _KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "SEG", "sxc"]
 _fwd_tuned = _autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
 _bwd_weight_tuned = _autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + ["N_SPLIT"])
-# the data kernel accumulates into ws with atomics: zero it before every autotuning trial
+# the data kernel accumulates into ws with atomics: reset_to_zero keeps autotuning trials from
+# adding up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
 _bwd_data_tuned = _autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
 _gather_fwd_tuned = {dt: triton.autotune(configs=cfgs, key=["MP", "C", "sxc", "IDX64"])(_gather_fwd_kernel)
                      for dt, cfgs in GATHER_CONFIGS.items()}
@@ -581,13 +603,14 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
     grad_offset like offset, grad_mask like mask, or an empty tensor when mask is None)."""
     gm = _geometry(x, offset, weight.shape)
     acc_dtype = accumulator_dtype(x.dtype)
-    ws = torch.zeros_like(x, dtype=acc_dtype)  # x's strides when x is dense, else contiguous
+    ws = zeroed_workspace(x, acc_dtype)  # x's strides when x is dense, else contiguous
     g_off = like_layout(offset, offset.shape)
     g_msk = like_layout(mask, mask.shape) if mask is not None else torch.empty(0, device=x.device, dtype=x.dtype)
     if gm["M"] == 0:
         g_off.zero_()
         g_msk.zero_()
         return ws.to(x.dtype), g_off, g_msk
+    alert_nondeterministic("convlab::deform_conv2d_data_grad (grad input)")
     cout_g = gm["C_out"] // gm["groups"]
     m_t, m_strides = _mask_args(mask, offset)
     gm_t = g_msk if mask is not None else g_off
@@ -659,11 +682,12 @@ def bilinear_gather_backward(grad_output, x, positions):
     """Gradients of bilinear_gather: (grad input like x, grad positions (N, P, 2))."""
     N, C, H, W = x.shape
     P = positions.shape[1]
-    ws = torch.zeros_like(x, dtype=accumulator_dtype(x.dtype))
+    ws = zeroed_workspace(x, accumulator_dtype(x.dtype))
     g_pos = torch.empty((N, P, 2), device=x.device, dtype=x.dtype)
     MP = N * P
     if MP == 0 or C == 0:
         return ws.to(x.dtype), g_pos.zero_()
+    alert_nondeterministic("convlab::bilinear_gather_backward (grad input)")
     grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]),)
     launch(_gather_bwd_tuned, _gather_bwd_kernel, grid, GATHER_INTERPRET_CONFIG,
            x, positions, grad_output, ws, g_pos, MP, P, C, H, W,

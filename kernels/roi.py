@@ -21,6 +21,16 @@ border row / column (replicated) for y >= H - 1 / x >= W - 1. ``_roi_bilinear`` 
 that rule; it also returns where the position is not clamped, so the offset gradient is the exact
 derivative of the piecewise-bilinear function (0 where a coordinate is clamped).
 
+NaN: a NaN offset makes its bin's output NaN and reads no pixel (the bin's samples are moved to
+-inf, see ``_bin_grid``; NaN box coordinates are not specified). Gradients are those autograd gives through the
+plain-PyTorch reference (``layers.roi._roi_bilinear_reference``): none into the input, 0 for the
+NaN coordinate (the clamp's derivative), NaN for the other one if its derivative passes at any of
+the bin's samples.
+
+Batch index: a RoI whose batch index is not an integer in [0, N) (NaN included) reads nothing: its
+output is 0 and it gets and gives no gradient (``layers.roi`` raises a ValueError for it instead
+where checking costs no device sync).
+
 Kernels: forward, one program per (RoI, block of bins, block of channels), looping over the RoI's
 sampling grid (a runtime bound: adaptive grids differ per RoI). Backward, one program per (RoI,
 block of bins), looping over all channels: the offset gradient is reduced in registers
@@ -37,7 +47,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulator_dtype, cdiv, _idx, KernelSpec, launch, needs_int64
+from ._common import (
+    accumulator_dtype, alert_nondeterministic, cdiv, _idx, KernelSpec, launch, needs_int64, zeroed_workspace,
+)
 
 
 def _cfg(bp, bc, warps):
@@ -82,9 +94,24 @@ def _roi_bilinear(py, px, H, W):
 
 
 @triton.jit
-def _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE: tl.constexpr, ftype: tl.constexpr):
+def _any_passes(start, step, n, L):
+    """Per bin: whether autograd through the reference passes a derivative to the coordinate at
+    any of its n samples start + (i + 0.5) * step (an axis of length L): inside the clamp [0, L + 1]
+    and not on the replicated border, i.e. 0 <= p < L - 1 (see _bin_grid for its use)."""
+    res = tl.zeros(start.shape, dtype=tl.int1)
+    for i in range(0, n):
+        p = start + (i + 0.5) * step
+        res = res | ((p >= 0.0) & (p < L - 1.0))
+    return res
+
+
+@triton.jit
+def _roi_geometry(roi_ptr, k, srk, src, N, PH, PW, SR, SCALE: tl.constexpr, ftype: tl.constexpr):
     rb = roi_ptr + k.to(tl.int64) * srk
-    b = tl.load(rb).to(tl.float32).to(tl.int32)
+    bf = tl.load(rb).to(tl.float32)
+    # a batch index that is not an integer in [0, N) (or NaN): image 0, and no samples below
+    b_ok = (bf >= 0.0) & (bf < N) & (bf == tl.floor(bf))
+    b = tl.where(b_ok, bf, 0.0).to(tl.int32)
     x1 = tl.load(rb + src).to(ftype) * SCALE
     y1 = tl.load(rb + 2 * src).to(ftype) * SCALE
     x2 = tl.load(rb + 3 * src).to(ftype) * SCALE
@@ -98,17 +125,23 @@ def _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE: tl.constexpr, ftype: 
     if SR > 0:
         gh = SR
         gw = SR
+    gh = tl.where(b_ok, gh, 0)
+    gw = tl.where(b_ok, gw, 0)
     return b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw
 
 
 @triton.jit
-def _bin_grid(roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, PH, PW, SR,
+def _bin_grid(roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
               SCALE: tl.constexpr, GAMMA: tl.constexpr, HAS_OFFSET: tl.constexpr, IDX64: tl.constexpr,
               ftype: tl.constexpr):
-    """Sampling grid of bins (ph, pw) of RoI k: image b, the grid origin (ystart, xstart) shifted by
-    the bin's offset (gamma * offset * RoI size), the step between samples, samples per bin
-    (gh, gw) and the RoI size (roi_w, roi_h) in feature-map pixels."""
-    b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw = _roi_geometry(roi_ptr, k, srk, src, PH, PW, SR, SCALE, ftype)
+    """Sampling grid of bins (ph, pw) of RoI k: where the grid origin's y / x is NaN (ny, nx), image
+    b, the grid origin (ystart, xstart) shifted by the bin's offset (gamma * offset * RoI size),
+    the step between samples, samples per bin (gh, gw) and the RoI size (roi_w, roi_h) in
+    feature-map pixels. A NaN origin coordinate is moved to -inf, so every sample of the bin is
+    invalid and reads nothing; after their loops the kernels make the bin's output NaN and the
+    other coordinate's gradient NaN where autograd through the reference has 0 * NaN."""
+    b, x1, y1, roi_w, roi_h, bin_h, bin_w, gh, gw = _roi_geometry(roi_ptr, k, srk, src, N, PH, PW, SR, SCALE,
+                                                                  ftype)
     ystart = y1 + ph.to(ftype) * bin_h
     xstart = x1 + pw.to(ftype) * bin_w
     if HAS_OFFSET:
@@ -117,13 +150,19 @@ def _bin_grid(roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow,
         oy = tl.load(off_ptr + (o_pix + soc), mask=mask_p, other=0.0).to(ftype)
         ystart += GAMMA * roi_h * oy
         xstart += GAMMA * roi_w * ox
-    return b, ystart, xstart, bin_h / gh.to(ftype), bin_w / gw.to(ftype), gh, gw, roi_w, roi_h
+    ny = ystart != ystart
+    nx = xstart != xstart
+    ystart = tl.where(ny, float("-inf"), ystart)
+    xstart = tl.where(nx, float("-inf"), xstart)
+    # gh = gw = 0 only for a box with a bad batch index (no samples): keep the step finite
+    return ny, nx, b, ystart, xstart, bin_h / tl.maximum(gh, 1).to(ftype), bin_w / tl.maximum(gw, 1).to(ftype), gh, gw, \
+        roi_w, roi_h
 
 
 @triton.jit
 def _roi_fwd_kernel(
     x_ptr, roi_ptr, off_ptr, y_ptr,
-    C, H, W, PH, PW, SR,
+    N, C, H, W, PH, PW, SR,
     sxn, sxc, sxh, sxw,
     srk, src,
     sok, soc, soh, sow,
@@ -145,8 +184,8 @@ def _roi_fwd_kernel(
     mask_c = offs_c < C
     pw = offs_p % PW
     ph = offs_p // PW
-    b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
-        roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, PH, PW, SR,
+    ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
+        roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
         SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     x_img = _idx(b, IDX64) * sxn
     xc = _idx(offs_c, IDX64)[None, :] * sxc
@@ -169,6 +208,7 @@ def _roi_fwd_kernel(
             acc += tl.load(x_ptr + ((r1 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * lx)[:, None]
     count = tl.maximum(gh * gw, 1).to(ftype)
     acc = acc / count
+    acc = tl.where((ny | nx)[:, None], float("nan"), acc)  # a NaN sample position (see _bin_grid)
     y_off = (_idx(k, IDX64) * syk + _idx(ph, IDX64) * syh + _idx(pw, IDX64) * syw)[:, None] \
         + _idx(offs_c, IDX64)[None, :] * syc
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mc)
@@ -177,7 +217,7 @@ def _roi_fwd_kernel(
 @triton.jit
 def _roi_bwd_kernel(
     x_ptr, roi_ptr, off_ptr, gy_ptr, ws_ptr, goff_ptr,
-    C, H, W, PH, PW, SR,
+    N, C, H, W, PH, PW, SR,
     sxn, sxc, sxh, sxw,
     srk, src,
     sok, soc, soh, sow,
@@ -201,8 +241,8 @@ def _roi_bwd_kernel(
     mask_p = offs_p < PH * PW
     pw = offs_p % PW
     ph = offs_p // PW
-    b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
-        roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, PH, PW, SR,
+    ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
+        roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
         SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
     x_img = _idx(b, IDX64) * sxn
@@ -247,6 +287,9 @@ def _roi_bwd_kernel(
                     g_y += tl.where(gyok, (u10 - u00) * hx + (u11 - u01) * lx, 0.0)
                     g_x += tl.where(gxok, (u01 - u00) * hy + (u11 - u10) * ly, 0.0)
     if HAS_OFFSET:
+        # a NaN origin coordinate: NaN gradient for the other one where its derivative passes
+        g_y = tl.where(nx & _any_passes(ystart, step_h, gh, H), float("nan"), g_y)
+        g_x = tl.where(ny & _any_passes(xstart, step_w, gw, W), float("nan"), g_x)
         d_pix = _idx(k, IDX64) * sdk + _idx(ph, IDX64) * sdh + _idx(pw, IDX64) * sdw
         tl.store(goff_ptr + d_pix, (g_x * (GAMMA * roi_w)).to(goff_ptr.dtype.element_ty), mask=mask_p)
         tl.store(goff_ptr + (d_pix + sdc), (g_y * (GAMMA * roi_h)).to(goff_ptr.dtype.element_ty), mask=mask_p)
@@ -255,7 +298,8 @@ def _roi_bwd_kernel(
 # --------------------------------------------------------------------------- launchers
 _KEY = ["C", "PH", "PW", "SR", "sxc"]
 _fwd_tuned = {dt: triton.autotune(configs=cfgs, key=_KEY)(_roi_fwd_kernel) for dt, cfgs in FWD_CONFIGS.items()}
-# the backward accumulates into ws with atomics: zero it before every autotuning trial
+# the backward accumulates into ws with atomics: reset_to_zero keeps autotuning trials from adding
+# up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
 _bwd_tuned = {dt: triton.autotune(configs=cfgs, key=_KEY, reset_to_zero=["ws_ptr"])(_roi_bwd_kernel)
               for dt, cfgs in BWD_CONFIGS.items()}
 
@@ -273,7 +317,7 @@ def deform_roi_pool_forward(x, rois, offset, spatial_scale: float, pooled_h: int
     o_strides = tuple(offset.stride()) if offset is not None else (0, 0, 0, 0)
     grid = lambda meta: (K, cdiv(pooled_h * pooled_w, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
     launch(_fwd_tuned[_dtype_class(x.dtype)], _roi_fwd_kernel, grid, INTERPRET_CONFIG,
-           x, rois, o_t, y, C, H, W, pooled_h, pooled_w, sampling_ratio,
+           x, rois, o_t, y, N, C, H, W, pooled_h, pooled_w, sampling_ratio,
            *x.stride(), *rois.stride(), *o_strides, *y.stride(),
            SCALE=float(spatial_scale), GAMMA=float(gamma), HAS_OFFSET=offset is not None,
            IDX64=needs_int64(x, rois, offset, y))
@@ -285,18 +329,19 @@ def deform_roi_pool_backward(grad_output, x, rois, offset, spatial_scale: float,
     """(grad input like x, grad offset (K, 2, PH, PW) or an empty tensor when offset is None)."""
     N, C, H, W = x.shape
     K = rois.shape[0]
-    ws = torch.zeros_like(x, dtype=accumulator_dtype(x.dtype))
+    ws = zeroed_workspace(x, accumulator_dtype(x.dtype))
     g_off = (torch.zeros((K, 2, pooled_h, pooled_w), device=x.device, dtype=x.dtype) if offset is not None
              else torch.empty(0, device=x.device, dtype=x.dtype))
     if K == 0 or C == 0 or pooled_h * pooled_w == 0:
         return ws.to(x.dtype), g_off
+    alert_nondeterministic("convlab::deform_roi_pool_backward (grad input)")
     o_t = offset if offset is not None else rois
     o_strides = tuple(offset.stride()) if offset is not None else (0, 0, 0, 0)
     d_t = g_off if offset is not None else rois
     d_strides = tuple(g_off.stride()) if offset is not None else (0, 0, 0, 0)
     grid = lambda meta: (K, cdiv(pooled_h * pooled_w, meta["BLOCK_P"]))
     launch(_bwd_tuned[_dtype_class(x.dtype)], _roi_bwd_kernel, grid, INTERPRET_CONFIG,
-           x, rois, o_t, grad_output, ws, d_t, C, H, W, pooled_h, pooled_w, sampling_ratio,
+           x, rois, o_t, grad_output, ws, d_t, N, C, H, W, pooled_h, pooled_w, sampling_ratio,
            *x.stride(), *rois.stride(), *o_strides, *grad_output.stride(), *ws.stride(), *d_strides,
            SCALE=float(spatial_scale), GAMMA=float(gamma), HAS_OFFSET=offset is not None,
            IDX64=needs_int64(x, rois, offset, grad_output, ws))

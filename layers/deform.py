@@ -157,11 +157,13 @@ def _gather_backward_flops(gy_shape, x_shape, pos_shape, *, out_shape, **kwargs)
 # --------------------------------------------------------------------------- references
 def _bilinear_reference(input: Tensor, py: Tensor, px: Tensor) -> Tensor:
     """Plain-PyTorch bilinear sampling: input (N, C, H, W); py, px (N, C or 1, L) pixel
-    coordinates -> (N, C, L), corners outside the image contributing 0."""
+    coordinates -> (N, C, L), corners outside the image contributing 0. A NaN coordinate reads
+    nothing (index -2: every corner outside) and keeps a NaN weight, so the sample is NaN."""
     N, C, H, W = input.shape
     py = py.clamp(-2, H + 1)
     px = px.clamp(-2, W + 1)
-    y0, x0 = py.detach().floor(), px.detach().floor()
+    # NaN -> -2 before the float -> int conversion (NaN has no defined integer)
+    y0, x0 = py.detach().floor().nan_to_num(-2.0), px.detach().floor().nan_to_num(-2.0)
     ly, lx = py - y0, px - x0
     y0, x0 = y0.long(), x0.long()
     flat = input.reshape(N, C, H * W)
@@ -211,6 +213,13 @@ def _deform_conv2d_reference(input, offset, weight, bias, mask, stride, padding,
     except ImportError:  # pragma: no cover - torchvision is a test dependency
         return _deform_conv2d_plain(input, offset, weight, bias, mask, stride, padding, dilation)
     dtype = input.dtype
+    if offset.device.type == "cpu" and not torch.compiler.is_compiling() and bool(offset.isnan().any()):
+        # torchvision's CPU kernel converts a NaN position to an index (undefined; it crashes):
+        # the plain gather defines it (the sample is NaN), in fp32 for fp16 / bf16 like the path below
+        acc = accumulator_dtype(dtype)
+        cast = lambda t: None if t is None else t.to(acc)
+        return _deform_conv2d_plain(cast(input), cast(offset), cast(weight), cast(bias), cast(mask), stride,
+                                    padding, dilation).to(dtype)
     if dtype in (torch.float16, torch.bfloat16):  # torchvision has no bf16, and fp16 would compute in fp16
         cast = lambda t: None if t is None else t.float()
         out = tv_deform_conv2d(input.float(), offset.float(), weight.float(), cast(bias), stride, padding, dilation,

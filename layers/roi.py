@@ -13,6 +13,11 @@ aligned=False)`` with every output bin shifted by a learned, normalised offset:
 ``offset=None`` (or all zeros) gives exactly RoI Align (aligned=False). Gradients flow to input
 and offset (boxes get none). fp16 / bf16 / fp32 / fp64; accumulation in fp32 (fp64).
 
+The batch index must be an integer in [0, N): a ValueError names the first box where it is not
+(checked on CPU tensors; on CUDA only with ``check_batch_index=True``, which costs a host sync;
+unchecked, such a box gives 0 and no gradient; torchvision instead truncates it to an int). A NaN
+offset makes its bin NaN (see ``kernels.roi``).
+
 ``DeformRoIPool2d(output_size, spatial_scale, sampling_ratio, gamma=0.1)`` wraps the functional
 (forward(input, rois, offset=None)); ``OffsetDeformRoIPool2d`` predicts the offsets itself as in
 the paper: RoI Align without offset -> fc layers (the last zero-initialised) -> normalised offsets
@@ -98,13 +103,18 @@ def _roi_backward_flops(gy_shape, x_shape, rois_shape, off_shape, spatial_scale,
 # --------------------------------------------------------------------------- reference
 def _roi_bilinear_reference(feat: Tensor, py: Tensor, px: Tensor) -> Tensor:
     """torchvision RoI Align sampling: feat (K, C, H, W); py, px (K, L) -> (K, C, L).
-    0 outside [-1, H] x [-1, W]; [-1, 0) clamps to 0; the last row / column is replicated."""
+    0 outside [-1, H] x [-1, W]; [-1, 0) clamps to 0; the last row / column is replicated.
+    A NaN coordinate reads nothing (index 0, masked) and keeps a NaN weight: the sample is NaN,
+    the input gets no gradient from it."""
     K, C, H, W = feat.shape
     valid = (py >= -1) & (py <= H) & (px >= -1) & (px <= W)
+    ny, nx = py.isnan(), px.isnan()
     py = py.clamp(0, H + 1)
     px = px.clamp(0, W + 1)
-    y0, x0 = py.detach().floor().long(), px.detach().floor().long()
-    top_y, top_x = y0 >= H - 1, x0 >= W - 1
+    # NaN -> 0 before the float -> int conversion (NaN has no defined integer)
+    y0 = py.detach().floor().nan_to_num(0.0).long()
+    x0 = px.detach().floor().nan_to_num(0.0).long()
+    top_y, top_x = (y0 >= H - 1) & ~ny, (x0 >= W - 1) & ~nx
     y0, x0 = torch.where(top_y, H - 1, y0), torch.where(top_x, W - 1, x0)
     y1, x1 = torch.where(top_y, H - 1, y0 + 1), torch.where(top_x, W - 1, x0 + 1)
     ly = torch.where(top_y, 0.0, py - y0.to(py.dtype))
@@ -113,9 +123,9 @@ def _roi_bilinear_reference(feat: Tensor, py: Tensor, px: Tensor) -> Tensor:
     flat = feat.reshape(K, C, H * W)
     out = 0
     for yy, xx, wt in ((y0, x0, hy * hx), (y0, x1, hy * lx), (y1, x0, ly * hx), (y1, x1, ly * lx)):
-        idx = (yy * W + xx)[:, None, :].expand(K, C, -1)
-        out = out + torch.gather(flat, 2, idx) * wt[:, None, :]
-    return out * valid[:, None, :]
+        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1))[:, None, :].expand(K, C, -1)
+        out = out + torch.where(valid[:, None, :], torch.gather(flat, 2, idx), 0.0) * wt[:, None, :]
+    return out
 
 
 def _deform_roi_pool_reference(input: Tensor, rois: Tensor, offset: Optional[Tensor], spatial_scale: float,
@@ -129,7 +139,8 @@ def _deform_roi_pool_reference(input: Tensor, rois: Tensor, offset: Optional[Ten
         return input.new_zeros((K, C, PH, PW)) + 0 * input.sum()
     x = input.to(acc)
     r = rois.detach().to(acc)
-    b = r[:, 0].long()
+    b_ok = _batch_index_ok(r[:, 0], N)  # an invalid box reads image 0 and is zeroed below, as in the kernels
+    b = torch.where(b_ok, r[:, 0], 0).long()
     x1, y1, x2, y2 = (r[:, 1:] * spatial_scale).unbind(1)
     roi_w, roi_h = (x2 - x1).clamp(min=1), (y2 - y1).clamp(min=1)
     bin_h, bin_w = roi_h / PH, roi_w / PW
@@ -138,6 +149,7 @@ def _deform_roi_pool_reference(input: Tensor, rois: Tensor, offset: Optional[Ten
         gw = gh
     else:
         gh, gw = torch.ceil(roi_h / PH).long(), torch.ceil(roi_w / PW).long()
+    gh, gw = torch.where(b_ok, gh, 0), torch.where(b_ok, gw, 0)
     GH, GW = max(int(gh.max()), 1), max(int(gw.max()), 1)
     dev = input.device
     ph = torch.arange(PH, device=dev, dtype=acc)
@@ -158,13 +170,33 @@ def _deform_roi_pool_reference(input: Tensor, rois: Tensor, offset: Optional[Ten
     py, px = py.expand(K, PH, PW, GH, GW), px.expand(K, PH, PW, GH, GW)
     used = ((torch.arange(GH, device=dev)[:, None] < gh[:, None, None])
             & (torch.arange(GW, device=dev)[None, :] < gw[:, None, None]))  # (K, GH, GW)
+    # padding samples (beyond this RoI's grid) sit at a constant invalid position: no value and,
+    # unlike a multiplication by 0, no gradient path to the offset (0 * NaN would be NaN)
+    u = used[:, None, None].expand(K, PH, PW, GH, GW)
+    py, px = torch.where(u, py, -2.0), torch.where(u, px, -2.0)
     vals = _roi_bilinear_reference(x[b], py.reshape(K, -1), px.reshape(K, -1)).reshape(K, C, PH, PW, GH, GW)
     vals = vals * used[:, None, None, None].to(acc)
     count = (gh * gw).clamp(min=1).to(acc)
-    return (vals.sum((-1, -2)) / count[:, None, None, None]).to(dtype)
+    out = vals.sum((-1, -2)) / count[:, None, None, None]
+    return torch.where(b_ok[:, None, None, None], out, 0.0).to(dtype)
 
 
 # --------------------------------------------------------------------------- argument handling
+def _batch_index_ok(idx: Tensor, N: int) -> Tensor:
+    """Which batch indices are integers in [0, N) (NaN is not)."""
+    return (idx >= 0) & (idx < N) & (idx == idx.floor())
+
+
+def _check_batch_index(rois: Tensor, N: int) -> None:
+    """ValueError naming the first box whose batch index (column 0) is not an integer in [0, N).
+    Reads the indices on the host: one device sync for CUDA tensors."""
+    ok = _batch_index_ok(rois[:, 0], N)
+    if not bool(ok.all()):
+        k = int((~ok).nonzero()[0, 0])
+        raise ValueError(f"boxes[{k}] has batch index {rois[k, 0].item()!r}; a batch index (column 0 of the "
+                         f"(K, 5) boxes) must be an integer in [0, {N}) for an input of batch size {N}")
+
+
 def _output_size(output_size) -> Tuple[int, int]:
     if isinstance(output_size, int) and not isinstance(output_size, bool):
         size = (output_size, output_size)
@@ -228,13 +260,23 @@ def _check_args(input, rois, offset, PH, PW, sampling_ratio, gamma, spatial_scal
 
 # --------------------------------------------------------------------------- functional
 def deform_roi_pool(input: Tensor, boxes: BoxesType, offset: Optional[Tensor] = None, output_size=7,
-                    spatial_scale: float = 1.0, sampling_ratio: int = -1, gamma: float = 0.1) -> Tensor:
-    """Deformable RoI pooling; see the module docstring. Returns (K, C, PH, PW)."""
+                    spatial_scale: float = 1.0, sampling_ratio: int = -1, gamma: float = 0.1,
+                    check_batch_index: Optional[bool] = None) -> Tensor:
+    """Deformable RoI pooling; see the module docstring. Returns (K, C, PH, PW).
+
+    ``check_batch_index``: raise a ValueError naming the first box whose batch index is not an
+    integer in [0, N). ``None`` (default): check CPU tensors only (no device sync; skipped while
+    torch.compile traces); ``True``: check on any device (one host sync per call); ``False``: never.
+    Unchecked, such a box reads nothing: its output is 0 and it has no gradient."""
     PH, PW = _output_size(output_size)
     if not isinstance(input, Tensor):
         raise ValueError(f"input must be a 4-D Tensor (N, C, H, W), got {type(input).__name__}")
     rois = boxes_to_rois(boxes, input)
     _check_args(input, rois, offset, PH, PW, sampling_ratio, gamma, spatial_scale)
+    if check_batch_index is None:
+        check_batch_index = rois.device.type == "cpu" and not torch.compiler.is_compiling()
+    if check_batch_index and rois.shape[0] > 0:
+        _check_batch_index(rois, input.shape[0])
     spatial_scale, gamma = float(spatial_scale), float(gamma)
     if _backend.resolve(input.device) == "reference":
         return _deform_roi_pool_reference(input, rois, offset, spatial_scale, PH, PW, sampling_ratio, gamma)
@@ -245,18 +287,21 @@ def deform_roi_pool(input: Tensor, boxes: BoxesType, offset: Optional[Tensor] = 
 class DeformRoIPool2d(nn.Module):
     """``torchvision.ops.RoIAlign``'s arguments (aligned=False) plus ``gamma``;
     ``forward(input, rois, offset=None)`` with rois (K, 5) or a list of (L, 4) boxes and offset
-    (K, 2, PH, PW) normalised (dx, dy) per bin."""
+    (K, 2, PH, PW) normalised (dx, dy) per bin. ``check_batch_index`` as ``deform_roi_pool``'s
+    (an attribute; ``None``: check CPU tensors only)."""
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, gamma: float = 0.1):
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, gamma: float = 0.1,
+                 check_batch_index: Optional[bool] = None):
         super().__init__()
         self.output_size = _output_size(output_size)
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = int(sampling_ratio)
         self.gamma = float(gamma)
+        self.check_batch_index = check_batch_index
 
     def forward(self, input: Tensor, rois: BoxesType, offset: Optional[Tensor] = None) -> Tensor:
         return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
-                               self.gamma)
+                               self.gamma, self.check_batch_index)
 
     def extra_repr(self) -> str:
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "

@@ -30,10 +30,12 @@ def _no_tf32():
 
 # --------------------------------------------------------------------------- plain references
 def _ref_sample(img, py, px):
-    """img (B, C, H, W); py, px (B, L) pixel coordinates -> (B, C, L); outside corners give 0."""
+    """img (B, C, H, W); py, px (B, L) pixel coordinates -> (B, C, L); outside corners give 0.
+    A NaN coordinate: every corner outside (index -2, a defined integer) and a NaN weight, so the
+    sample is NaN and, through torch.where, the image gets no gradient from it."""
     B, C, H, W = img.shape
     py, px = py.clamp(-2, H + 1), px.clamp(-2, W + 1)  # far samples: all corners outside either way
-    y0, x0 = torch.floor(py.detach()), torch.floor(px.detach())
+    y0, x0 = torch.floor(py.detach()).nan_to_num(-2.0), torch.floor(px.detach()).nan_to_num(-2.0)
     ly, lx = py - y0, px - x0
     y0, x0 = y0.long(), x0.long()
     flat = img.reshape(B, C, H * W)
@@ -42,7 +44,7 @@ def _ref_sample(img, py, px):
         yy, xx = y0 + dy, x0 + dx
         inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
         idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1))[:, None, :].expand(B, C, -1)
-        val = torch.gather(flat, 2, idx) * inside[:, None, :]
+        val = torch.where(inside[:, None, :], torch.gather(flat, 2, idx), 0.0)
         out = out + val * wgt[:, None, :]
     return out
 
@@ -420,3 +422,112 @@ def test_offset_deform_conv2d_init_is_conv(device, modulated):
     y.square().sum().backward()
     assert mod.conv_offset.weight.grad is not None and mod.conv_offset.weight.grad.abs().sum() > 0
     assert mod.weight.grad is not None and x.grad is not None
+
+
+# --------------------------------------------------------------------------- NaN positions, determinism, workspace
+NAN, INF = float("nan"), float("inf")
+
+
+def _nan_offsets(off):
+    """NaN in dy only, dx only, both; NaN next to a far (clamped) or infinite other coordinate;
+    infinite offsets alone. off: (2, 2 * 2 * 4, OH, OW) (offset_groups 2, 2 x 2 kernel)."""
+    off = off.clone()
+    off[0, 0, 0, 0] = NAN  # group 0, tap 0: dy
+    off[0, 3, 1, 2] = NAN  # tap 1: dx
+    off[1, 4:6, 2, 1] = NAN  # tap 2: both
+    off[1, 0, 1, 1], off[1, 1, 1, 1] = NAN, 1e6  # NaN dy, far dx
+    off[0, 6, 2, 2], off[0, 7, 2, 2] = -INF, NAN  # -inf dy, NaN dx
+    off[1, 9, 0, 0], off[1, 8, 0, 2] = NAN, INF  # group 1
+    off[0, 10, 1, 0] = INF
+    return off
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["v2", "v1"])
+def test_deform_conv2d_nan_offsets(device, with_mask):
+    """A NaN offset makes exactly the outputs that sample it NaN; every gradient equals autograd's
+    through the plain reference (NaN where it has NaN), on the Triton and the reference backends."""
+    x, off, w, b, m = _make(device, N=2, C=4, H=4, W=5, Co=4, groups=2, og=2, k=(2, 2), p=(1, 1), mask=with_mask)
+    off = _nan_offsets(off)
+    args = ((1, 1), (1, 1), (1, 1))
+    y_ref, g_ref, gy = _grads(_ref_deform_conv2d, x, off, w, b, m, None, *args)
+    assert y_ref.isnan().any() and not y_ref.isnan().all()
+    assert not g_ref[0].isnan().any()  # the input gets no gradient from a NaN sample
+    for backend in ("auto", "reference"):
+        with use_backend(backend):
+            y, g, _ = _grads(deform_conv2d, x, off, w, b, m, gy, *args)
+        for name, a, e in zip(NAMES, [y] + g, [y_ref] + g_ref):
+            torch.testing.assert_close(a, e, equal_nan=True, msg=lambda s: f"{backend} {name}: {s}")
+
+
+def test_bilinear_gather_nan_positions(device):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=device)
+    pos = torch.rand(2, 7, 2, dtype=torch.float64, device=device) * torch.tensor([5.0, 6.0], device=device) - 1.0
+    pos[0, 0, 0] = NAN
+    pos[0, 1, 1] = NAN
+    pos[1, 2] = torch.tensor([NAN, NAN])
+    pos[1, 3] = torch.tensor([NAN, 1e6])
+    pos[1, 4] = torch.tensor([INF, NAN])
+    pos[0, 5] = torch.tensor([-INF, 2.0])
+    ref_ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
+    ref = _ref_gather(*ref_ins)
+    gy = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, ref_ins, gy)
+    assert ref[:, :, :5].isnan().sum() == 5 * 3 and not ref[:, :, 5:].isnan().any()
+    for backend in ("auto", "reference"):
+        ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
+        with use_backend(backend):
+            out = bilinear_gather(*ins)
+        torch.testing.assert_close(out, ref, equal_nan=True)
+        for name, a, e in zip(("grad input", "grad positions"), torch.autograd.grad(out, ins, gy), g_ref):
+            torch.testing.assert_close(a, e, equal_nan=True, msg=lambda s: f"{backend} {name}: {s}")
+
+
+@pytest.fixture
+def deterministic():
+    """set(on, warn_only=False) -> torch.use_deterministic_algorithms; restored afterwards."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    yield lambda on, warn_only=False: torch.use_deterministic_algorithms(on, warn_only=warn_only)
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_deterministic_algorithms(device, deterministic):
+    """grad input (atomic adds) raises under use_deterministic_algorithms(True), warns with
+    warn_only=True; the forward and the weight gradient are deterministic and run."""
+    x, off, w, b, m = _make(device, N=1, C=2, H=3, W=3, Co=2, k=(2, 2), p=(0, 0))
+    pos = torch.rand(1, 3, 2, dtype=x.dtype, device=device) * 3 - 1
+    ins = [t.clone().requires_grad_() for t in (x, off, w, m, pos)]
+    fwd = lambda: (deform_conv2d(ins[0], ins[1], ins[2], mask=ins[3]).sum(), bilinear_gather(ins[0], ins[4]).sum())
+    y, z = fwd()
+    expected = torch.autograd.grad(y, ins[:4]) + torch.autograd.grad(z, [ins[0], ins[4]])
+    deterministic(True)
+    y, z = fwd()
+    w_only = ins[2].detach().requires_grad_()  # weight gradient only: no atomics
+    torch.autograd.grad(deform_conv2d(x, off, w_only, mask=m).sum(), [w_only])
+    for out, wrt, op in ((y, ins[1], "deform_conv2d_data_grad"), (z, ins[0], "bilinear_gather_backward")):
+        with pytest.raises(RuntimeError, match=f"convlab::{op} .*does not have a deterministic implementation"):
+            torch.autograd.grad(out, [wrt], retain_graph=True)
+    deterministic(True, warn_only=True)
+    with pytest.warns(UserWarning, match="deform_conv2d_data_grad"):
+        got = torch.autograd.grad(y, ins[:4])
+    with pytest.warns(UserWarning, match="bilinear_gather_backward"):
+        got += torch.autograd.grad(z, [ins[0], ins[4]])
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e)
+
+
+def test_backward_into_dirty_workspace(device, monkeypatch):
+    """The launchers zero the atomic workspace themselves: a NaN-filled allocation changes nothing."""
+    import kernels._common as common
+
+    x, off, w, b, m = _make(device, N=2, C=4, H=4, W=4, Co=4, og=2, k=(2, 2), p=(0, 0))
+    pos = torch.rand(2, 5, 2, dtype=x.dtype, device=device) * 4 - 1
+
+    def grads():
+        ins = [t.clone().requires_grad_() for t in (x, off, w, m, pos)]
+        y = deform_conv2d(ins[0], ins[1], ins[2], mask=ins[3]).sum() + bilinear_gather(ins[0], ins[4]).square().sum()
+        return torch.autograd.grad(y, ins)
+
+    expected = grads()
+    monkeypatch.setattr(common, "empty_workspace", lambda like, dtype: torch.full_like(like, NAN, dtype=dtype))
+    for a, e in zip(grads(), expected):
+        torch.testing.assert_close(a, e)

@@ -145,3 +145,102 @@ def test_argument_errors(kwargs, match):
     call.update(kwargs)
     with pytest.raises(ValueError, match=match):
         deform_roi_pool(**call)
+
+
+# --------------------------------------------------------------------------- NaN offsets, batch index, determinism
+NAN = float("nan")
+
+
+def _both_backends(x, rois, off, args, gy=None):
+    """[(output, grad input, grad offset)] on the Triton and the reference backend."""
+    res = []
+    for backend in ("auto", "reference"):
+        xa, oa = x.clone().requires_grad_(), off.clone().requires_grad_()
+        with use_backend(backend):
+            out = deform_roi_pool(xa, rois, oa, *args)
+        gy = torch.randn_like(out) if gy is None else gy
+        res.append((out, *torch.autograd.grad(out, [xa, oa], gy)))
+    return res
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_nan_offset(device, sampling_ratio):
+    """A NaN offset makes exactly its bin NaN (every channel); the kernels' gradients equal autograd's
+    through the plain reference (NaN where it has NaN); the input gets none from a NaN sample."""
+    x, rois, off = _inputs(device, torch.float64)
+    off[0, 1, 1, 1] = NAN  # y shift only
+    off[1, 0, 0, 2] = NAN  # x shift only
+    off[2, :, 1, 0] = NAN  # both
+    off[3, 1, 0, 0] = NAN  # degenerate box
+    off[4, 0, 1, 2] = NAN  # box outside the image
+    off[2, 0, 0, 0] = float("inf")
+    (out, gx, go), (ref, gx_ref, go_ref) = _both_backends(x, rois, off, ((2, 3), 0.5, sampling_ratio, 0.1))
+    assert torch.equal(out.isnan(), off.isnan().any(1, keepdim=True).expand_as(out))
+    assert not gx_ref.isnan().any()
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    torch.testing.assert_close(gx, gx_ref, equal_nan=True)
+    torch.testing.assert_close(go, go_ref, equal_nan=True)
+
+
+@pytest.mark.parametrize("bad", [2.0, -1.0, 0.5, NAN, 1e9])
+def test_batch_index_checked(bad):
+    """On CPU tensors a batch index that is not an integer in [0, N) raises, naming the box."""
+    x, rois, off = _inputs("cpu", torch.float32)
+    rois[3, 0] = bad
+    for backend in ("auto", "reference"):
+        with use_backend(backend):
+            with pytest.raises(ValueError, match=r"boxes\[3\] has batch index .*integer in \[0, 2\)"):
+                deform_roi_pool(x, rois, off, (2, 3), 0.5, 2)
+            with pytest.raises(ValueError, match=r"boxes\[3\] has batch index"):
+                DeformRoIPool2d((2, 3), 0.5, 2)(x, rois, off)
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_unchecked_bad_batch_index_reads_nothing(device, sampling_ratio):
+    """Unchecked (CUDA's default), a box with a bad batch index gives 0 and no gradient; the other
+    boxes are unaffected."""
+    x, rois, off = _inputs(device, torch.float64)
+    bad = rois.clone()
+    bad[1, 0], bad[2, 0], bad[3, 0], bad[4, 0] = 2.0, -1.0, NAN, 0.5
+    good = torch.tensor([True, False, False, False, False], device=device)
+    args = ((2, 3), 0.5, sampling_ratio, 0.1)
+    for backend in ("auto", "reference"):
+        with use_backend(backend):
+            xa, oa = x.clone().requires_grad_(), off.clone().requires_grad_()
+            out = deform_roi_pool(xa, bad, oa, *args, check_batch_index=False)
+            gx, go = torch.autograd.grad(out, [xa, oa], torch.ones_like(out))
+            xb, ob = x.clone().requires_grad_(), off[good].clone().requires_grad_()
+            out_ok = deform_roi_pool(xb, rois[good], ob, *args)
+            gx_ok, go_ok = torch.autograd.grad(out_ok, [xb, ob], torch.ones_like(out_ok))
+        assert torch.equal(out[~good], torch.zeros_like(out[~good])), backend
+        assert torch.equal(go[~good], torch.zeros_like(go[~good])), backend
+        torch.testing.assert_close(out[good], out_ok)
+        torch.testing.assert_close(go[good], go_ok)
+        torch.testing.assert_close(gx, gx_ok)
+
+
+def test_deterministic_algorithms_and_dirty_workspace(device, monkeypatch):
+    """grad input (atomic adds) raises under use_deterministic_algorithms(True) and warns with
+    warn_only=True; the launcher zeroes its workspace itself (a NaN-filled allocation changes nothing)."""
+    import kernels._common as common
+
+    x, rois, off = _inputs(device, torch.float64)
+    xa, oa = x.clone().requires_grad_(), off.clone().requires_grad_()
+    grads = lambda: torch.autograd.grad(deform_roi_pool(xa, rois, oa, (2, 3), 0.5, 2).square().sum(), [xa, oa])
+    expected = grads()
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True)
+        deform_roi_pool(xa, rois, oa, (2, 3), 0.5, 2)  # the forward is deterministic
+        with pytest.raises(RuntimeError, match="convlab::deform_roi_pool_backward .*deterministic"):
+            grads()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="deform_roi_pool_backward"):
+            got = grads()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e)
+    monkeypatch.setattr(common, "empty_workspace", lambda like, dtype: torch.full_like(like, NAN, dtype=dtype))
+    for a, e in zip(grads(), expected):
+        torch.testing.assert_close(a, e)
