@@ -398,6 +398,7 @@ def dry_run(cases: List[Case], arch: int = 90, workers: int = 1) -> int:
     """Validate every case and AOT-compile (sm_<arch>, default config) the kernels the selected
     families use, for the selected dtypes. Returns the exit status (1 on any problem)."""
     from kernels.inspect import all_specs
+    from kernels.inspect import run as run_builds
 
     t0 = time.time()
     invalid = [(c.id, why) for c in cases for why in [validate(c)] if why]
@@ -409,25 +410,18 @@ def dry_run(cases: List[Case], arch: int = 90, workers: int = 1) -> int:
     for cid, why in invalid:
         print(f"  INVALID {cid}: {why}")
 
-    specs = {name: module for module, spec in all_specs() for name in [spec.name]}
+    specs = {spec.name for _, spec in all_specs()}
     kdtypes = sorted({KERNEL_DTYPES[c.dtype] for c in cases})
-    jobs, missing = [], []
-    for name in sorted({k for fam in fams for k in FAMILY_KERNELS[fam]}):
-        if name not in specs:
-            missing.append(name)
-            continue
-        jobs += [(specs[name], name, dt, 0, arch) for dt in kdtypes]
+    names = sorted({k for fam in fams for k in FAMILY_KERNELS[fam]})
+    missing = [n for n in names if n not in specs]
     for name in missing:
         print(f"  MISSING kernel spec {name}")
-    print(f"compiling {len(jobs)} kernels for sm_{arch} (default config), dtypes {kdtypes}"
-          + (" [fp32 = the spec's fp32 build, ALLOW_TF32 per kernels' AOT_SPECS]" if "fp32" in kdtypes else ""))
-    if workers > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_compile, jobs))
-    else:
-        results = [_compile(j) for j in jobs]
-    head = f"  {'kernel':<24}{'dtype':<6}{'sm':<4}{'regs':>5}{'spill':>7}{'smem':>8}  {'tc':<6}{'s':>6}  status"
+    names = [n for n in names if n in specs]
+    print(f"compiling the default config of {len(names)} kernels for sm_{arch}, dtypes {kdtypes}, every build "
+          f"(TF32 on/off, 32/64-bit index) of an NCHW launch (kernels.inspect)")
+    results = run_builds(archs=(arch,), kernels_filter=names, dtypes=kdtypes, problems=("nchw",),
+                         workers=workers) if names else []
+    head = f"  {'kernel':<24}{'dtype':<6}{'sm':<4}{'build':<16}{'regs':>5}{'spill':>7}{'smem':>8}  {'tc':<6}{'s':>6}  status"
     print(head)
     errors = 0
     for r in results:
@@ -437,18 +431,12 @@ def dry_run(cases: List[Case], arch: int = 90, workers: int = 1) -> int:
         elif r.spill_bytes > 0:
             status = "spills (warning)"
         tc = r.tensor_cores or ("none" if r.gemm else "-")
-        print(f"  {r.kernel:<24}{r.dtype:<6}{r.arch:<4}{r.registers:>5}{r.spill_bytes:>7}{r.shared_bytes:>8}  "
+        print(f"  {r.kernel:<24}{r.dtype:<6}{r.arch:<4}{r.build:<16}{r.registers:>5}{r.spill_bytes:>7}{r.shared_bytes:>8}  "
               f"{tc:<6}{r.seconds:>6.1f}  {status}")
     bad = bool(invalid or errors or missing)
     print(f"dry run {'FAILED' if bad else 'OK'}: {len(invalid)} invalid cases, {errors} compile errors, "
           f"{len(missing)} missing kernels ({time.time() - t0:.1f} s; no timings, no GPU used)")
     return 1 if bad else 0
-
-
-def _compile(job):
-    from kernels.inspect import compile_one
-
-    return compile_one(*job)
 
 
 # ------------------------------------------------------------------------------------ main

@@ -55,20 +55,20 @@ def test_invalid_cases_are_reported():
 def _fake_compile(ok=True):
     from kernels.inspect import Result
 
-    def fake(job):
-        module, name, dtype, index, arch = job
-        return Result(name, dtype, arch, "cfg", True, ok, registers=64 if ok else -1, spill_bytes=0,
-                      error="" if ok else "CompilationError: boom")
+    def fake(archs, kernels_filter, dtypes, problems, workers):
+        return [Result(name, dt, arch, "cfg", True, "nchw", ok, registers=64 if ok else -1, spill_bytes=0,
+                       error="" if ok else "CompilationError: boom")
+                for name in kernels_filter for dt in dtypes for arch in archs]
     return fake
 
 
 def test_dry_run_exit_status(monkeypatch, capsys):
     good = build_suite(["standard"], ["fp16"], [1], ["nchw"], limit=2)
-    monkeypatch.setattr(bench, "_compile", _fake_compile(ok=True))
+    monkeypatch.setattr("kernels.inspect.run", _fake_compile(ok=True))
     assert bench.dry_run(good) == 0
     invalid = Case(Layer("standard", "x", "bad", 64, 64, 2, 2, 7), 1, "fp16", "nchw")
     assert bench.dry_run(good + [invalid]) == 1
-    monkeypatch.setattr(bench, "_compile", _fake_compile(ok=False))
+    monkeypatch.setattr("kernels.inspect.run", _fake_compile(ok=False))
     assert bench.dry_run(good) == 1
     out = capsys.readouterr().out
     assert "INVALID standard/x/bad" in out and "COMPILE ERROR" in out and "dry run FAILED" in out
@@ -84,7 +84,7 @@ def test_dry_run_cli_compiles_for_sm90():
     assert "dry run OK" in out and "18 cases, 18 valid" in out
     for name in ("depthwise_fwd", "depthwise_bwd_input", "depthwise_bwd_weight"):
         line = next(l for l in out.splitlines() if l.strip().startswith(name))
-        regs = int(line.split()[3])
+        regs = int(line.split()[4])
         assert " bf16 " in line and " 90 " in line and regs > 0 and line.rstrip().endswith("ok"), line
 
 
