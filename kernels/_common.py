@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,23 +65,82 @@ def is_fake(*tensors: torch.Tensor | None) -> bool:
     return False
 
 
+#: CUDA's launch limits on the number of programs per grid axis (x, y, z).
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(dims: tuple) -> tuple:
+    """``dims`` unchanged, or a ValueError naming the grid axis past CUDA's limit (a launch
+    would otherwise fail with an opaque driver error). Symbolic sizes are not checked."""
+    for axis, (n, limit) in enumerate(zip(dims, GRID_LIMITS)):
+        if isinstance(n, int) and n > limit:
+            raise ValueError(f"launch grid {tuple(dims)}: axis {axis} has {n} programs, more than CUDA's "
+                             f"limit of {limit}; the shape is too large for this kernel")
+    return dims
+
+
+#: Test hook (interpreter only), see ``far_tiles``: None, or how many programs of grid axis 0 to run.
+_FAR_TILES = None
+
+
+@contextmanager
+def far_tiles(count: int = 1):
+    """Interpreter test hook: interpreted launches run only the last ``count`` programs of grid
+    axis 0 (all of axes 1 and 2), with their true program ids. The far tiles of a huge logical
+    shape (indices past 2**31) can then run on small, strided or expanded storage."""
+    global _FAR_TILES
+    before, _FAR_TILES = _FAR_TILES, count
+    try:
+        yield
+    finally:
+        _FAR_TILES = before
+
+
+def _run_far_tiles(plain, dims, count, args, meta) -> None:
+    from triton.runtime import interpreter as _interp
+
+    dims = tuple(dims) + (1,) * (3 - len(dims))
+    start = max(dims[0] - count, 0)
+    builder = _interp.interpreter_builder
+    get_pid, get_num = builder.create_get_program_id, builder.create_get_num_programs
+
+    def program_id(axis):
+        if axis != 0:
+            return get_pid(axis)
+        return _interp.TensorHandle(np.array([builder.grid_idx[0] + start], dtype=np.int32), tl.int32)
+
+    def num_programs(axis):
+        return _interp.TensorHandle(np.array([dims[axis]], dtype=np.int32), tl.int32)
+
+    builder.create_get_program_id, builder.create_get_num_programs = program_id, num_programs
+    try:
+        plain[(dims[0] - start, dims[1], dims[2])](*args, **meta)
+    finally:
+        del builder.create_get_program_id, builder.create_get_num_programs
+
+
 def launch(tuned, plain, grid, interpret_config: dict, *args, **kwargs) -> None:
     """Launch ``tuned`` (an autotuned kernel) on GPU, or ``plain`` (its bare
     ``@triton.jit`` function) with ``interpret_config`` under the interpreter.
 
-    ``grid`` is a callable ``meta -> tuple`` as in Triton's tutorials.
+    ``grid`` is a callable ``meta -> tuple`` as in Triton's tutorials; a grid past CUDA's
+    per-axis limits raises ValueError (``check_grid``).
     """
     if INTERPRET:
+        meta = dict(kwargs, **interpret_config)
+        dims = check_grid(grid(meta))
         if is_fake(*[a for a in args if isinstance(a, torch.Tensor)]):
             return
         # Interpreted ops are opaque custom_ops (layers/_op.py), so nothing traces this launch;
         # call the function directly (torch 2.11's wrap_triton rejects InterpretedFunction).
-        meta = dict(kwargs, **interpret_config)
-        plain[grid(meta)](*args, **meta)
+        if _FAR_TILES is not None:
+            _run_far_tiles(plain, dims, _FAR_TILES, args, meta)
+        else:
+            plain[dims](*args, **meta)
     else:
         from torch.library import wrap_triton
 
-        wrap_triton(tuned)[grid](*args, **kwargs)
+        wrap_triton(tuned)[lambda meta: check_grid(grid(meta))](*args, **kwargs)
 
 
 @triton.jit
@@ -90,6 +150,22 @@ def _idx(v, IDX64: tl.constexpr):
         return v.to(tl.int64)
     else:
         return v
+
+
+@triton.jit
+def _tile_offsets(pid, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """The indices ``pid * BLOCK + [0, BLOCK)`` of a program's tile of a flattened index; in the
+    64-bit build they are int64 from the start (``pid * BLOCK`` passes int32 in the far tiles)."""
+    return _idx(pid, IDX64) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _unflatten(offs, D1, D2):
+    """Flattened ``offs = (a * D1 + b) * D2 + c`` -> ``(a, b, c)`` in ``offs``'s integer type, e.g.
+    the pixel index m -> (n, oh, ow) with D1 = OH, D2 = OW. No D1 * D2 product (it may pass int32)."""
+    c = offs % D2
+    t = offs // D2
+    return t // D1, t % D1, c
 
 
 @triton.jit
@@ -109,12 +185,24 @@ def pair(v) -> tuple:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def needs_int64(*tensors: torch.Tensor) -> bool:
-    """True when an element offset of any tensor (its largest, from shape and strides,
-    so views and expanded tensors count right) may not fit in int32."""
+#: Flattened indices are formed up to a tile (and a reduction split) past their extent.
+INDEX_MARGIN = 2**16
+
+
+def needs_int64(*operands) -> bool:
+    """True when the 64-bit index build is needed: an element offset of a tensor operand (its
+    largest, from shape and strides, so views and expanded tensors count right) may not fit in
+    int32, or an int operand, the extent of a flattened index a kernel forms (N * OH * OW, N * P,
+    a split's end), comes within ``INDEX_MARGIN`` of it, which no tensor need reveal."""
     limit = 2**31 - 1
-    for t in tensors:
-        if t is None or t.numel() == 0:
+    for t in operands:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            if t + INDEX_MARGIN > limit:
+                return True
+            continue
+        if t.numel() == 0:
             continue
         if t.numel() >= limit or sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) >= limit:
             return True

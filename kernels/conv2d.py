@@ -21,6 +21,7 @@ import triton.language as tl
 
 from ._common import (
     accumulator_dtype, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch, like_layout, _mma, needs_int64, pair,
+    _tile_offsets, _unflatten,
 )
 
 
@@ -61,13 +62,11 @@ def _conv2d_fwd_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)  # int64 in the 64-bit build: M may pass 2**31
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < COUT_G
-    ow = offs_m % OW
-    oh = (offs_m // OW) % OH
-    n = offs_m // (OW * OH)
+    n, oh, ow = _unflatten(offs_m, OH, OW)
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
     x_base = _idx(n, IDX64) * sxn + _idx((g * CIN_G), IDX64) * sxc
@@ -119,13 +118,11 @@ def _conv2d_bwd_input_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < CIN_G
-    iw = offs_m % W
-    ih = (offs_m // W) % H
-    n = offs_m // (W * H)
+    n, ih, iw = _unflatten(offs_m, H, W)
     gy_base = _idx(n, IDX64) * sgn + _idx((g * COUT_G), IDX64) * sgc
     ci = g * CIN_G + offs_n
     w_base = _idx((g * COUT_G), IDX64) * swo + _idx(offs_n, IDX64) * swi
@@ -197,14 +194,12 @@ def _conv2d_bwd_weight_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    m_start = split * M_PER_SPLIT
+    m_start = _idx(split, IDX64) * M_PER_SPLIT  # int64 in the 64-bit build (so the loop is)
     m_end = tl.minimum(m_start + M_PER_SPLIT, M)
     for m0 in range(m_start, m_end, BLOCK_K):
         offs_p = m0 + tl.arange(0, BLOCK_K)
         mask_p = offs_p < m_end
-        ow = offs_p % OW
-        oh = (offs_p // OW) % OH
-        n = offs_p // (OW * OH)
+        n, oh, ow = _unflatten(offs_p, OH, OW)
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -214,7 +209,7 @@ def _conv2d_bwd_weight_kernel(
         b = tl.load(x_ptr + (x_pix[:, None] + x_ch[None, :]), mask=ok[:, None] & mask_ci[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32)
     taps = KH * KW
-    per_split = (tl.num_programs(2) // N_SPLIT) * COUT_G * CIN_G * taps
+    per_split = _idx(tl.num_programs(2) // N_SPLIT, IDX64) * COUT_G * CIN_G * taps
     ws_off = (_idx(split, IDX64) * per_split
               + _idx(co, IDX64)[:, None] * (CIN_G * taps)
               + _idx(offs_ci, IDX64)[None, :] * taps + tap)
@@ -256,7 +251,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
            M, H, W, OH, OW, cin_g, cout_g, KH, KW,
            *x.stride(), *weight.stride(), *y.stride(),
            sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=needs_int64(x, weight, y))
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=needs_int64(x, weight, y, M))
     return y
 
 
@@ -281,7 +276,7 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
            *grad_output.stride(), *weight.stride(), *gx.stride(),
            sh, sw, ph, pw, dh, dw,
            HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
-           IDX64=needs_int64(grad_output, weight, gx))
+           IDX64=needs_int64(grad_output, weight, gx, M))
     return gx
 
 
@@ -318,7 +313,7 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
            M, H, W, OH, OW, cin_g, cout_g, KH, KW, m_per_split, split_k,
            *x.stride(), *grad_output.stride(),
            sh, sw, ph, pw, dh, dw,
-           ALLOW_TF32=tf32, IDX64=needs_int64(x, grad_output, ws))
+           ALLOW_TF32=tf32, IDX64=needs_int64(x, grad_output, ws, split_k * m_per_split))
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 
 

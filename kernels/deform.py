@@ -44,7 +44,7 @@ import triton.language as tl
 
 from ._common import (
     accumulator_dtype, alert_nondeterministic, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch,
-    like_layout, _mma, needs_int64, zeroed_workspace,
+    like_layout, _mma, needs_int64, _tile_offsets, _unflatten, zeroed_workspace,
 )
 
 
@@ -142,13 +142,11 @@ def _deform_fwd_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)  # int64 in the 64-bit build: M may pass 2**31
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < COUT_G
-    ow = offs_m % OW
-    oh = (offs_m // OW) % OH
-    n = offs_m // (OW * OH)
+    n, oh, ow = _unflatten(offs_m, OH, OW)
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
     x_pix = _idx(n, IDX64) * sxn
@@ -172,15 +170,16 @@ def _deform_fwd_kernel(
         kh = tap // KW
         kw = tap % KW
         oc = og * (2 * taps) + 2 * tap
-        dy = tl.load(off_ptr + (o_pix + oc * soc), mask=mask_m, other=0.0).to(acc.dtype)
-        dx = tl.load(off_ptr + (o_pix + (oc + 1) * soc), mask=mask_m, other=0.0).to(acc.dtype)
+        dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
+        dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
         py = (ih0 + kh * dil_h).to(acc.dtype) + dy
         px = (iw0 + kw * dil_w).to(acc.dtype) + dx
         y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
         hy = 1.0 - ly
         hx = 1.0 - lx
         if HAS_MASK:
-            mv = tl.load(msk_ptr + (m_pix + (og * taps + tap) * smc), mask=mask_m, other=0.0).to(acc.dtype)
+            mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m,
+                         other=0.0).to(acc.dtype)
             hy = hy * mv
             ly = ly * mv
         offs_k = c0 + tl.arange(0, BLOCK_K)
@@ -251,17 +250,15 @@ def _deform_bwd_weight_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    m_start = split * M_PER_SPLIT
+    m_start = _idx(split, IDX64) * M_PER_SPLIT  # int64 in the 64-bit build (so the loop is)
     m_end = tl.minimum(m_start + M_PER_SPLIT, M)
     for m0 in range(m_start, m_end, BLOCK_K):
         offs_p = m0 + tl.arange(0, BLOCK_K)
         mask_p = offs_p < m_end
-        ow = offs_p % OW
-        oh = (offs_p // OW) % OH
-        n = offs_p // (OW * OH)
+        n, oh, ow = _unflatten(offs_p, OH, OW)
         o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
-        dy = tl.load(off_ptr + (o_pix + oc * soc), mask=mask_p, other=0.0).to(acc.dtype)
-        dx = tl.load(off_ptr + (o_pix + (oc + 1) * soc), mask=mask_p, other=0.0).to(acc.dtype)
+        dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_p, other=0.0).to(acc.dtype)
+        dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_p, other=0.0).to(acc.dtype)
         py = (oh * stride_h - pad_h + kh * dil_h).to(acc.dtype) + dy
         px = (ow * stride_w - pad_w + kw * dil_w).to(acc.dtype) + dx
         y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
@@ -269,7 +266,7 @@ def _deform_bwd_weight_kernel(
         hx = 1.0 - lx
         if HAS_MASK:
             m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
-            mv = tl.load(msk_ptr + (m_pix + mc * smc), mask=mask_p, other=0.0).to(acc.dtype)
+            mv = tl.load(msk_ptr + (m_pix + _idx(mc, IDX64) * smc), mask=mask_p, other=0.0).to(acc.dtype)
             hy = hy * mv
             ly = ly * mv
         p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
@@ -286,7 +283,7 @@ def _deform_bwd_weight_kernel(
         gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
         a = tl.load(gy_ptr + (gy_ch[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32)
-    per_split = (tl.num_programs(2) // N_SPLIT) * COUT_G * CIN_G * taps
+    per_split = _idx(tl.num_programs(2) // N_SPLIT, IDX64) * COUT_G * CIN_G * taps
     ws_off = (_idx(split, IDX64) * per_split
               + _idx(co, IDX64)[:, None] * (CIN_G * taps)
               + _idx(offs_ci, IDX64)[None, :] * taps + tap)
@@ -325,11 +322,9 @@ def _deform_bwd_data_kernel(
     tap = pid_t % taps
     kh = tap // KW
     kw = tap % KW
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)
     mask_m = offs_m < M
-    ow = offs_m % OW
-    oh = (offs_m // OW) % OH
-    n = offs_m // (OW * OH)
+    n, oh, ow = _unflatten(offs_m, OH, OW)
     if x_ptr.dtype.element_ty == tl.float64:
         s00 = tl.zeros((BLOCK_M,), dtype=tl.float64)
     else:
@@ -340,8 +335,8 @@ def _deform_bwd_data_kernel(
     ftype = s00.dtype
     oc = og * (2 * taps) + 2 * tap
     o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
-    dy = tl.load(off_ptr + (o_pix + oc * soc), mask=mask_m, other=0.0).to(ftype)
-    dx = tl.load(off_ptr + (o_pix + (oc + 1) * soc), mask=mask_m, other=0.0).to(ftype)
+    dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_m, other=0.0).to(ftype)
+    dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(ftype)
     py = (oh * stride_h - pad_h + kh * dil_h).to(ftype) + dy
     px = (ow * stride_w - pad_w + kw * dil_w).to(ftype) + dx
     # where the derivative passes the clamp to [-2, H + 1] (autograd's: not outside it, not for NaN)
@@ -352,7 +347,7 @@ def _deform_bwd_data_kernel(
     hx = 1.0 - lx
     m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
     if HAS_MASK:
-        mv = tl.load(msk_ptr + (m_pix + (og * taps + tap) * smc), mask=mask_m, other=0.0).to(ftype)
+        mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m, other=0.0).to(ftype)
     else:
         mv = tl.full((BLOCK_M,), 1.0, ftype)
     ok00 = (mask_m & vy0 & vx0)[:, None]
@@ -408,12 +403,13 @@ def _deform_bwd_data_kernel(
     g_dx = tl.where(pass_x, g_dx, 0.0)
     # grad offset (strides sdn..sdw) and grad mask (strides sen..sew)
     d_pix = _idx(n, IDX64) * sdn + _idx(oh, IDX64) * sdh + _idx(ow, IDX64) * sdw
-    tl.store(goff_ptr + (d_pix + oc * sdc), g_dy.to(goff_ptr.dtype.element_ty), mask=mask_m)
-    tl.store(goff_ptr + (d_pix + (oc + 1) * sdc), g_dx.to(goff_ptr.dtype.element_ty), mask=mask_m)
+    tl.store(goff_ptr + (d_pix + _idx(oc, IDX64) * sdc), g_dy.to(goff_ptr.dtype.element_ty), mask=mask_m)
+    tl.store(goff_ptr + (d_pix + _idx(oc + 1, IDX64) * sdc), g_dx.to(goff_ptr.dtype.element_ty), mask=mask_m)
     if HAS_MASK:
         g_mk = (s00 * hx + s01 * lx) * hy + (s10 * hx + s11 * lx) * ly
         e_pix = _idx(n, IDX64) * sen + _idx(oh, IDX64) * seh + _idx(ow, IDX64) * sew
-        tl.store(gmsk_ptr + (e_pix + (og * taps + tap) * sec), g_mk.to(gmsk_ptr.dtype.element_ty), mask=mask_m)
+        tl.store(gmsk_ptr + (e_pix + _idx(og * taps + tap, IDX64) * sec), g_mk.to(gmsk_ptr.dtype.element_ty),
+                 mask=mask_m)
 
 
 # --------------------------------------------------------------------------- bilinear gather
@@ -429,7 +425,7 @@ def _gather_fwd_kernel(
     # Tile: BLOCK_P samples (flattened (n, p)) x BLOCK_C channels; y[n, c, p].
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs = _tile_offsets(pid_p, BLOCK_P, IDX64)  # int64 in the 64-bit build: N * P may pass 2**31
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_p = offs < MP
     mask_c = offs_c < C
@@ -475,7 +471,7 @@ def _gather_bwd_kernel(
     # reduced in registers (deterministic); the feature gradient is scattered with atomic
     # adds into the fp32 (fp64) workspace ws (strides sin..siw); grad positions: sdn..sdk.
     pid_p = tl.program_id(0)
-    offs = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs = _tile_offsets(pid_p, BLOCK_P, IDX64)
     mask_p = offs < MP
     p = offs % P
     n = offs // P
@@ -594,7 +590,7 @@ def deform_conv2d_forward(x, offset, weight, bias, mask, stride, padding, dilati
            *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *y.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
-           IDX64=needs_int64(x, offset, weight, y, mask))
+           IDX64=needs_int64(x, offset, weight, y, mask, gm["M"]))
     return y
 
 
@@ -624,7 +620,7 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
            *g_off.stride(), *(g_msk.stride() if mask is not None else m_strides),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, ALLOW_TF32=tf32,
-           IDX64=needs_int64(x, offset, weight, grad_output, ws, mask))
+           IDX64=needs_int64(x, offset, weight, grad_output, ws, mask, gm["M"]))
     return ws.to(x.dtype), g_off, g_msk
 
 
@@ -659,7 +655,7 @@ def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride
            *x.stride(), *offset.stride(), *m_strides, *grad_output.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, ALLOW_TF32=tf32,
-           IDX64=needs_int64(x, offset, grad_output, ws, mask))
+           IDX64=needs_int64(x, offset, grad_output, ws, mask, split_k * m_per_split))
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 
 
@@ -674,7 +670,7 @@ def bilinear_gather_forward(x, positions):
     grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
     launch(_gather_fwd_tuned[_dtype_class(x.dtype)], _gather_fwd_kernel, grid, GATHER_INTERPRET_CONFIG,
            x, positions, y, MP, P, C, H, W, *x.stride(), *positions.stride(), *y.stride(),
-           IDX64=needs_int64(x, positions, y))
+           IDX64=needs_int64(x, positions, y, MP))
     return y
 
 
@@ -692,7 +688,7 @@ def bilinear_gather_backward(grad_output, x, positions):
     launch(_gather_bwd_tuned, _gather_bwd_kernel, grid, GATHER_INTERPRET_CONFIG,
            x, positions, grad_output, ws, g_pos, MP, P, C, H, W,
            *x.stride(), *positions.stride(), *grad_output.stride(), *ws.stride(), *g_pos.stride(),
-           IDX64=needs_int64(x, positions, grad_output, ws))
+           IDX64=needs_int64(x, positions, grad_output, ws, MP))
     return ws.to(x.dtype), g_pos
 
 

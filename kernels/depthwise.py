@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, cdiv, _idx, KernelSpec, launch, like_layout, needs_int64, pair,
+    accumulator_dtype, cdiv, _idx, KernelSpec, launch, like_layout, needs_int64, pair, _tile_offsets, _unflatten,
 )
 
 
@@ -30,6 +30,20 @@ INTERPRET_CONFIG = {"BLOCK_P": 32, "BLOCK_C": 8}
 
 
 @triton.jit
+def _image_tile(P_IMG, BLOCK_P: tl.constexpr, IDX64: tl.constexpr):
+    """(image n, pixel tile) of this program: grid axis 0 runs over n * tiles + tile."""
+    pid = tl.program_id(0)
+    tiles = tl.cdiv(P_IMG, BLOCK_P)
+    return _idx(pid // tiles, IDX64), pid % tiles
+
+
+def _pixel_grid(N, pixels, channels):
+    """Grid of the forward / input-gradient kernels: (N * pixel tiles, channel tiles). The batch
+    shares axis 0 (up to 2**31 - 1 programs) with the pixel tiles: axes 1 and 2 stop at 65535."""
+    return lambda meta: (N * cdiv(pixels, meta["BLOCK_P"]), cdiv(channels, meta["BLOCK_C"]))
+
+
+@triton.jit
 def _dw_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     C_OUT, H, W, OH, OW, KH, KW, MULT,
@@ -40,12 +54,13 @@ def _dw_fwd_kernel(
     HAS_BIAS: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
+    # axis 0 = n * tiles + pixel tile (the batch is folded into axis 0: axes 1 and 2 stop at 65535)
     pid_c = tl.program_id(1)
-    n = _idx(tl.program_id(2), IDX64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    P_IMG = _idx(OH, IDX64) * OW
+    n, pid_p = _image_tile(P_IMG, BLOCK_P, IDX64)
+    offs_p = _tile_offsets(pid_p, BLOCK_P, IDX64)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < OH * OW
+    mask_p = offs_p < P_IMG
     mask_c = offs_c < C_OUT
     oh = offs_p // OW
     ow = offs_p % OW
@@ -82,12 +97,12 @@ def _dw_bwd_input_kernel(
     HAS_BIAS: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    n = _idx(tl.program_id(2), IDX64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    P_IMG = _idx(H, IDX64) * W
+    n, pid_p = _image_tile(P_IMG, BLOCK_P, IDX64)  # axis 0 = n * tiles + pixel tile
+    offs_p = _tile_offsets(pid_p, BLOCK_P, IDX64)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)  # input channels
-    mask_p = offs_p < H * W
+    mask_p = offs_p < P_IMG
     mask_c = offs_c < C_IN
     ih = offs_p // W
     iw = offs_p % W
@@ -141,14 +156,12 @@ def _dw_bwd_weight_kernel(
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
     else:
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    p_start = split * P_PER_SPLIT
+    p_start = _idx(split, IDX64) * P_PER_SPLIT  # int64 in the 64-bit build (so the loop is)
     p_end = tl.minimum(p_start + P_PER_SPLIT, P)
     for p0 in range(p_start, p_end, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < p_end
-        ow = offs_p % OW
-        oh = (offs_p // OW) % OH
-        n = _idx((offs_p // (OW * OH)), IDX64)
+        n, oh, ow = _unflatten(offs_p, OH, OW)
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -181,12 +194,11 @@ def depthwise_forward(x, weight, bias, stride, padding, dilation):
     y = like_layout(x, (N, C_out, OH, OW))
     if y.numel() == 0:
         return y
-    grid = lambda meta: (cdiv(OH * OW, meta["BLOCK_P"]), cdiv(C_out, meta["BLOCK_C"]), N)
-    launch(_fwd_tuned, _dw_fwd_kernel, grid, INTERPRET_CONFIG,
+    launch(_fwd_tuned, _dw_fwd_kernel, _pixel_grid(N, OH * OW, C_out), INTERPRET_CONFIG,
            x, weight, bias if bias is not None else weight, y,
            C_out, H, W, OH, OW, KH, KW, C_out // C_in,
            *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(),
-           sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=needs_int64(x, y))
+           sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=needs_int64(x, y, OH * OW))
     return y
 
 
@@ -200,12 +212,11 @@ def depthwise_input_grad(grad_output, weight, input_shape, stride, padding, dila
     gx = like_layout(grad_output, (N, C_in, H, W))
     if gx.numel() == 0:
         return gx
-    grid = lambda meta: (cdiv(H * W, meta["BLOCK_P"]), cdiv(C_in, meta["BLOCK_C"]), N)
-    launch(_bwd_input_tuned, _dw_bwd_input_kernel, grid, INTERPRET_CONFIG,
+    launch(_bwd_input_tuned, _dw_bwd_input_kernel, _pixel_grid(N, H * W, C_in), INTERPRET_CONFIG,
            grad_output, weight, bias if bias is not None else weight, gx,
            C_in, H, W, OH, OW, KH, KW, C_out // C_in,
            *grad_output.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *gx.stride(),
-           sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=needs_int64(grad_output, gx))
+           sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=needs_int64(grad_output, gx, H * W))
     return gx
 
 
@@ -231,7 +242,7 @@ def depthwise_weight_grad(x, grad_output, weight_shape, stride, padding, dilatio
            x, grad_output, ws,
            C_out, H, W, OH, OW, KH, KW, C_out // C_in, P, p_per_split,
            *x.stride(), *grad_output.stride(),
-           sh, sw, ph, pw, dh, dw, IDX64=needs_int64(x, grad_output, ws))
+           sh, sw, ph, pw, dh, dw, IDX64=needs_int64(x, grad_output, ws, split_k * p_per_split))
     return ws.sum(0).reshape(weight_shape).to(x.dtype)
 
 
