@@ -268,29 +268,40 @@ def allow_tf32(dtype: torch.dtype, flag: str = "cudnn") -> bool:
     raise ValueError(f"flag must be 'cudnn' or 'matmul', got {flag!r}")
 
 
-def config_class(dtype: torch.dtype, tf32: bool = False) -> str:
-    """Key of the autotune-config tables: "fp16", "bf16", "fp64", "fp32" (TF32 tensor cores) or
-    "fp32_ieee" (fp32 without TF32: CUDA-core FMAs, which need smaller tiles not to spill)."""
-    name = TRITON_DTYPE_NAMES[dtype]
-    return "fp32_ieee" if name == "fp32" and not tf32 else name
+def config_class(table: dict, dtype, tf32: bool = False, idx64: bool = False) -> str:
+    """The key of ``table`` (a kernel's autotune-config table, or its dict of autotuners) for a
+    launch: the dtype name ("fp16", "bf16", "fp32", "fp64"; ``dtype`` may be a torch dtype or that
+    name), "fp32_ieee" for fp32 without TF32 where the table has one (CUDA-core FMAs need smaller
+    tiles than TF32 tensor cores not to spill), and an "_i64" suffix for the 64-bit index build
+    where the table has one (64-bit address vectors take twice the registers)."""
+    name = dtype if isinstance(dtype, str) else TRITON_DTYPE_NAMES[dtype]
+    if name == "fp32" and not tf32 and "fp32_ieee" in table:
+        name = "fp32_ieee"
+    if idx64 and name + "_i64" in table:
+        name += "_i64"
+    return name
+
+
+def with_index64(table: dict, **i64_configs) -> dict:
+    """``table`` plus "<class>_i64" entries (``with_index64(t, fp16=[...])``) for the 64-bit index
+    build of the classes whose default spills there (64-bit address vectors take twice the
+    registers); other classes' 64-bit builds use their own table."""
+    return dict(table, **{cls + "_i64": cfgs for cls, cfgs in i64_configs.items()})
 
 
 @dataclass
 class KernelSpec:
-    """How ``kernels.inspect`` compiles one kernel ahead of time.
+    """A kernel that ``kernels.inspect`` compiles ahead of time.
 
-    Arguments are typed from their names: ``*_ptr`` is a pointer of the input dtype,
-    ``ws_ptr`` one of the accumulator dtype, other non-constexpr arguments are i32.
-    ``configs`` maps a dtype name (fp16/bf16/fp32/fp64) to the shipped autotune configs
-    (the first is the default); ``constexprs`` fixes the remaining constexprs per dtype.
+    ``configs`` is the kernel's autotune-config table (config class -> configs, see
+    ``config_class``; the first config of each list is the default). The builds come from
+    launches intercepted on typical problems (``kernels.inspect``), so no signature is given here.
     """
 
     name: str
     fn: object
     configs: dict
-    constexprs: object = None  # callable dtype_name -> dict
     gemm: bool = False  # True: tensor-core instructions are expected for fp16/bf16
-    dtypes: tuple = ("fp32", "fp16", "bf16", "fp64")
 
 
 def cdiv(a: int, b: int) -> int:

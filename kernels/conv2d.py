@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ._common import (
     accumulator_dtype, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch, like_layout, _mma, needs_int64, pair,
-    _tile_offsets, _unflatten,
+    _tile_offsets, _unflatten, with_index64,
 )
 
 
@@ -42,7 +42,8 @@ GEMM_CONFIGS = {
 }
 GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
 # The weight gradient keeps two more index vectors live per K step: its FMA default is narrower.
-WEIGHT_GRAD_CONFIGS = dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)])
+WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)]))
+GEMM_CONFIGS = with_index64(GEMM_CONFIGS)
 # Small tiles under the interpreter: numpy cost grows with tile area, not program count.
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}
 
@@ -245,13 +246,13 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     if y.numel() == 0:
         return y
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(cout_g, meta["BLOCK_N"]), groups)
-    tf32 = allow_tf32(x.dtype)
-    launch(_fwd_tuned[config_class(x.dtype, tf32)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
+    tf32, i64 = allow_tf32(x.dtype), needs_int64(x, weight, y, M)
+    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, tf32, i64)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
            x, weight, bias if bias is not None else weight, y,
            M, H, W, OH, OW, cin_g, cout_g, KH, KW,
            *x.stride(), *weight.stride(), *y.stride(),
            sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=needs_int64(x, weight, y, M))
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64)
     return y
 
 
@@ -269,14 +270,15 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
     if gx.numel() == 0:
         return gx
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]), groups)
-    tf32 = allow_tf32(grad_output.dtype)
-    launch(_bwd_input_tuned[config_class(grad_output.dtype, tf32)], _conv2d_bwd_input_kernel, grid, INTERPRET_CONFIG,
+    tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(grad_output, weight, gx, M)
+    launch(_bwd_input_tuned[config_class(_bwd_input_tuned, grad_output.dtype, tf32, i64)], _conv2d_bwd_input_kernel,
+           grid, INTERPRET_CONFIG,
            grad_output, weight, bias if bias is not None else weight, gx,
            M, H, W, OH, OW, cin_g, cout_g, KH, KW,
            *grad_output.stride(), *weight.stride(), *gx.stride(),
            sh, sw, ph, pw, dh, dw,
            HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
-           IDX64=needs_int64(grad_output, weight, gx, M))
+           IDX64=i64)
     return gx
 
 
@@ -307,23 +309,19 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
     split_k = cdiv(M, m_per_split)
     ws = torch.empty((split_k, C_out, cin_g, KH, KW), device=x.device, dtype=acc_dtype)
     grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]) * KH * KW, groups * split_k)
-    tf32 = allow_tf32(x.dtype)
-    launch(_bwd_weight_tuned[config_class(x.dtype, tf32)], _conv2d_bwd_weight_kernel, grid, INTERPRET_CONFIG,
+    tf32, i64 = allow_tf32(x.dtype), needs_int64(x, grad_output, ws, split_k * m_per_split)
+    launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, tf32, i64)], _conv2d_bwd_weight_kernel, grid,
+           INTERPRET_CONFIG,
            x, grad_output, ws,
            M, H, W, OH, OW, cin_g, cout_g, KH, KW, m_per_split, split_k,
            *x.stride(), *grad_output.stride(),
            sh, sw, ph, pw, dh, dw,
-           ALLOW_TF32=tf32, IDX64=needs_int64(x, grad_output, ws, split_k * m_per_split))
+           ALLOW_TF32=tf32, IDX64=i64)
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 
 
-def _gemm_constexprs(dt):
-    return {"HAS_BIAS": True, "ALLOW_TF32": dt == "fp32", "IDX64": False}
-
-
 AOT_SPECS = [
-    KernelSpec("conv2d_fwd", _conv2d_fwd_kernel, GEMM_CONFIGS, _gemm_constexprs, gemm=True),
-    KernelSpec("conv2d_bwd_input", _conv2d_bwd_input_kernel, GEMM_CONFIGS, _gemm_constexprs, gemm=True),
-    KernelSpec("conv2d_bwd_weight", _conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS,
-               lambda dt: {"ALLOW_TF32": dt == "fp32", "IDX64": False}, gemm=True),
+    KernelSpec("conv2d_fwd", _conv2d_fwd_kernel, GEMM_CONFIGS, gemm=True),
+    KernelSpec("conv2d_bwd_input", _conv2d_bwd_input_kernel, GEMM_CONFIGS, gemm=True),
+    KernelSpec("conv2d_bwd_weight", _conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS, gemm=True),
 ]

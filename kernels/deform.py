@@ -44,7 +44,7 @@ import triton.language as tl
 
 from ._common import (
     accumulator_dtype, alert_nondeterministic, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch,
-    like_layout, _mma, needs_int64, _tile_offsets, _unflatten, zeroed_workspace,
+    like_layout, _mma, needs_int64, _tile_offsets, _unflatten, with_index64, zeroed_workspace,
 )
 
 
@@ -80,6 +80,7 @@ DATA_CONFIGS = {
 }
 for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
     _configs["bf16"] = _configs["fp16"]
+FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS = with_index64(FWD_CONFIGS), with_index64(WEIGHT_CONFIGS), with_index64(DATA_CONFIGS)
 INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
@@ -91,12 +92,9 @@ _GATHER_FWD = [_gcfg(64, 32, 4), _gcfg(128, 16, 4), _gcfg(32, 64, 4), _gcfg(128,
 GATHER_CONFIGS = {"fp16": _GATHER_FWD, "bf16": _GATHER_FWD, "fp32": _GATHER_FWD,
                   "fp64": [_gcfg(64, 32, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]}
 # backward: per-element atomic scatters, <= 4 tile elements per thread
-GATHER_BWD_CONFIGS = [_gcfg(32, 32, 8), _gcfg(64, 16, 8), _gcfg(32, 16, 4)]
+GATHER_BWD_CONFIGS = {dt: [_gcfg(32, 32, 8), _gcfg(64, 16, 8), _gcfg(32, 16, 4)] for dt in GATHER_CONFIGS}
+GATHER_CONFIGS, GATHER_BWD_CONFIGS = with_index64(GATHER_CONFIGS), with_index64(GATHER_BWD_CONFIGS)
 GATHER_INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
-
-
-def _dtype_class(dtype: torch.dtype) -> str:
-    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, "fp32")
 
 
 # --------------------------------------------------------------------------- shared helper
@@ -540,10 +538,8 @@ _bwd_weight_tuned = _autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY +
 # the data kernel accumulates into ws with atomics: reset_to_zero keeps autotuning trials from
 # adding up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
 _bwd_data_tuned = _autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
-_gather_fwd_tuned = {dt: triton.autotune(configs=cfgs, key=["MP", "C", "sxc", "IDX64"])(_gather_fwd_kernel)
-                     for dt, cfgs in GATHER_CONFIGS.items()}
-_gather_bwd_tuned = triton.autotune(configs=GATHER_BWD_CONFIGS, key=["MP", "C", "sxc", "IDX64"], reset_to_zero=["ws_ptr"])(
-    _gather_bwd_kernel)
+_gather_fwd_tuned = _autotuned(_gather_fwd_kernel, GATHER_CONFIGS, ["MP", "C", "sxc"])
+_gather_bwd_tuned = _autotuned(_gather_bwd_kernel, GATHER_BWD_CONFIGS, ["MP", "C", "sxc"], reset=["ws_ptr"])
 
 
 def _gcd(a, b):
@@ -583,14 +579,15 @@ def deform_conv2d_forward(x, offset, weight, bias, mask, stride, padding, dilati
     m_t, m_strides = _mask_args(mask, offset)
     grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), cdiv(cout_g, meta["BLOCK_N"]), gm["groups"])
     tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
-    launch(_fwd_tuned[config_class(x.dtype, tf32)], _deform_fwd_kernel, grid, INTERPRET_CONFIG,
+    i64 = needs_int64(x, offset, weight, y, mask, gm["M"])
+    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, tf32, i64)], _deform_fwd_kernel, grid, INTERPRET_CONFIG,
            x, offset, m_t, weight, bias if bias is not None else weight, y,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
            gm["cpog"],
            *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *y.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
-           IDX64=needs_int64(x, offset, weight, y, mask, gm["M"]))
+           IDX64=i64)
     return y
 
 
@@ -612,7 +609,8 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
     gm_t = g_msk if mask is not None else g_off
     grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), gm["offset_groups"] * gm["KH"] * gm["KW"])
     tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
-    launch(_bwd_data_tuned[config_class(x.dtype, tf32)], _deform_bwd_data_kernel, grid, INTERPRET_CONFIG,
+    i64 = needs_int64(x, offset, weight, grad_output, ws, mask, gm["M"])
+    launch(_bwd_data_tuned[config_class(_bwd_data_tuned, x.dtype, tf32, i64)], _deform_bwd_data_kernel, grid, INTERPRET_CONFIG,
            x, offset, m_t, weight, grad_output, ws, g_off, gm_t,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
            gm["cpog"],
@@ -620,7 +618,7 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
            *g_off.stride(), *(g_msk.stride() if mask is not None else m_strides),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, ALLOW_TF32=tf32,
-           IDX64=needs_int64(x, offset, weight, grad_output, ws, mask, gm["M"]))
+           IDX64=i64)
     return ws.to(x.dtype), g_off, g_msk
 
 
@@ -648,14 +646,15 @@ def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride
     grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), gm["KH"] * gm["KW"] * n_seg * cdiv(seg, meta["BLOCK_N"]),
                          gm["groups"] * split_k)
     tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
-    launch(_bwd_weight_tuned[config_class(x.dtype, tf32)], _deform_bwd_weight_kernel, grid, INTERPRET_CONFIG,
+    i64 = needs_int64(x, offset, grad_output, ws, mask, split_k * m_per_split)
+    launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, tf32, i64)], _deform_bwd_weight_kernel, grid, INTERPRET_CONFIG,
            x, offset, m_t, grad_output, ws,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], seg,
            gm["cpog"], m_per_split, split_k,
            *x.stride(), *offset.stride(), *m_strides, *grad_output.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, ALLOW_TF32=tf32,
-           IDX64=needs_int64(x, offset, grad_output, ws, mask, split_k * m_per_split))
+           IDX64=i64)
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 
 
@@ -668,9 +667,10 @@ def bilinear_gather_forward(x, positions):
         return y
     MP = N * P
     grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
-    launch(_gather_fwd_tuned[_dtype_class(x.dtype)], _gather_fwd_kernel, grid, GATHER_INTERPRET_CONFIG,
-           x, positions, y, MP, P, C, H, W, *x.stride(), *positions.stride(), *y.stride(),
-           IDX64=needs_int64(x, positions, y, MP))
+    i64 = needs_int64(x, positions, y, MP)
+    launch(_gather_fwd_tuned[config_class(_gather_fwd_tuned, x.dtype, idx64=i64)], _gather_fwd_kernel, grid,
+           GATHER_INTERPRET_CONFIG, x, positions, y, MP, P, C, H, W, *x.stride(), *positions.stride(), *y.stride(),
+           IDX64=i64)
     return y
 
 
@@ -685,26 +685,19 @@ def bilinear_gather_backward(grad_output, x, positions):
         return ws.to(x.dtype), g_pos.zero_()
     alert_nondeterministic("convlab::bilinear_gather_backward (grad input)")
     grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]),)
-    launch(_gather_bwd_tuned, _gather_bwd_kernel, grid, GATHER_INTERPRET_CONFIG,
+    i64 = needs_int64(x, positions, grad_output, ws, MP)
+    launch(_gather_bwd_tuned[config_class(_gather_bwd_tuned, x.dtype, idx64=i64)], _gather_bwd_kernel, grid,
+           GATHER_INTERPRET_CONFIG,
            x, positions, grad_output, ws, g_pos, MP, P, C, H, W,
            *x.stride(), *positions.stride(), *grad_output.stride(), *ws.stride(), *g_pos.stride(),
-           IDX64=needs_int64(x, positions, grad_output, ws, MP))
+           IDX64=i64)
     return ws.to(x.dtype), g_pos
 
 
-def _deform_constexprs(dt):
-    return {"HAS_MASK": True, "HAS_BIAS": True, "ALLOW_TF32": dt == "fp32", "IDX64": False}
-
-
-def _deform_grad_constexprs(dt):
-    return {"HAS_MASK": True, "ALLOW_TF32": dt == "fp32", "IDX64": False}
-
-
 AOT_SPECS = [
-    KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, _deform_constexprs, gemm=True),
-    KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, WEIGHT_CONFIGS, _deform_grad_constexprs, gemm=True),
-    KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, _deform_grad_constexprs, gemm=True),
-    KernelSpec("bilinear_gather_fwd", _gather_fwd_kernel, GATHER_CONFIGS, lambda dt: {"IDX64": False}),
-    KernelSpec("bilinear_gather_bwd", _gather_bwd_kernel, {dt: GATHER_BWD_CONFIGS for dt in GATHER_CONFIGS},
-               lambda dt: {"IDX64": False}),
+    KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, gemm=True),
+    KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, WEIGHT_CONFIGS, gemm=True),
+    KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, gemm=True),
+    KernelSpec("bilinear_gather_fwd", _gather_fwd_kernel, GATHER_CONFIGS),
+    KernelSpec("bilinear_gather_bwd", _gather_bwd_kernel, GATHER_BWD_CONFIGS),
 ]

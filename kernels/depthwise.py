@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, cdiv, _idx, KernelSpec, launch, like_layout, needs_int64, pair, _tile_offsets, _unflatten,
+    accumulator_dtype, cdiv, config_class, _idx, KernelSpec, launch, like_layout, needs_int64, pair, _tile_offsets,
+    _unflatten, with_index64,
 )
 
 
@@ -24,8 +25,10 @@ def _cfg(bp, bc, warps):
     return triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=warps, num_stages=2)
 
 
-# First config is the default (must compile without spills).
-DW_CONFIGS = [_cfg(64, 32, 4), _cfg(128, 16, 4), _cfg(32, 64, 4), _cfg(256, 8, 8), _cfg(128, 32, 8)]
+# Autotune configs per config class (kernels._common.config_class); the first of each list is the
+# default, which must compile without spills in every build (python -m kernels.inspect).
+_DW = [_cfg(64, 32, 4), _cfg(128, 16, 4), _cfg(32, 64, 4), _cfg(256, 8, 8), _cfg(128, 32, 8)]
+DW_CONFIGS = with_index64({"fp16": _DW, "bf16": _DW, "fp32": _DW, "fp64": _DW})
 INTERPRET_CONFIG = {"BLOCK_P": 32, "BLOCK_C": 8}
 
 
@@ -177,11 +180,17 @@ def _dw_bwd_weight_kernel(
 
 
 _KEY = ["C_OUT", "OH", "OW", "KH", "KW", "stride_h", "sxc"]
-_fwd_tuned = triton.autotune(configs=DW_CONFIGS, key=_KEY)(_dw_fwd_kernel)
-_bwd_input_tuned = triton.autotune(configs=DW_CONFIGS, key=["C_IN", "H", "W", "KH", "KW", "MULT", "stride_h", "sgc"])(
-    _dw_bwd_input_kernel)
-_bwd_weight_tuned = triton.autotune(configs=DW_CONFIGS, key=["C_OUT", "P", "KH", "KW", "P_PER_SPLIT", "sxc"])(
-    _dw_bwd_weight_kernel)
+
+
+def _autotuned(fn, key):
+    """One autotuner per config class; the key names every constexpr that changes the kernel."""
+    key = key + [c for c in ("HAS_BIAS", "IDX64") if c in fn.arg_names]
+    return {cls: triton.autotune(configs=cfgs, key=key)(fn) for cls, cfgs in DW_CONFIGS.items()}
+
+
+_fwd_tuned = _autotuned(_dw_fwd_kernel, _KEY)
+_bwd_input_tuned = _autotuned(_dw_bwd_input_kernel, ["C_IN", "H", "W", "KH", "KW", "MULT", "stride_h", "sgc"])
+_bwd_weight_tuned = _autotuned(_dw_bwd_weight_kernel, ["C_OUT", "P", "KH", "KW", "P_PER_SPLIT", "sxc"])
 
 
 def depthwise_forward(x, weight, bias, stride, padding, dilation):
@@ -194,11 +203,13 @@ def depthwise_forward(x, weight, bias, stride, padding, dilation):
     y = like_layout(x, (N, C_out, OH, OW))
     if y.numel() == 0:
         return y
-    launch(_fwd_tuned, _dw_fwd_kernel, _pixel_grid(N, OH * OW, C_out), INTERPRET_CONFIG,
+    i64 = needs_int64(x, y, OH * OW)
+    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, idx64=i64)], _dw_fwd_kernel, _pixel_grid(N, OH * OW, C_out),
+           INTERPRET_CONFIG,
            x, weight, bias if bias is not None else weight, y,
            C_out, H, W, OH, OW, KH, KW, C_out // C_in,
            *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(),
-           sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=needs_int64(x, y, OH * OW))
+           sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=i64)
     return y
 
 
@@ -212,11 +223,13 @@ def depthwise_input_grad(grad_output, weight, input_shape, stride, padding, dila
     gx = like_layout(grad_output, (N, C_in, H, W))
     if gx.numel() == 0:
         return gx
-    launch(_bwd_input_tuned, _dw_bwd_input_kernel, _pixel_grid(N, H * W, C_in), INTERPRET_CONFIG,
+    i64 = needs_int64(grad_output, gx, H * W)
+    launch(_bwd_input_tuned[config_class(_bwd_input_tuned, gx.dtype, idx64=i64)], _dw_bwd_input_kernel,
+           _pixel_grid(N, H * W, C_in), INTERPRET_CONFIG,
            grad_output, weight, bias if bias is not None else weight, gx,
            C_in, H, W, OH, OW, KH, KW, C_out // C_in,
            *grad_output.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *gx.stride(),
-           sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=needs_int64(grad_output, gx, H * W))
+           sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=i64)
     return gx
 
 
@@ -238,17 +251,18 @@ def depthwise_weight_grad(x, grad_output, weight_shape, stride, padding, dilatio
     split_k = cdiv(P, p_per_split)
     ws = torch.empty((split_k, C_out, KH * KW), device=x.device, dtype=accumulator_dtype(x.dtype))
     grid = lambda meta: (cdiv(C_out, meta["BLOCK_C"]), KH * KW, split_k)
-    launch(_bwd_weight_tuned, _dw_bwd_weight_kernel, grid, INTERPRET_CONFIG,
+    i64 = needs_int64(x, grad_output, ws, split_k * p_per_split)
+    launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, idx64=i64)], _dw_bwd_weight_kernel, grid,
+           INTERPRET_CONFIG,
            x, grad_output, ws,
            C_out, H, W, OH, OW, KH, KW, C_out // C_in, P, p_per_split,
            *x.stride(), *grad_output.stride(),
-           sh, sw, ph, pw, dh, dw, IDX64=needs_int64(x, grad_output, ws, split_k * p_per_split))
+           sh, sw, ph, pw, dh, dw, IDX64=i64)
     return ws.sum(0).reshape(weight_shape).to(x.dtype)
 
 
-_DW = {dt: DW_CONFIGS for dt in ("fp16", "bf16", "fp32", "fp64")}
 AOT_SPECS = [
-    KernelSpec("depthwise_fwd", _dw_fwd_kernel, _DW, lambda dt: {"HAS_BIAS": True, "IDX64": False}),
-    KernelSpec("depthwise_bwd_input", _dw_bwd_input_kernel, _DW, lambda dt: {"HAS_BIAS": True, "IDX64": False}),
-    KernelSpec("depthwise_bwd_weight", _dw_bwd_weight_kernel, _DW, lambda dt: {"IDX64": False}),
+    KernelSpec("depthwise_fwd", _dw_fwd_kernel, DW_CONFIGS),
+    KernelSpec("depthwise_bwd_input", _dw_bwd_input_kernel, DW_CONFIGS),
+    KernelSpec("depthwise_bwd_weight", _dw_bwd_weight_kernel, DW_CONFIGS),
 ]

@@ -277,23 +277,31 @@ def compile_one(job: dict) -> Result:
 
 def jobs(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, problems=PROBLEMS) -> list:
     """One job per (build, config, arch), each with the signature a GPU launch would compile."""
+    from kernels._common import config_class
+
     specs = {spec.name: (module, spec) for module, spec in all_specs()}
     launches = capture(problems, dtypes or ("fp32", "fp16", "bf16", "fp64"))
     missing = {name for name in specs if not any(k[0] == name for k in launches)}
     if missing:
         raise RuntimeError(f"no typical problem launches {sorted(missing)}: extend kernels.inspect._run_problem")
-    out = []
+    out, seen = [], set()
     for (name, dt, problem), (args, kwargs) in sorted(launches.items(), key=lambda kv: kv[0]):
         if kernels_filter and name not in kernels_filter:
             continue
         module, spec = specs[name]
         for label, over, tf32, i64 in _variants(kwargs, dt):
-            # fp32 without TF32 has a table of its own where the kernel ships one (config_class)
-            configs = spec.configs["fp32_ieee" if tf32 is False and "fp32_ieee" in spec.configs else dt]
+            # the table the launcher picks from (TF32-off fp32 and 64-bit builds have their own)
+            configs = spec.configs[config_class(spec.configs, dt, bool(tf32), i64)]
             for ci, cfg in enumerate(configs if all_configs else configs[:1]):
                 kw = dict(kwargs, **over, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
                 for arch in archs:
                     sig, cx, attrs, options = _specialise(spec.fn, args, kw, arch)
+                    # problems that specialise alike (e.g. a kernel that ignores the layout) compile once
+                    ident = (name, dt, arch, _config_label(cfg), repr(sig), repr(sorted(cx.items())),
+                             repr(sorted(attrs.items())))
+                    if ident in seen:
+                        continue
+                    seen.add(ident)
                     out.append(dict(module=module, kernel=name, dtype=dt, arch=arch, config=_config_label(cfg),
                                     default=ci == 0, build=problem + label, tf32=tf32, index64=i64,
                                     signature=sig, constexprs=cx, attrs=attrs, options=options))

@@ -48,7 +48,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, alert_nondeterministic, cdiv, _idx, KernelSpec, launch, needs_int64, zeroed_workspace,
+    accumulator_dtype, alert_nondeterministic, cdiv, config_class, _idx, KernelSpec, launch, needs_int64, with_index64,
+    zeroed_workspace,
 )
 
 
@@ -63,11 +64,8 @@ FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": _FWD, "fp64": [_cfg(32, 16, 4
 # backward: per-element atomic scatters plus four corner dot products: <= 2 tile elements per thread
 BWD_CONFIGS = {dt: [_cfg(32, 16, 8), _cfg(16, 16, 4), _cfg(64, 8, 8), _cfg(16, 32, 8)]
                for dt in ("fp16", "bf16", "fp32", "fp64")}
+FWD_CONFIGS, BWD_CONFIGS = with_index64(FWD_CONFIGS), with_index64(BWD_CONFIGS)
 INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
-
-
-def _dtype_class(dtype: torch.dtype) -> str:
-    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, "fp32")
 
 
 @triton.jit
@@ -297,6 +295,7 @@ def _roi_bwd_kernel(
 
 # --------------------------------------------------------------------------- launchers
 _KEY = ["C", "PH", "PW", "SR", "sxc"]
+_KEY += ["HAS_OFFSET", "IDX64"]
 _fwd_tuned = {dt: triton.autotune(configs=cfgs, key=_KEY)(_roi_fwd_kernel) for dt, cfgs in FWD_CONFIGS.items()}
 # the backward accumulates into ws with atomics: reset_to_zero keeps autotuning trials from adding
 # up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
@@ -316,11 +315,12 @@ def deform_roi_pool_forward(x, rois, offset, spatial_scale: float, pooled_h: int
     o_t = offset if offset is not None else rois
     o_strides = tuple(offset.stride()) if offset is not None else (0, 0, 0, 0)
     grid = lambda meta: (K, cdiv(pooled_h * pooled_w, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
-    launch(_fwd_tuned[_dtype_class(x.dtype)], _roi_fwd_kernel, grid, INTERPRET_CONFIG,
+    i64 = needs_int64(x, rois, offset, y)
+    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, idx64=i64)], _roi_fwd_kernel, grid, INTERPRET_CONFIG,
            x, rois, o_t, y, N, C, H, W, pooled_h, pooled_w, sampling_ratio,
            *x.stride(), *rois.stride(), *o_strides, *y.stride(),
            SCALE=float(spatial_scale), GAMMA=float(gamma), HAS_OFFSET=offset is not None,
-           IDX64=needs_int64(x, rois, offset, y))
+           IDX64=i64)
     return y
 
 
@@ -340,19 +340,16 @@ def deform_roi_pool_backward(grad_output, x, rois, offset, spatial_scale: float,
     d_t = g_off if offset is not None else rois
     d_strides = tuple(g_off.stride()) if offset is not None else (0, 0, 0, 0)
     grid = lambda meta: (K, cdiv(pooled_h * pooled_w, meta["BLOCK_P"]))
-    launch(_bwd_tuned[_dtype_class(x.dtype)], _roi_bwd_kernel, grid, INTERPRET_CONFIG,
+    i64 = needs_int64(x, rois, offset, grad_output, ws)
+    launch(_bwd_tuned[config_class(_bwd_tuned, x.dtype, idx64=i64)], _roi_bwd_kernel, grid, INTERPRET_CONFIG,
            x, rois, o_t, grad_output, ws, d_t, N, C, H, W, pooled_h, pooled_w, sampling_ratio,
            *x.stride(), *rois.stride(), *o_strides, *grad_output.stride(), *ws.stride(), *d_strides,
            SCALE=float(spatial_scale), GAMMA=float(gamma), HAS_OFFSET=offset is not None,
-           IDX64=needs_int64(x, rois, offset, grad_output, ws))
+           IDX64=i64)
     return ws.to(x.dtype), g_off
 
 
-def _roi_constexprs(dt):
-    return {"SCALE": 0.0625, "GAMMA": 0.1, "HAS_OFFSET": True, "IDX64": False}
-
-
 AOT_SPECS = [
-    KernelSpec("deform_roi_pool_fwd", _roi_fwd_kernel, FWD_CONFIGS, _roi_constexprs),
-    KernelSpec("deform_roi_pool_bwd", _roi_bwd_kernel, BWD_CONFIGS, _roi_constexprs),
+    KernelSpec("deform_roi_pool_fwd", _roi_fwd_kernel, FWD_CONFIGS),
+    KernelSpec("deform_roi_pool_bwd", _roi_bwd_kernel, BWD_CONFIGS),
 ]

@@ -105,7 +105,8 @@ def test_depthwise_grid_folds_batch(monkeypatch):
     dw_kernels.depthwise_input_grad(torch.empty(N, 2 * C, H, W, device="meta"), w, x.shape, 1, 1, 1)
     assert len(calls) == 2
     for grid, _ in calls:
-        for cfg in dw_kernels.DW_CONFIGS + [triton.Config(dw_kernels.INTERPRET_CONFIG)]:
+        shipped = [c for cfgs in dw_kernels.DW_CONFIGS.values() for c in cfgs]
+        for cfg in shipped + [triton.Config(dw_kernels.INTERPRET_CONFIG)]:
             dims = grid(cfg.kwargs)
             assert all(d <= 65535 for d in dims[1:]), dims
             assert dims[0] == N * triton.cdiv(H * W, cfg.kwargs["BLOCK_P"])

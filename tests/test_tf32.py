@@ -60,12 +60,16 @@ def test_fp32_without_tf32_uses_its_own_configs(flags):
     """TF32 off runs on CUDA-core FMAs: the launcher must pick the "fp32_ieee" table, whose
     tiles do not spill (kernels.inspect checks every build of it)."""
     torch.backends.cudnn.allow_tf32 = False
-    assert conv2d.config_class(torch.float32, conv2d.allow_tf32(torch.float32)) == "fp32_ieee"
+    pick = conv2d.config_class
+    assert pick(conv2d._fwd_tuned, torch.float32, conv2d.allow_tf32(torch.float32)) == "fp32_ieee"
     assert conv2d._fwd_tuned["fp32_ieee"].configs == conv2d.GEMM_CONFIGS["fp32_ieee"]
     torch.backends.cudnn.allow_tf32 = True
-    assert conv2d.config_class(torch.float32, conv2d.allow_tf32(torch.float32)) == "fp32"
+    assert pick(conv2d._fwd_tuned, torch.float32, conv2d.allow_tf32(torch.float32)) == "fp32"
     torch.backends.cuda.matmul.allow_tf32 = False
-    assert deform.config_class(torch.float32, deform.allow_tf32(torch.float32, "matmul")) == "fp32_ieee"
+    assert pick(deform._fwd_tuned, torch.float32, deform.allow_tf32(torch.float32, "matmul")) == "fp32_ieee"
+    # no dot product, no TF32 table: the dtype's own; 64-bit builds take the "_i64" table
+    assert pick(deform._gather_fwd_tuned, torch.float32) == "fp32"
+    assert pick(conv2d._fwd_tuned, torch.float16, idx64=True) == "fp16_i64"
 
 
 @pytest.mark.parametrize("tf32", [True, False])
