@@ -230,12 +230,152 @@ def test_resume_from_checkpoint_advances_the_epoch(tmp_path):
     assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 0
 
     second = make_cfg(tmp_path, *short, "trainer.max_epochs=2", f"ckpt_path={last}", name="second")
-    train(second)
+    with pytest.warns(UserWarning, match="schedule over 4 steps; the checkpoint's run planned 2"):
+        train(second)
     s = read_summary(second)
     assert s["resumed_from"] == str(last)
     assert s["epochs_completed"] == 2 and s["global_step"] == 4  # continued, not restarted
     resumed_last = Path(second.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert torch.load(resumed_last, weights_only=False, map_location="cpu")["epoch"] == 1
+
+
+def _record_batches(monkeypatch, fail_at_step: int | None = None, error: type[BaseException] = RuntimeError):
+    """Patch the training step to record (epoch, batch_idx, labels) and raise ``error`` at a global step."""
+    from experiments.module import ClassifierModule
+
+    seen, step = [], ClassifierModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        if fail_at_step is not None and self.trainer.global_step == fail_at_step:
+            raise error("boom")
+        seen.append((self.trainer.current_epoch, batch_idx, batch[1].tolist()))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", training_step)
+    return seen
+
+
+def _csv_rows(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(next(Path(run_dir, "csv").rglob("metrics.csv")), newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """A run stopped mid-epoch and resumed from its checkpoint trains the same batches as an uninterrupted
+    one, in the same folder, with the LR schedule, best val/acc and CSV history continuing; the earlier
+    invocation's time does not count against trainer.max_time."""
+    two_epochs = ["trainer.max_epochs=2", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1"]
+    with monkeypatch.context() as m:
+        reference = _record_batches(m)
+        ref_cfg = make_cfg(tmp_path, *two_epochs, name="reference")
+        train(ref_cfg)
+    with monkeypatch.context() as m:
+        first = _record_batches(m, fail_at_step=5)
+        cfg = make_cfg(tmp_path, *two_epochs, name="first")
+        with pytest.raises(RuntimeError, match="boom"):
+            train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt = run_dir / "checkpoints" / "interrupted.ckpt"
+    state = torch.load(ckpt, weights_only=False, map_location="cpu")
+    assert state["global_step"] == 5
+    # as if the first invocation had used up the CPU preset's max_time, and had seen a better epoch
+    for cb_state in state["callbacks"].values():
+        if "time_elapsed" in cb_state:
+            cb_state["time_elapsed"]["train"] = 10_000.0
+    assert cfg.trainer.max_time == "00:00:03:30"
+    state["val_acc_best"] = 0.99
+    torch.save(state, ckpt)
+
+    with monkeypatch.context() as m:
+        second = _record_batches(m)
+        resumed = make_cfg(tmp_path, *two_epochs, f"ckpt_path={ckpt}", name="elsewhere")
+        metrics = train(resumed)
+    assert Path(resumed.paths.output_dir) == run_dir and not (tmp_path / "elsewhere").exists()
+    s = read_summary(resumed)
+    assert s["status"] == "finished" and s["resumes"] == [str(ckpt)]
+    assert s["epochs_completed"] == 2 and s["global_step"] == 8
+    assert [b[2] for b in first + second] == [b[2] for b in reference]  # the same batches, in order
+    assert [b[:2] for b in second] == [(1, 1), (1, 2), (1, 3)]
+    assert metrics["val/acc_best"] == pytest.approx(0.99)
+    rows, ref_rows = _csv_rows(run_dir), _csv_rows(Path(ref_cfg.paths.output_dir))
+    train_steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert train_steps == list(range(8))  # each step once: no gap, no duplicate
+    assert sum(1 for r in rows if r.get("model/params")) == 1
+    lrs = [float(r["lr"]) for r in rows if r.get("lr")]
+    assert lrs == pytest.approx([float(r["lr"]) for r in ref_rows if r.get("lr")])  # the schedule continued
+    assert lrs[-1] == pytest.approx(0.0)
+
+
+def _wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B offline run file (``run-<id>.wandb``): a LevelDB-style log, a 7-byte
+    file header, then 32 KiB blocks of chunks, each with a 7-byte header: crc32 (4 bytes), length (2),
+    type (1: full record, 2: first part, 3: middle, 4: last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    pos, block, pending, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def _wandb_runs(run_dir: Path) -> list[tuple[str, list[int]]]:
+    """(run id, exit codes) of each W&B offline run under ``run_dir``, oldest first."""
+    out = []
+    for f in sorted(Path(run_dir, "wandb").glob("offline-run-*/run-*.wandb")):
+        records = _wandb_records(f)
+        ids = {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}
+        assert len(ids) == 1, ids
+        out.append((ids.pop(), [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]))
+    return out
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+
+
+def test_resume_keeps_the_wandb_run(tmp_path, wandb_offline):
+    short = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=many"]
+    first = make_cfg(tmp_path, *short, "trainer.max_epochs=1", name="first")
+    train(first)
+    run_id = read_summary(first)["wandb"]["id"]
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    second = make_cfg(tmp_path, *short, "trainer.max_epochs=2", f"ckpt_path={last}", name="second")
+    train(second)
+    assert read_summary(second)["wandb"] == {"mode": "offline", "id": run_id}
+    assert _wandb_runs(Path(first.paths.output_dir)) == [(run_id, [0]), (run_id, [0])]  # one W&B run, continued
+
+
+def test_resume_goes_on_in_the_checkpoint_run_folder():
+    """``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` puts Hydra's run folder at <run>."""
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["ckpt_path=/x/runs/old_run/checkpoints/last.ckpt"],
+                      return_hydra_config=True)
+        fresh = compose(config_name="train", return_hydra_config=True)
+    assert OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"] == "/x/runs/old_run"
+    assert "/outputs/train/runs/" in OmegaConf.to_container(fresh.hydra.run, resolve=True)["dir"]
 
 
 def test_missing_checkpoint_is_reported(tmp_path):

@@ -207,6 +207,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.on_device, self.seed, self.network_timeout = on_device, seed, network_timeout
         self.synthetic_train_size, self.synthetic_val_size = synthetic_train_size, synthetic_val_size
         self.info: dict | None = None
+        self._resume_position: tuple[int, int] | None = None
         self.train_x = self.train_y = self.val_x = self.val_y = None
         self.mean = self.std = None
 
@@ -331,7 +332,15 @@ class CIFAR10DataModule(L.LightningDataModule):
                                  rank=rank, world_size=world)
 
     def train_dataloader(self):
-        return self._loader(self.train_x, self.train_y, self.batch_size, train=True)
+        loader = self._loader(self.train_x, self.train_y, self.batch_size, train=True)
+        self._train_loader = loader
+        if self._resume_position is not None:  # restored from a checkpoint: continue where it stopped
+            loader.epoch, loader.skip_batches = self._resume_position
+            self._resume_position = None
+            if loader.skip_batches:
+                log.warning("resuming mid-epoch: epoch %d continues after the %d batches it had trained",
+                            loader.epoch, loader.skip_batches)
+        return loader
 
     def val_dataloader(self):
         return self._loader(self.val_x, self.val_y, self.eval_batch_size, train=False)
@@ -346,4 +355,18 @@ class CIFAR10DataModule(L.LightningDataModule):
         return normalize(x, self.mean, self.std), y
 
     def state_dict(self) -> dict:
-        return {"info": self.info}
+        """Saved in checkpoints: the data set used and where training stands in the shuffled order
+        (the epoch being trained and how many of its batches are done), for an exact resume."""
+        state = {"info": self.info}
+        loader, trainer = getattr(self, "_train_loader", None), self.trainer
+        if loader is not None and trainer is not None:
+            epoch, done = max(loader.epoch - 1, 0), int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            if done >= trainer.num_training_batches:  # saved at the end of the epoch: the next one starts afresh
+                epoch, done = epoch + 1, 0
+            state["train_position"] = {"epoch": epoch, "batches_done": done}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        position = state_dict.get("train_position")
+        if position is not None:
+            self._resume_position = (int(position["epoch"]), int(position["batches_done"]))
