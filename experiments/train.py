@@ -246,7 +246,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             path = utils.write_summary(output_dir / "summary.json", summary)
             log.info("summary: %s", path)
-        _finish_wandb(trainer, summary, exit_code=1 if failed else 0)
+        _finish_wandb(trainer, summary, exit_code=1 if failed else 0,
+                      discard_offline=failed and recorder.steps_trained == 0)
 
     log.info("done in %.1f s on %s data: %s", summary["timing"]["wall_time_s"],
              "SYNTHETIC" if data_info["synthetic"] else data_info["name"],
@@ -263,24 +264,34 @@ def _timing(model, trainer: L.Trainer, started: float) -> dict[str, Any]:
     return timing
 
 
-def _finish_wandb(trainer: L.Trainer, summary: dict, exit_code: int = 0) -> None:
+def _finish_wandb(trainer: L.Trainer, summary: dict, exit_code: int = 0, discard_offline: bool = False) -> None:
     """Put the headline numbers in the W&B run summary and close the run (needed between multirun
-    jobs) with ``exit_code`` (1: failed or interrupted). A W&B run that never started stays unstarted."""
+    jobs) with ``exit_code`` (1: failed or interrupted). ``discard_offline``: delete an offline run's
+    folder (a run that failed before training a step: nothing for ``wandb sync`` to upload)."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            if getattr(logger, "_experiment", None) is None:
-                continue
-            try:
-                run = logger.experiment
-                run.summary.update({"dataset": summary["dataset"]["name"], "params": summary["model"].get("params"),
-                                    "flops": summary["model"].get("flops"),
-                                    "throughput": summary["timing"].get("throughput"),
-                                    "backend": summary["backend"]["resolved"]})
-                run.finish(exit_code=exit_code)
-            except Exception as err:  # noqa: BLE001 - logging must not fail the run
-                log.warning("could not finish the W&B run: %s", err)
+        if not (isinstance(logger, WandbLogger) and trainer.is_global_zero):
+            continue
+        if getattr(logger, "_experiment", None) is None:  # no W&B run was started
+            continue
+        try:
+            run = logger.experiment
+            run_dir = Path(run.dir).parent
+            offline = run.offline
+            run.summary.update({"dataset": summary["dataset"]["name"], "params": summary["model"].get("params"),
+                                "flops": summary["model"].get("flops"),
+                                "throughput": summary["timing"].get("throughput"),
+                                "backend": summary["backend"]["resolved"]})
+            run.finish(exit_code=exit_code)
+        except Exception as err:  # noqa: BLE001 - logging must not fail the run
+            log.warning("could not finish the W&B run: %s", err)
+            continue
+        if discard_offline and offline and run_dir.name.startswith("offline-run-"):
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+            log.info("removed the W&B offline run %s: the run failed before training a step", run_dir)
 
 
 def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:

@@ -151,16 +151,21 @@ class BudgetTimer(Timer):
 
 class ExceptionRecorder(Callback):
     """On an exception or Ctrl-C during fitting: keeps the exception (Lightning turns Ctrl-C into
-    ``SystemExit(1)``) and saves ``<dirpath>/interrupted.ckpt`` to resume from (unless no step ran)."""
+    ``SystemExit(1)``) and saves ``<dirpath>/interrupted.ckpt`` to resume from (unless no step ran in
+    this invocation)."""
 
     def __init__(self, dirpath: str | os.PathLike):
         self.dirpath = Path(dirpath)
         self.exception: BaseException | None = None
         self.checkpoint: str | None = None
+        self.steps_trained = 0  # training batches finished in this invocation
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps_trained += 1
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.exception = exception
-        if trainer.global_step == 0:
+        if self.steps_trained == 0:  # nothing new to keep
             return
         path = self.dirpath / "interrupted.ckpt"
         # Lightning adds 1 to this logging step counter when it resumes mid-epoch (right for its own

@@ -384,6 +384,53 @@ def test_missing_checkpoint_is_reported(tmp_path):
         train(cfg)
 
 
+# ------------------------------------------------------------------------------------ failures
+
+
+def test_exception_saves_a_checkpoint_and_fails_the_wandb_run(tmp_path, monkeypatch, wandb_offline):
+    _record_batches(monkeypatch, fail_at_step=3)
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=2", "trainer.limit_val_batches=1", "logger=many")
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    s = read_summary(cfg)
+    assert s["status"] == "failed" and s["error"] == "RuntimeError: boom"
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt"
+    assert s["interrupted_checkpoint"] == str(ckpt)
+    assert torch.load(ckpt, weights_only=False, map_location="cpu")["global_step"] == 3
+    assert _wandb_runs(Path(cfg.paths.output_dir)) == [(s["wandb"]["id"], [1])]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_nonzero(tmp_path, monkeypatch):
+    import signal
+
+    _record_batches(monkeypatch, fail_at_step=2, error=KeyboardInterrupt)
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=2", "trainer.limit_val_batches=1")
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:  # Lightning's answer to Ctrl-C
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C after the first
+    assert exit_info.value.code not in (0, None)
+    s = read_summary(cfg)
+    assert s["status"] == "interrupted" and s["error"] == "KeyboardInterrupt: boom"
+    assert torch.load(s["interrupted_checkpoint"], weights_only=False, map_location="cpu")["global_step"] == 2
+
+
+def test_failure_before_training_leaves_no_wandb_run(tmp_path, monkeypatch, wandb_offline):
+    _record_batches(monkeypatch, fail_at_step=0)
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=1", "trainer.limit_val_batches=1", "logger=many")
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    s = read_summary(cfg)
+    assert s["status"] == "failed" and s["interrupted_checkpoint"] is None
+    assert not list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*"))  # nothing for `wandb sync`
+    missing = make_cfg(tmp_path, "logger=many", f"ckpt_path={tmp_path / 'nope.ckpt'}", name="missing")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        train(missing)
+    assert not list(Path(missing.paths.output_dir).glob("wandb/offline-run-*"))
+
+
 # ------------------------------------------------------------------------------ synthetic fallback
 
 
