@@ -52,6 +52,30 @@ def _label_run(cfg: DictConfig, data_info: dict) -> None:
         cfg.tags = tags + [name] + (["fallback"] if data_info.get("fallback") else [])
 
 
+def _label_run_dir(cfg: DictConfig, resuming: bool) -> None:
+    """Append ``_synthetic`` to the run folder Hydra made (``..._<variant>`` or a sweep job's
+    ``<n>_<variant>_s<seed>``) when the data is synthetic, so that a listing of runs shows it.
+    Folders given explicitly (``paths.output_dir``, ``hydra.run.dir``, ``hydra.sweep.subdir``) and
+    resumed runs keep their names."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if resuming or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if any(o.split("=")[0].lstrip("+~") in ("hydra.run.dir", "hydra.sweep.subdir") for o in hydra_cfg.overrides.hydra):
+        return
+    old = Path(hydra_cfg.runtime.output_dir)
+    if Path(cfg.paths.output_dir).resolve() != old.resolve() or "synthetic" in old.name:
+        return
+    new = old.with_name(old.name + "_synthetic")
+    if new.exists():
+        return
+    old.rename(new)  # the open log file moves with it
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(new)
+    log.info("run folder: %s (synthetic data)", new)
+
+
 def _instantiate_model(cfg: DictConfig) -> L.LightningModule:
     """``instantiate(cfg.model)`` without ``model.name``, a label for run names only."""
     with open_dict(cfg):
@@ -170,6 +194,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     data_info = datamodule.load()
     _label_run(cfg, data_info)
+    if data_info["synthetic"]:
+        _label_run_dir(cfg, resuming=bool(ckpt_path))
+        output_dir = Path(cfg.paths.output_dir)
+        summary["output_dir"] = str(output_dir)
     summary.update(run_name=cfg.run_name, dataset=dict(data_info))
     log.info("run %s on %s data (%s)", cfg.run_name, data_info["name"], data_info["source"])
 

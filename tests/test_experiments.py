@@ -437,7 +437,7 @@ def test_failure_before_training_leaves_no_wandb_run(tmp_path, monkeypatch, wand
 def test_missing_cifar_falls_back_to_labelled_synthetic(tmp_path, caplog):
     empty = tmp_path / "empty"
     empty.mkdir()
-    cfg = make_cfg(tmp_path, "data.source=cifar10", f"data.root={empty}", f"data.download_dir={empty}",
+    cfg = make_cfg(tmp_path, "data.source=cifar10", f"data.download_dir={empty}",  # data.root: the default
                    "data.download=false", "trainer.fast_dev_run=true")
     with caplog.at_level(logging.WARNING):
         train(cfg)
@@ -449,9 +449,35 @@ def test_missing_cifar_falls_back_to_labelled_synthetic(tmp_path, caplog):
 
 
 def test_fallback_error_mode_raises(tmp_path):
-    dm = CIFAR10DataModule(root=str(tmp_path), download_dir=str(tmp_path), download=False, fallback="error")
+    dm = CIFAR10DataModule(root=None, download_dir=str(tmp_path), download=False, fallback="error")
     with pytest.raises(DataUnavailable, match="no local copy"):
         dm.load()
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_given_data_root_without_data_fails_fast(tmp_path, make):
+    """A data.root the user gave is never replaced by synthetic data: a typo is an error naming the path."""
+    root = tmp_path / "cifra10"
+    if make == "empty":
+        root.mkdir()
+    cfg = make_cfg(tmp_path, "data.source=cifar10", f"data.root={root}", f"data.download_dir={tmp_path / 'dl'}",
+                   "data.download=false", "trainer.fast_dev_run=true")
+    message = "does not exist" if make == "missing" else "holds no CIFAR-10 copy"
+    with pytest.raises(FileNotFoundError, match=f"data.root={root} .*{message}"):
+        train(cfg)
+    assert not Path(cfg.paths.output_dir).exists()  # failed before the run started
+
+
+def test_synthetic_run_says_so_in_folder_and_last_line(tmp_path):
+    """`python train.py ...` on synthetic data: the run folder's name and the console's last line say so."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "CONVLAB_BACKEND": "reference"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *FAST, "trainer.fast_dev_run=true", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "smoke" / "runs").iterdir()
+    assert run_dir.name.endswith("_standard_synthetic")
+    assert json.loads((run_dir / "summary.json").read_text())["output_dir"] == str(run_dir)
+    assert "on SYNTHETIC data" in proc.stdout.strip().splitlines()[-1]
 
 
 def test_unreachable_download_server_is_detected_quickly():
@@ -516,7 +542,7 @@ def test_multirun_two_tiny_runs(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = sorted(sweep.glob("*/summary.json"))
-    assert [p.parent.name for p in summaries] == ["0_standard_s0", "1_dilated_s0"]
+    assert [p.parent.name for p in summaries] == ["0_standard_s0_synthetic", "1_dilated_s0_synthetic"]
     variants = [json.loads(p.read_text())["conv"]["variant"] for p in summaries]
     assert variants == ["standard", "dilated"]
     assert (sweep / "multirun.yaml").is_file()
