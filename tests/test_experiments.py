@@ -335,15 +335,24 @@ def _wandb_records(path: Path) -> list:
     return records
 
 
-def _wandb_runs(run_dir: Path) -> list[tuple[str, list[int]]]:
-    """(run id, exit codes) of each W&B offline run under ``run_dir``, oldest first."""
-    out = []
-    for f in sorted(Path(run_dir, "wandb").glob("offline-run-*/run-*.wandb")):
-        records = _wandb_records(f)
-        ids = {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}
-        assert len(ids) == 1, ids
-        out.append((ids.pop(), [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]))
-    return out
+def _wandb_runs(run_dir: Path, timeout: float = 60.0) -> list[tuple[str, list[int]]]:
+    """(run id, exit codes) of each W&B offline run under ``run_dir``, oldest first. W&B's service process
+    writes the files in the background: it is shut down first, and the files are read until each holds
+    its exit record (or ``timeout`` seconds pass)."""
+    import wandb
+
+    wandb.teardown()
+    deadline = time.time() + timeout
+    while True:
+        out = []
+        for f in sorted(Path(run_dir, "wandb").glob("offline-run-*/run-*.wandb")):
+            records = _wandb_records(f)
+            ids = {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}
+            exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+            out.append((ids.pop() if len(ids) == 1 else ids, exits))
+        if all(exits for _, exits in out) or time.time() > deadline:
+            return out
+        time.sleep(0.5)
 
 
 @pytest.fixture
