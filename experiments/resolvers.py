@@ -4,6 +4,7 @@
 ``${project_root:}`` the checkout this package lives in.
 ``${run_dir_of:CKPT,DEFAULT}``  the run folder holding checkpoint CKPT (``<run>/checkpoints/x.ckpt``),
                      else DEFAULT: a resumed run writes into the folder of the run it continues.
+``${if_set:X,A,B}``  A when X is set (not null or empty), else B.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def register() -> None:
     OmegaConf.register_new_resolver("on_cuda", on_cuda, replace=True)
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("run_dir_of", run_dir_of, replace=True)
+    OmegaConf.register_new_resolver("if_set", lambda value, a, b: a if value not in (None, "") else b, replace=True)
 
 
 register()

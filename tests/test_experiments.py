@@ -385,6 +385,9 @@ def test_resume_goes_on_in_the_checkpoint_run_folder():
         fresh = compose(config_name="train", return_hydra_config=True)
     assert OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"] == "/x/runs/old_run"
     assert "/outputs/train/runs/" in OmegaConf.to_container(fresh.hydra.run, resolve=True)["dir"]
+    # the first invocation's .hydra/config.yaml and overrides.yaml stay
+    assert cfg.hydra.output_subdir.startswith(".hydra/resumed_")
+    assert fresh.hydra.output_subdir == ".hydra"
 
 
 def test_missing_checkpoint_is_reported(tmp_path):
