@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import lightning.pytorch as L
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
@@ -39,6 +39,8 @@ class ClassifierModule(StepTimingMixin, L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        self._restored_best: float | None = None  # val/acc_best of the run a checkpoint continues
+        self._schedule_steps: int | None = None     # optimizer steps the LR schedule spans
         self.model_stats: dict[str, Any] = {}
         self._reset_timing()
 
@@ -53,6 +55,8 @@ class ClassifierModule(StepTimingMixin, L.LightningModule):
         self.model_stats = {"params": params, "flops": flops}
         rank_zero_info(f"model: {params:,} parameters, {flops / 1e6:.2f} MFLOPs (forward, one "
                        f"{'x'.join(map(str, self.hparams.input_shape))} sample)")
+        if self.trainer.ckpt_path:  # resumed: the first invocation logged these
+            return
         for logger in self.loggers:
             logger.log_metrics({"model/params": float(params), "model/flops": float(flops)}, step=0)
             logger.log_hyperparams({"model/params": params, "model/flops": flops})
@@ -61,6 +65,20 @@ class ClassifierModule(StepTimingMixin, L.LightningModule):
         self.val_loss.reset()
         self.val_acc.reset()
         self.val_acc_best.reset()
+        if self._restored_best is not None:  # resumed: the best so far includes the earlier epochs
+            self.val_acc_best.update(torch.tensor(self._restored_best))
+
+    # -- checkpoints: torchmetrics states are not in the state_dict, so the best is kept here -----
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        best = self.val_acc_best.compute().item() if self.val_acc_best.update_count else self._restored_best
+        if best is not None:
+            checkpoint["val_acc_best"] = float(best)
+        checkpoint["lr_schedule_steps"] = self._schedule_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_best = checkpoint.get("val_acc_best")
+        self._restored_schedule_steps = checkpoint.get("lr_schedule_steps")
 
     # -- training ------------------------------------------------------------------------------
 
@@ -99,5 +117,11 @@ class ClassifierModule(StepTimingMixin, L.LightningModule):
     # -- optimisation --------------------------------------------------------------------------
 
     def configure_optimizers(self):
+        self._schedule_steps = int(self.trainer.estimated_stepping_batches)
+        restored = getattr(self, "_restored_schedule_steps", None)
+        if restored is not None and restored != self._schedule_steps and self.hparams.scheduler != "none":
+            rank_zero_warn(f"resuming with a learning-rate schedule over {self._schedule_steps} steps; the "
+                           f"checkpoint's run planned {restored} (max_epochs or limit_train_batches changed), so the "
+                           "learning rate jumps to the new schedule")
         return utils.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
-                                            self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches)
+                                            self.hparams.warmup_fraction, self._schedule_steps)

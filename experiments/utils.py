@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from lightning.pytorch.callbacks import Callback, Timer
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,54 @@ def instantiate_group(cfg: DictConfig | None, what: str) -> list:
             log.info("instantiating %s %s <%s>", what, name, entry._target_)
             objects.append(instantiate(entry))
     return objects
+
+
+# -------------------------------------------------------------------------------------- callbacks
+
+
+class BudgetTimer(Timer):
+    """``trainer.max_time`` as a budget for this invocation: a resumed run gets the whole cap again
+    (Lightning's own Timer restores the time already spent from the checkpoint, so a run resumed
+    after hitting the cap stopped at once and trained nothing)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        spent = state_dict.get("time_elapsed", {}).get("train", 0)
+        log.info("max_time is a budget per invocation: the %.0f s trained before the checkpoint do not count", spent)
+
+
+class ExceptionRecorder(Callback):
+    """On an exception or Ctrl-C during fitting: keeps the exception (Lightning turns Ctrl-C into
+    ``SystemExit(1)``) and saves ``<dirpath>/interrupted.ckpt`` to resume from (unless no step ran in
+    this invocation)."""
+
+    def __init__(self, dirpath: str | os.PathLike):
+        self.dirpath = Path(dirpath)
+        self.exception: BaseException | None = None
+        self.checkpoint: str | None = None
+        self.steps_trained = 0  # training batches finished in this invocation
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps_trained += 1
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.exception = exception
+        if self.steps_trained == 0:  # nothing new to keep
+            return
+        path = self.dirpath / "interrupted.ckpt"
+        # Lightning adds 1 to this logging step counter when it resumes mid-epoch (right for its own
+        # checkpoints, saved after a batch's counters moved on); saved mid-batch, it is one ahead
+        loop = trainer.fit_loop.epoch_loop
+        loop._batches_that_stepped -= 1
+        try:
+            trainer.save_checkpoint(path)
+        except Exception as err:  # noqa: BLE001 - the original error matters more
+            log.warning("could not save %s: %s", path, err)
+            return
+        finally:
+            loop._batches_that_stepped += 1
+        self.checkpoint = str(path)
+        log.warning("%s at epoch %d, step %d: saved %s; resume with ckpt_path=%s", type(exception).__name__,
+                    trainer.current_epoch, trainer.global_step, path, path)
 
 
 # ---------------------------------------------------------------------------------------- summary

@@ -230,12 +230,164 @@ def test_resume_from_checkpoint_advances_the_epoch(tmp_path):
     assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 0
 
     second = make_cfg(tmp_path, *short, "trainer.max_epochs=2", f"ckpt_path={last}", name="second")
-    train(second)
+    with pytest.warns(UserWarning, match="schedule over 4 steps; the checkpoint's run planned 2"):
+        train(second)
     s = read_summary(second)
     assert s["resumed_from"] == str(last)
     assert s["epochs_completed"] == 2 and s["global_step"] == 4  # continued, not restarted
     resumed_last = Path(second.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert torch.load(resumed_last, weights_only=False, map_location="cpu")["epoch"] == 1
+
+
+def _record_batches(monkeypatch, fail_at_step: int | None = None, error: type[BaseException] = RuntimeError):
+    """Patch the training step to record (epoch, batch_idx, labels) and raise ``error`` at a global step."""
+    from experiments.module import ClassifierModule
+
+    seen, step = [], ClassifierModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        if fail_at_step is not None and self.trainer.global_step == fail_at_step:
+            raise error("boom")
+        seen.append((self.trainer.current_epoch, batch_idx, batch[1].tolist()))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", training_step)
+    return seen
+
+
+def _csv_rows(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(next(Path(run_dir, "csv").rglob("metrics.csv")), newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """A run stopped mid-epoch and resumed from its checkpoint trains the same batches as an uninterrupted
+    one, in the same folder, with the LR schedule, best val/acc and CSV history continuing; the earlier
+    invocation's time does not count against trainer.max_time."""
+    two_epochs = ["trainer.max_epochs=2", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1"]
+    with monkeypatch.context() as m:
+        reference = _record_batches(m)
+        ref_cfg = make_cfg(tmp_path, *two_epochs, name="reference")
+        train(ref_cfg)
+    with monkeypatch.context() as m:
+        first = _record_batches(m, fail_at_step=5)
+        cfg = make_cfg(tmp_path, *two_epochs, name="first")
+        with pytest.raises(RuntimeError, match="boom"):
+            train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt = run_dir / "checkpoints" / "interrupted.ckpt"
+    state = torch.load(ckpt, weights_only=False, map_location="cpu")
+    assert state["global_step"] == 5
+    # as if the first invocation had used up the CPU preset's max_time, and had seen a better epoch
+    for cb_state in state["callbacks"].values():
+        if "time_elapsed" in cb_state:
+            cb_state["time_elapsed"]["train"] = 10_000.0
+    assert cfg.trainer.max_time == "00:00:03:30"
+    state["val_acc_best"] = 0.99
+    torch.save(state, ckpt)
+
+    with monkeypatch.context() as m:
+        second = _record_batches(m)
+        resumed = make_cfg(tmp_path, *two_epochs, f"ckpt_path={ckpt}", name="elsewhere")
+        metrics = train(resumed)
+    assert Path(resumed.paths.output_dir) == run_dir and not (tmp_path / "elsewhere").exists()
+    s = read_summary(resumed)
+    assert s["status"] == "finished" and s["resumes"] == [str(ckpt)]
+    assert s["epochs_completed"] == 2 and s["global_step"] == 8
+    assert [b[2] for b in first + second] == [b[2] for b in reference]  # the same batches, in order
+    assert [b[:2] for b in second] == [(1, 1), (1, 2), (1, 3)]
+    assert metrics["val/acc_best"] == pytest.approx(0.99)
+    rows, ref_rows = _csv_rows(run_dir), _csv_rows(Path(ref_cfg.paths.output_dir))
+    train_steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert train_steps == list(range(8))  # each step once: no gap, no duplicate
+    assert sum(1 for r in rows if r.get("model/params")) == 1
+    lrs = [float(r["lr"]) for r in rows if r.get("lr")]
+    assert lrs == pytest.approx([float(r["lr"]) for r in ref_rows if r.get("lr")])  # the schedule continued
+    assert lrs[-1] == pytest.approx(0.0)
+
+
+def _wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B offline run file (``run-<id>.wandb``): a LevelDB-style log, a 7-byte
+    file header, then 32 KiB blocks of chunks, each with a 7-byte header: crc32 (4 bytes), length (2),
+    type (1: full record, 2: first part, 3: middle, 4: last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    pos, block, pending, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def _wandb_runs(run_dir: Path, timeout: float = 60.0) -> list[tuple[str, list[int]]]:
+    """(run id, exit codes) of each W&B offline run under ``run_dir``, oldest first. W&B's service process
+    writes the files in the background: it is shut down first, and the files are read until each holds
+    its exit record (or ``timeout`` seconds pass)."""
+    import wandb
+
+    wandb.teardown()
+    deadline = time.time() + timeout
+    while True:
+        out = []
+        for f in sorted(Path(run_dir, "wandb").glob("offline-run-*/run-*.wandb")):
+            records = _wandb_records(f)
+            ids = {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}
+            exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+            out.append((ids.pop() if len(ids) == 1 else ids, exits))
+        if all(exits for _, exits in out) or time.time() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+
+
+def test_resume_keeps_the_wandb_run(tmp_path, wandb_offline):
+    short = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=many"]
+    first = make_cfg(tmp_path, *short, "trainer.max_epochs=1", name="first")
+    train(first)
+    run_id = read_summary(first)["wandb"]["id"]
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    second = make_cfg(tmp_path, *short, "trainer.max_epochs=2", f"ckpt_path={last}", name="second")
+    train(second)
+    assert read_summary(second)["wandb"] == {"mode": "offline", "id": run_id}
+    assert _wandb_runs(Path(first.paths.output_dir)) == [(run_id, [0]), (run_id, [0])]  # one W&B run, continued
+
+
+def test_resume_goes_on_in_the_checkpoint_run_folder():
+    """``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` puts Hydra's run folder at <run>."""
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["ckpt_path=/x/runs/old_run/checkpoints/last.ckpt"],
+                      return_hydra_config=True)
+        fresh = compose(config_name="train", return_hydra_config=True)
+    assert OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"] == "/x/runs/old_run"
+    assert "/outputs/train/runs/" in OmegaConf.to_container(fresh.hydra.run, resolve=True)["dir"]
+    # the first invocation's .hydra/config.yaml and overrides.yaml stay
+    assert cfg.hydra.output_subdir.startswith(".hydra/resumed_")
+    assert fresh.hydra.output_subdir == ".hydra"
 
 
 def test_missing_checkpoint_is_reported(tmp_path):
@@ -244,13 +396,60 @@ def test_missing_checkpoint_is_reported(tmp_path):
         train(cfg)
 
 
+# ------------------------------------------------------------------------------------ failures
+
+
+def test_exception_saves_a_checkpoint_and_fails_the_wandb_run(tmp_path, monkeypatch, wandb_offline):
+    _record_batches(monkeypatch, fail_at_step=3)
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=2", "trainer.limit_val_batches=1", "logger=many")
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    s = read_summary(cfg)
+    assert s["status"] == "failed" and s["error"] == "RuntimeError: boom"
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt"
+    assert s["interrupted_checkpoint"] == str(ckpt)
+    assert torch.load(ckpt, weights_only=False, map_location="cpu")["global_step"] == 3
+    assert _wandb_runs(Path(cfg.paths.output_dir)) == [(s["wandb"]["id"], [1])]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_nonzero(tmp_path, monkeypatch):
+    import signal
+
+    _record_batches(monkeypatch, fail_at_step=2, error=KeyboardInterrupt)
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=2", "trainer.limit_val_batches=1")
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:  # Lightning's answer to Ctrl-C
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C after the first
+    assert exit_info.value.code not in (0, None)
+    s = read_summary(cfg)
+    assert s["status"] == "interrupted" and s["error"] == "KeyboardInterrupt: boom"
+    assert torch.load(s["interrupted_checkpoint"], weights_only=False, map_location="cpu")["global_step"] == 2
+
+
+def test_failure_before_training_leaves_no_wandb_run(tmp_path, monkeypatch, wandb_offline):
+    _record_batches(monkeypatch, fail_at_step=0)
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=1", "trainer.limit_val_batches=1", "logger=many")
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    s = read_summary(cfg)
+    assert s["status"] == "failed" and s["interrupted_checkpoint"] is None
+    assert not list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*"))  # nothing for `wandb sync`
+    missing = make_cfg(tmp_path, "logger=many", f"ckpt_path={tmp_path / 'nope.ckpt'}", name="missing")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        train(missing)
+    assert not list(Path(missing.paths.output_dir).glob("wandb/offline-run-*"))
+
+
 # ------------------------------------------------------------------------------ synthetic fallback
 
 
 def test_missing_cifar_falls_back_to_labelled_synthetic(tmp_path, caplog):
     empty = tmp_path / "empty"
     empty.mkdir()
-    cfg = make_cfg(tmp_path, "data.source=cifar10", f"data.root={empty}", f"data.download_dir={empty}",
+    cfg = make_cfg(tmp_path, "data.source=cifar10", f"data.download_dir={empty}",  # data.root: the default
                    "data.download=false", "trainer.fast_dev_run=true")
     with caplog.at_level(logging.WARNING):
         train(cfg)
@@ -262,9 +461,35 @@ def test_missing_cifar_falls_back_to_labelled_synthetic(tmp_path, caplog):
 
 
 def test_fallback_error_mode_raises(tmp_path):
-    dm = CIFAR10DataModule(root=str(tmp_path), download_dir=str(tmp_path), download=False, fallback="error")
+    dm = CIFAR10DataModule(root=None, download_dir=str(tmp_path), download=False, fallback="error")
     with pytest.raises(DataUnavailable, match="no local copy"):
         dm.load()
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_given_data_root_without_data_fails_fast(tmp_path, make):
+    """A data.root the user gave is never replaced by synthetic data: a typo is an error naming the path."""
+    root = tmp_path / "cifra10"
+    if make == "empty":
+        root.mkdir()
+    cfg = make_cfg(tmp_path, "data.source=cifar10", f"data.root={root}", f"data.download_dir={tmp_path / 'dl'}",
+                   "data.download=false", "trainer.fast_dev_run=true")
+    message = "does not exist" if make == "missing" else "holds no CIFAR-10 copy"
+    with pytest.raises(FileNotFoundError, match=f"data.root={root} .*{message}"):
+        train(cfg)
+    assert not Path(cfg.paths.output_dir).exists()  # failed before the run started
+
+
+def test_synthetic_run_says_so_in_folder_and_last_line(tmp_path):
+    """`python train.py ...` on synthetic data: the run folder's name and the console's last line say so."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "CONVLAB_BACKEND": "reference"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *FAST, "trainer.fast_dev_run=true", f"paths.log_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "smoke" / "runs").iterdir()
+    assert run_dir.name.endswith("_standard_synthetic")
+    assert json.loads((run_dir / "summary.json").read_text())["output_dir"] == str(run_dir)
+    assert "on SYNTHETIC data" in proc.stdout.strip().splitlines()[-1]
 
 
 def test_unreachable_download_server_is_detected_quickly():
@@ -329,7 +554,7 @@ def test_multirun_two_tiny_runs(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = sorted(sweep.glob("*/summary.json"))
-    assert [p.parent.name for p in summaries] == ["0_standard_s0", "1_dilated_s0"]
+    assert [p.parent.name for p in summaries] == ["0_standard_s0_synthetic", "1_dilated_s0_synthetic"]
     variants = [json.loads(p.read_text())["conv"]["variant"] for p in summaries]
     assert variants == ["standard", "dilated"]
     assert (sweep / "multirun.yaml").is_file()

@@ -5,12 +5,14 @@ Where the images come from, in order:
 1. ``root`` given: a local copy, either torchvision's format (``cifar-10-batches-py``, the folder
    itself or its parent) or an ImageFolder layout ``{train,test}/<class>/*.jpg|png`` (also looked for
    under ``root/cifar10``). ImageFolder copies are decoded once and cached as ``cache_{split}.pt``.
-2. torchvision's copy under ``download_dir`` (``cifar-10-batches-py``), downloaded there on first use
-   (with torchvision's progress bar) when ``download`` is true and the server answers within
-   ``network_timeout`` seconds.
-3. Otherwise, with ``fallback="synthetic"``, a warning is logged and the project's procedurally
-   generated 10-class set is used; ``info["name"]`` is then ``"synthetic"`` and the run is labelled
-   so. ``fallback="error"`` raises instead.
+   A given root that does not exist or holds no copy is an error naming it (a typo must not train
+   on synthetic data).
+2. ``root`` unset: torchvision's copy under ``download_dir`` (``cifar-10-batches-py``), downloaded
+   there on first use (with torchvision's progress bar) when ``download`` is true and the server
+   answers within ``network_timeout`` seconds.
+3. Otherwise (``root`` unset only), with ``fallback="synthetic"``, a warning is logged and the
+   project's procedurally generated 10-class set is used; ``info["name"]`` is then ``"synthetic"``
+   and the run is labelled so. ``fallback="error"`` raises instead.
 
 The validation split is CIFAR-10's test set. Batches are augmented (random crop with padding 4,
 horizontal flip) and normalised on the device in ``on_after_batch_transfer``.
@@ -207,6 +209,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.on_device, self.seed, self.network_timeout = on_device, seed, network_timeout
         self.synthetic_train_size, self.synthetic_val_size = synthetic_train_size, synthetic_val_size
         self.info: dict | None = None
+        self._resume_position: tuple[int, int] | None = None
         self.train_x = self.train_y = self.val_x = self.val_y = None
         self.mean = self.std = None
 
@@ -251,21 +254,23 @@ class CIFAR10DataModule(L.LightningDataModule):
         self._finish_info()
 
     def _load_cifar10(self) -> None:
-        searched = []
         if self.root is not None:
-            searched.append(str(Path(self.root).expanduser().resolve()))
-            found = find_local_copy(self.root)
+            # a root the user gave must hold the data: no download into it, no synthetic fallback
+            root = Path(self.root).expanduser()
+            if not root.exists():
+                raise FileNotFoundError(f"data.root={self.root} does not exist ({root.resolve()}); point it at a "
+                                        "CIFAR-10 copy, or leave data.root unset for the copy under data.download_dir")
+            found = find_local_copy(root)
             if found is None:
-                log.warning("data.root=%s holds no CIFAR-10 copy (neither cifar-10-batches-py nor "
-                            "train/ and test/ class folders)", self.root)
+                raise FileNotFoundError(
+                    f"data.root={self.root} ({root.resolve()}) holds no CIFAR-10 copy: neither cifar-10-batches-py "
+                    "(data_batch_1, test_batch) nor train/ and test/ class folders, there or in cifar10/")
         else:
-            found = None
-        download_root = Path(self.root if self.root is not None else self.download_dir).expanduser()
-        if found is None:
-            searched.append(str(download_root.resolve() / "cifar-10-batches-py"))
+            download_root = Path(self.download_dir).expanduser()
+            searched = [str(download_root.resolve() / "cifar-10-batches-py")]
             found = find_local_copy(download_root / "cifar-10-batches-py")
-        if found is None:
-            found = self._download(download_root, searched)
+            if found is None:
+                found = self._download(download_root, searched)
         kind, folder = found
         if kind == "torchvision":
             self.train_x, self.train_y, classes = load_torchvision(folder, train=True)
@@ -331,7 +336,15 @@ class CIFAR10DataModule(L.LightningDataModule):
                                  rank=rank, world_size=world)
 
     def train_dataloader(self):
-        return self._loader(self.train_x, self.train_y, self.batch_size, train=True)
+        loader = self._loader(self.train_x, self.train_y, self.batch_size, train=True)
+        self._train_loader = loader
+        if self._resume_position is not None:  # restored from a checkpoint: continue where it stopped
+            loader.epoch, loader.skip_batches = self._resume_position
+            self._resume_position = None
+            if loader.skip_batches:
+                log.warning("resuming mid-epoch: epoch %d continues after the %d batches it had trained",
+                            loader.epoch, loader.skip_batches)
+        return loader
 
     def val_dataloader(self):
         return self._loader(self.val_x, self.val_y, self.eval_batch_size, train=False)
@@ -346,4 +359,18 @@ class CIFAR10DataModule(L.LightningDataModule):
         return normalize(x, self.mean, self.std), y
 
     def state_dict(self) -> dict:
-        return {"info": self.info}
+        """Saved in checkpoints: the data set used and where training stands in the shuffled order
+        (the epoch being trained and how many of its batches are done), for an exact resume."""
+        state = {"info": self.info}
+        loader, trainer = getattr(self, "_train_loader", None), self.trainer
+        if loader is not None and trainer is not None:
+            epoch, done = max(loader.epoch - 1, 0), int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            if done >= trainer.num_training_batches:  # saved at the end of the epoch: the next one starts afresh
+                epoch, done = epoch + 1, 0
+            state["train_position"] = {"epoch": epoch, "batches_done": done}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        position = state_dict.get("train_position")
+        if position is not None:
+            self._resume_position = (int(position["epoch"]), int(position["batches_done"]))

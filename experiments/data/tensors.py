@@ -14,6 +14,8 @@ class TensorBatchLoader:
 
     ``shuffle`` draws a new permutation each epoch from ``seed`` and the epoch count, the same on
     every process, so ``rank``/``world_size`` take disjoint shards for data-parallel training.
+    ``epoch`` (the next epoch's number) and ``skip_batches`` (batches of it already trained) let a
+    resumed run continue with the same batches as an uninterrupted one.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
@@ -24,6 +26,8 @@ class TensorBatchLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        # batches of the next epoch to leave out: set when resuming from a checkpoint saved mid-epoch
+        self.skip_batches = 0
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -47,7 +51,8 @@ class TensorBatchLoader:
     def __iter__(self):
         idx = self._indices().to(self.images.device)
         self.epoch += 1
-        for b in range(len(self)):
+        skip, self.skip_batches = self.skip_batches, 0
+        for b in range(skip, len(self)):
             i = idx[b * self.batch_size: (b + 1) * self.batch_size]
             yield self.images[i], self.labels[i]
 
