@@ -42,8 +42,13 @@ GEMM_CONFIGS = {
 }
 GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
 # The weight gradient keeps two more index vectors live per K step: its FMA default is narrower.
-WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)]))
-GEMM_CONFIGS = with_index64(GEMM_CONFIGS)
+# 64-bit index builds: the pixel-index vectors double in width; 8 warps spread them (found with
+# python -m kernels.inspect: the 32-bit defaults spill there, these do not).
+WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)]),
+                                   fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
+                                   fp32=[_cfg(64, 64, 32, 4, 1)])
+GEMM_CONFIGS = with_index64(GEMM_CONFIGS, fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
+                            fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)])
 # Small tiles under the interpreter: numpy cost grows with tile area, not program count.
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}
 

@@ -63,7 +63,7 @@ FWD_CONFIGS = {
     "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(32, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
 }
 WEIGHT_CONFIGS = {
-    "fp16": [_cfg(64, 64, 16, 8, 2), _cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2),
+    "fp16": [_cfg(64, 64, 32, 4, 2), _cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2),
              _cfg(128, 128, 32, 8, 2)],
     "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2)],
     "fp32_ieee": [_cfg(64, 32, 16, 4, 2), _cfg(32, 64, 16, 4, 2)],
@@ -80,7 +80,13 @@ DATA_CONFIGS = {
 }
 for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
     _configs["bf16"] = _configs["fp16"]
-FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS = with_index64(FWD_CONFIGS), with_index64(WEIGHT_CONFIGS), with_index64(DATA_CONFIGS)
+# 64-bit index builds whose 32-bit default spills (python -m kernels.inspect): 8 warps spread the wider
+# index vectors.
+FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32=[_cfg(64, 64, 16, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)],
+                           fp64=[_cfg(64, 64, 16, 8, 2)])
+WEIGHT_CONFIGS = with_index64(WEIGHT_CONFIGS, fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)])
+DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_cfg(64, 16, 32, 8, 1)], bf16=[_cfg(64, 16, 32, 8, 1)],
+                            fp32=[_cfg(64, 16, 32, 8, 2)])
 INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
@@ -93,7 +99,8 @@ GATHER_CONFIGS = {"fp16": _GATHER_FWD, "bf16": _GATHER_FWD, "fp32": _GATHER_FWD,
                   "fp64": [_gcfg(64, 32, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]}
 # backward: per-element atomic scatters, <= 4 tile elements per thread
 GATHER_BWD_CONFIGS = {dt: [_gcfg(32, 32, 8), _gcfg(64, 16, 8), _gcfg(32, 16, 4)] for dt in GATHER_CONFIGS}
-GATHER_CONFIGS, GATHER_BWD_CONFIGS = with_index64(GATHER_CONFIGS), with_index64(GATHER_BWD_CONFIGS)
+GATHER_CONFIGS = with_index64(GATHER_CONFIGS, fp64=[_gcfg(64, 32, 8)])
+GATHER_BWD_CONFIGS = with_index64(GATHER_BWD_CONFIGS, **{dt: [_gcfg(64, 32, 8)] for dt in ("fp16", "bf16", "fp32")})
 GATHER_INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
 
 
