@@ -46,9 +46,10 @@ GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
 # python -m kernels.inspect: the 32-bit defaults spill there, these do not).
 WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)]),
                                    fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
-                                   fp32=[_cfg(64, 64, 32, 4, 1)])
+                                   fp32=[_cfg(64, 64, 32, 8, 2)])
 GEMM_CONFIGS = with_index64(GEMM_CONFIGS, fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
-                            fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)])
+                            fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)],
+                            fp64=[_cfg(64, 64, 32, 8, 2)])
 # Small tiles under the interpreter: numpy cost grows with tile area, not program count.
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}
 

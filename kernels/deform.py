@@ -66,7 +66,7 @@ WEIGHT_CONFIGS = {
     "fp16": [_cfg(64, 64, 32, 4, 2), _cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2),
              _cfg(128, 128, 32, 8, 2)],
     "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2)],
-    "fp32_ieee": [_cfg(64, 32, 16, 4, 2), _cfg(32, 64, 16, 4, 2)],
+    "fp32_ieee": [_cfg(64, 32, 16, 8, 1), _cfg(64, 32, 16, 4, 2), _cfg(32, 64, 16, 4, 2)],
     "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
 }
 # Data gradient: BLOCK_M pixels x BLOCK_N channels, reduction over BLOCK_K output channels.
@@ -75,8 +75,8 @@ WEIGHT_CONFIGS = {
 DATA_CONFIGS = {
     "fp16": [_cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
     "fp32": [_cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
-    "fp32_ieee": [_cfg(16, 16, 32, 4, 1), _cfg(32, 16, 16, 4, 1)],
-    "fp64": [_cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp32_ieee": [_cfg(64, 16, 32, 8, 2), _cfg(16, 16, 32, 4, 1), _cfg(32, 16, 16, 4, 1)],
+    "fp64": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
 }
 for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
     _configs["bf16"] = _configs["fp16"]
@@ -86,7 +86,7 @@ FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32=[_cfg(64, 64, 16, 8, 2)], fp32_ieee
                            fp64=[_cfg(64, 64, 16, 8, 2)])
 WEIGHT_CONFIGS = with_index64(WEIGHT_CONFIGS, fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)])
 DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_cfg(64, 16, 32, 8, 1)], bf16=[_cfg(64, 16, 32, 8, 1)],
-                            fp32=[_cfg(64, 16, 32, 8, 2)])
+                            fp32=[_cfg(64, 16, 32, 8, 2)], fp32_ieee=[_cfg(16, 16, 32, 4, 1)])
 INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
@@ -98,9 +98,12 @@ _GATHER_FWD = [_gcfg(64, 32, 4), _gcfg(128, 16, 4), _gcfg(32, 64, 4), _gcfg(128,
 GATHER_CONFIGS = {"fp16": _GATHER_FWD, "bf16": _GATHER_FWD, "fp32": _GATHER_FWD,
                   "fp64": [_gcfg(64, 32, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]}
 # backward: per-element atomic scatters, <= 4 tile elements per thread
-GATHER_BWD_CONFIGS = {dt: [_gcfg(32, 32, 8), _gcfg(64, 16, 8), _gcfg(32, 16, 4)] for dt in GATHER_CONFIGS}
+_GATHER_BWD = [_gcfg(32, 32, 8), _gcfg(64, 16, 8), _gcfg(32, 16, 4)]
+GATHER_BWD_CONFIGS = {"fp16": [_gcfg(64, 32, 8)] + _GATHER_BWD, "bf16": [_gcfg(64, 32, 8)] + _GATHER_BWD,
+                      "fp32": _GATHER_BWD, "fp64": [_gcfg(64, 8, 8)] + _GATHER_BWD}
 GATHER_CONFIGS = with_index64(GATHER_CONFIGS, fp64=[_gcfg(64, 32, 8)])
-GATHER_BWD_CONFIGS = with_index64(GATHER_BWD_CONFIGS, **{dt: [_gcfg(64, 32, 8)] for dt in ("fp16", "bf16", "fp32")})
+GATHER_BWD_CONFIGS = with_index64(GATHER_BWD_CONFIGS, fp16=[_gcfg(32, 8, 8)], bf16=[_gcfg(64, 32, 8)],
+                                  fp32=[_gcfg(64, 32, 8)], fp64=[_gcfg(32, 32, 8)])
 GATHER_INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
 
 

@@ -28,9 +28,9 @@ def _cfg(bp, bc, warps):
 # Autotune configs per config class (kernels._common.config_class); the first of each list is the
 # default, which must compile without spills in every build (python -m kernels.inspect).
 _DW = [_cfg(64, 32, 4), _cfg(128, 16, 4), _cfg(32, 64, 4), _cfg(256, 8, 8), _cfg(128, 32, 8)]
-# fp64 NHWC spills at 64 x 32 on sm_80; the 64-bit builds of 16/32-bit dtypes need 8 warps.
-DW_CONFIGS = with_index64({"fp16": _DW, "bf16": _DW, "fp32": _DW, "fp64": [_cfg(64, 16, 4)] + _DW},
-                          fp16=[_cfg(64, 32, 8)], bf16=[_cfg(64, 8, 8)], fp32=[_cfg(64, 32, 8)])
+# Defaults that spill in no build on triton 3.6 or 3.8 (python -m kernels.inspect, scripts/compat.sh).
+DW_CONFIGS = with_index64({"fp16": [_cfg(64, 32, 8)] + _DW, "bf16": _DW, "fp32": _DW, "fp64": [_cfg(64, 16, 8)] + _DW},
+                          fp16=[_cfg(64, 32, 8)], bf16=[_cfg(64, 8, 8)], fp32=[_cfg(64, 32, 8)], fp64=[_cfg(64, 16, 8)])
 INTERPRET_CONFIG = {"BLOCK_P": 32, "BLOCK_C": 8}
 
 

@@ -62,12 +62,12 @@ def _cfg(bp, bc, warps):
 _FWD = [_cfg(64, 16, 4), _cfg(32, 16, 4), _cfg(64, 32, 8), _cfg(32, 32, 4)]
 FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": _FWD, "fp64": [_cfg(32, 16, 4), _cfg(64, 16, 8), _cfg(32, 32, 8)]}
 # backward: per-element atomic scatters plus four corner dot products: <= 2 tile elements per thread
-BWD_CONFIGS = {dt: [_cfg(32, 16, 8), _cfg(16, 16, 4), _cfg(64, 8, 8), _cfg(16, 32, 8)]
-               for dt in ("fp16", "bf16", "fp32", "fp64")}
+_BWD = [_cfg(32, 16, 8), _cfg(16, 16, 4), _cfg(64, 8, 8), _cfg(16, 32, 8)]
+BWD_CONFIGS = {"fp16": _BWD, "bf16": _BWD, "fp32": [_cfg(32, 8, 8)] + _BWD, "fp64": [_cfg(16, 32, 8)] + _BWD}
 # 64-bit index builds whose 32-bit default spills (python -m kernels.inspect)
-FWD_CONFIGS = with_index64(FWD_CONFIGS, fp16=[_cfg(64, 32, 8)], bf16=[_cfg(64, 32, 8)], fp32=[_cfg(64, 8, 8)],
-                           fp64=[_cfg(64, 8, 8)])
-BWD_CONFIGS = with_index64(BWD_CONFIGS, bf16=[_cfg(64, 32, 8)], fp64=[_cfg(64, 16, 8)])
+FWD_CONFIGS = with_index64(FWD_CONFIGS, fp16=[_cfg(64, 8, 8)], bf16=[_cfg(64, 8, 8)], fp32=[_cfg(64, 8, 8)],
+                           fp64=[_cfg(32, 8, 8)])
+BWD_CONFIGS = with_index64(BWD_CONFIGS, bf16=[_cfg(64, 32, 8)], fp32=[_cfg(16, 8, 4)], fp64=[_cfg(64, 16, 8)])
 INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
 
 
