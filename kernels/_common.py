@@ -282,6 +282,19 @@ def config_class(table: dict, dtype, tf32: bool = False, idx64: bool = False) ->
     return name
 
 
+#: constexprs that change what a kernel computes or how it is built; each one a kernel has goes
+#: into its autotune key, so no build reuses another's tuning (TF32 builds have their own tables)
+_BUILD_CONSTEXPRS = ("HAS_BIAS", "HAS_MASK", "HAS_OFFSET", "IDX64")
+
+
+def autotuned(fn, table: dict, key: list, reset=None) -> dict:
+    """One ``triton.autotune`` of ``fn`` per config class of ``table`` (see ``config_class``),
+    keyed on ``key`` plus the build constexprs ``fn`` has. ``reset`` names workspaces that
+    atomics accumulate into, zeroed between autotuning trials (launchers still zero them)."""
+    key = list(key) + [c for c in _BUILD_CONSTEXPRS if c in fn.arg_names]
+    return {cls: triton.autotune(configs=cfgs, key=key, reset_to_zero=reset)(fn) for cls, cfgs in table.items()}
+
+
 def with_index64(table: dict, **i64_configs) -> dict:
     """``table`` plus "<class>_i64" entries (``with_index64(t, fp16=[...])``) for the 64-bit index
     build of the classes whose default spills there (64-bit address vectors take twice the

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch, like_layout, _mma, needs_int64, pair,
+    accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, _idx, KernelSpec, launch, like_layout, _mma, needs_int64, pair,
     _tile_offsets, _unflatten, with_index64,
 )
 
@@ -224,18 +224,11 @@ def _conv2d_bwd_weight_kernel(
 
 
 # --------------------------------------------------------------------------- launchers
-def _autotuned(fn, key, configs=GEMM_CONFIGS):
-    """One autotuner per config class. The key names every constexpr that changes the kernel, so a
-    build never reuses the tuning of another (TF32 builds are separate classes already)."""
-    key = key + ["HAS_BIAS", "IDX64"] if "HAS_BIAS" in fn.arg_names else key + ["IDX64"]
-    return {cls: triton.autotune(configs=cfgs, key=key)(fn) for cls, cfgs in configs.items()}
-
-
 _FWD_KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "stride_h", "stride_w", "sxc"]
-_fwd_tuned = _autotuned(_conv2d_fwd_kernel, _FWD_KEY)
-_bwd_input_tuned = _autotuned(_conv2d_bwd_input_kernel, _FWD_KEY[:-1] + ["sgc"])
-_bwd_weight_tuned = _autotuned(_conv2d_bwd_weight_kernel, ["M", "CIN_G", "COUT_G", "KH", "KW", "N_SPLIT", "sxc"],
-                               WEIGHT_GRAD_CONFIGS)
+_fwd_tuned = autotuned(_conv2d_fwd_kernel, GEMM_CONFIGS, _FWD_KEY)
+_bwd_input_tuned = autotuned(_conv2d_bwd_input_kernel, GEMM_CONFIGS, _FWD_KEY[:-1] + ["sgc"])
+_bwd_weight_tuned = autotuned(_conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS,
+                              ["M", "CIN_G", "COUT_G", "KH", "KW", "N_SPLIT", "sxc"])
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):

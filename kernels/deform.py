@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, alert_nondeterministic, allow_tf32, cdiv, config_class, _idx, KernelSpec, launch,
+    accumulator_dtype, alert_nondeterministic, allow_tf32, autotuned, cdiv, config_class, _idx, KernelSpec, launch,
     like_layout, _mma, needs_int64, _tile_offsets, _unflatten, with_index64, zeroed_workspace,
 )
 
@@ -536,20 +536,14 @@ def _gather_bwd_kernel(
 
 
 # --------------------------------------------------------------------------- launchers
-def _autotuned(fn, configs, key, reset=None):
-    """One autotuner per config class; the key names every constexpr that changes the kernel."""
-    key = key + [c for c in ("HAS_MASK", "HAS_BIAS", "IDX64") if c in fn.arg_names]
-    return {cls: triton.autotune(configs=cfgs, key=key, reset_to_zero=reset)(fn) for cls, cfgs in configs.items()}
-
-
 _KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "SEG", "sxc"]
-_fwd_tuned = _autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
-_bwd_weight_tuned = _autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + ["N_SPLIT"])
+_fwd_tuned = autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
+_bwd_weight_tuned = autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + ["N_SPLIT"])
 # the data kernel accumulates into ws with atomics: reset_to_zero keeps autotuning trials from
 # adding up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
-_bwd_data_tuned = _autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
-_gather_fwd_tuned = _autotuned(_gather_fwd_kernel, GATHER_CONFIGS, ["MP", "C", "sxc"])
-_gather_bwd_tuned = _autotuned(_gather_bwd_kernel, GATHER_BWD_CONFIGS, ["MP", "C", "sxc"], reset=["ws_ptr"])
+_bwd_data_tuned = autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
+_gather_fwd_tuned = autotuned(_gather_fwd_kernel, GATHER_CONFIGS, ["MP", "C", "sxc"])
+_gather_bwd_tuned = autotuned(_gather_bwd_kernel, GATHER_BWD_CONFIGS, ["MP", "C", "sxc"], reset=["ws_ptr"])
 
 
 def _gcd(a, b):

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, cdiv, config_class, _idx, KernelSpec, launch, like_layout, needs_int64, pair, _tile_offsets,
+    accumulator_dtype, autotuned, cdiv, config_class, _idx, KernelSpec, launch, like_layout, needs_int64, pair, _tile_offsets,
     _unflatten, with_index64,
 )
 
@@ -184,15 +184,9 @@ def _dw_bwd_weight_kernel(
 _KEY = ["C_OUT", "OH", "OW", "KH", "KW", "stride_h", "sxc"]
 
 
-def _autotuned(fn, key):
-    """One autotuner per config class; the key names every constexpr that changes the kernel."""
-    key = key + [c for c in ("HAS_BIAS", "IDX64") if c in fn.arg_names]
-    return {cls: triton.autotune(configs=cfgs, key=key)(fn) for cls, cfgs in DW_CONFIGS.items()}
-
-
-_fwd_tuned = _autotuned(_dw_fwd_kernel, _KEY)
-_bwd_input_tuned = _autotuned(_dw_bwd_input_kernel, ["C_IN", "H", "W", "KH", "KW", "MULT", "stride_h", "sgc"])
-_bwd_weight_tuned = _autotuned(_dw_bwd_weight_kernel, ["C_OUT", "P", "KH", "KW", "P_PER_SPLIT", "sxc"])
+_fwd_tuned = autotuned(_dw_fwd_kernel, DW_CONFIGS, _KEY)
+_bwd_input_tuned = autotuned(_dw_bwd_input_kernel, DW_CONFIGS, ["C_IN", "H", "W", "KH", "KW", "MULT", "stride_h", "sgc"])
+_bwd_weight_tuned = autotuned(_dw_bwd_weight_kernel, DW_CONFIGS, ["C_OUT", "P", "KH", "KW", "P_PER_SPLIT", "sxc"])
 
 
 def depthwise_forward(x, weight, bias, stride, padding, dilation):

@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, alert_nondeterministic, cdiv, config_class, _idx, KernelSpec, launch, needs_int64, with_index64,
+    accumulator_dtype, alert_nondeterministic, autotuned, cdiv, config_class, _idx, KernelSpec, launch, needs_int64, with_index64,
     zeroed_workspace,
 )
 
@@ -298,12 +298,10 @@ def _roi_bwd_kernel(
 
 # --------------------------------------------------------------------------- launchers
 _KEY = ["C", "PH", "PW", "SR", "sxc"]
-_KEY += ["HAS_OFFSET", "IDX64"]
-_fwd_tuned = {dt: triton.autotune(configs=cfgs, key=_KEY)(_roi_fwd_kernel) for dt, cfgs in FWD_CONFIGS.items()}
+_fwd_tuned = autotuned(_roi_fwd_kernel, FWD_CONFIGS, _KEY)
 # the backward accumulates into ws with atomics: reset_to_zero keeps autotuning trials from adding
 # up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
-_bwd_tuned = {dt: triton.autotune(configs=cfgs, key=_KEY, reset_to_zero=["ws_ptr"])(_roi_bwd_kernel)
-              for dt, cfgs in BWD_CONFIGS.items()}
+_bwd_tuned = autotuned(_roi_bwd_kernel, BWD_CONFIGS, _KEY, reset=["ws_ptr"])
 
 
 def deform_roi_pool_forward(x, rois, offset, spatial_scale: float, pooled_h: int, pooled_w: int,

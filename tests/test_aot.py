@@ -61,15 +61,30 @@ def test_default_builds_do_not_spill_and_use_tensor_cores(rows):
     assert ok, stdout
 
 
-def test_capture_specialises_like_a_launch():
-    """The builds come from Triton's own binder: unit strides become constants, and an NCHW
-    tensor's inner stride is 1 while channels_last's channel stride is 1."""
-    from kernels.inspect import _specialise, capture
+_SPECIALISE = """
+import json
+from kernels import conv2d
+from kernels.inspect import _specialise, capture
+launches = capture(problems=("nchw", "nhwc"), dtypes=("fp16",))
+out = {}
+for problem in ("nchw", "nhwc"):
+    args, kwargs = launches[("conv2d_fwd", "fp16", problem)]
+    kw = dict(kwargs, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+    sig, _, attrs, _ = _specialise(conv2d._conv2d_fwd_kernel, args, kw, 90)
+    out[problem] = {"sig": sig, "x_attrs": attrs[(0,)]}
+print(json.dumps(out))
+"""
 
-    launches = capture(problems=("nchw", "nhwc"), dtypes=("fp16",))
-    for problem, const in (("nchw", "sxw"), ("nhwc", "sxc")):
-        args, kwargs = launches[("conv2d_fwd", "fp16", problem)]
-        kw = dict(kwargs, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
-        sig, _, attrs, _ = _specialise(__import__("kernels.conv2d").conv2d._conv2d_fwd_kernel, args, kw, 90)
-        assert sig[const] == "constexpr" and sig["x_ptr"] == "*fp16"
-        assert attrs[(0,)] == [["tt.divisibility", 16]]
+
+def test_capture_specialises_like_a_launch():
+    """The builds come from Triton's own binder: unit strides become constants (NCHW's inner
+    stride, channels_last's channel stride) and 16-byte aligned pointers are marked so."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled kernels, not interpreted
+    proc = subprocess.run([sys.executable, "-c", _SPECIALISE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for problem, const, other in (("nchw", "sxw", "sxc"), ("nhwc", "sxc", "sxw")):
+        sig = got[problem]["sig"]
+        assert sig[const] == "constexpr" and sig[other] == "i32" and sig["x_ptr"] == "*fp16", (problem, sig)
+        assert got[problem]["x_attrs"] == [["tt.divisibility", 16]]

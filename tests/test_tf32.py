@@ -86,3 +86,21 @@ def test_conv_and_deform_match_peers_under_both_settings(flags, device, tf32):
     torch.testing.assert_close(conv_op(x, w, padding=1), ref, **tol)
     off = torch.zeros(2, 18, 7, 7, device=device)
     torch.testing.assert_close(deform_conv2d(x, off, w, padding=1), ref, **tol)
+
+
+def test_autotune_keys_name_every_build_constexpr():
+    """A tuning found for one build (bias / mask / offset / 64-bit index) is never reused for
+    another: every autotuner's key names each such constexpr its kernel has, and TF32 on/off
+    builds tune in separate tables."""
+    from kernels import depthwise, roi
+
+    tables = [conv2d._fwd_tuned, conv2d._bwd_input_tuned, conv2d._bwd_weight_tuned, deform._fwd_tuned,
+              deform._bwd_weight_tuned, deform._bwd_data_tuned, deform._gather_fwd_tuned, deform._gather_bwd_tuned,
+              depthwise._fwd_tuned, depthwise._bwd_input_tuned, depthwise._bwd_weight_tuned, roi._fwd_tuned,
+              roi._bwd_tuned]
+    for table in tables:
+        for tuner in table.values():
+            names = tuner.fn.arg_names
+            for c in ("HAS_BIAS", "HAS_MASK", "HAS_OFFSET", "IDX64"):
+                assert (c in tuner.keys) == (c in names), (tuner.fn.__name__, c, tuner.keys)
+    assert conv2d._fwd_tuned["fp32"] is not conv2d._fwd_tuned["fp32_ieee"]
