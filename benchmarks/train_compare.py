@@ -30,7 +30,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 
