@@ -183,9 +183,16 @@ def test_conv_transpose2d(device, dtype, case):
     x = torch.randn(N, C_in, H, W, device=device).to(dtype).requires_grad_()
     w = torch.randn(C_in, C_out // g, kh, kw, device=device).to(dtype).requires_grad_()
     b = torch.randn(C_out, device=device).to(dtype).requires_grad_()
-    y = layers.conv_transpose2d(x, w, b, s, p, op, g, d)
-    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
-    ref = F.conv_transpose2d(xr, wr, br, s, p, op, g, d)
+    _check_transpose_against_torch((x, w, b), (s, p, op, g, d), dtype)
+
+
+def _check_transpose_against_torch(inputs, conf, dtype):
+    """Output and input / weight / bias gradients of layers.conv_transpose2d against
+    F.conv_transpose2d in float64, at ``dtype``'s tolerance."""
+    x, w, b = inputs
+    y = layers.conv_transpose2d(x, w, b, *conf)
+    xr, wr, br = (t.detach().double().requires_grad_() for t in inputs)
+    ref = F.conv_transpose2d(xr, wr, br, *conf)
     assert_close(y, ref, dtype, "output")
     gy = torch.randn_like(ref).to(dtype)
     y.backward(gy)
@@ -222,16 +229,8 @@ def _transpose_inputs(case, dtype, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", OP_CASES, ids=OP_IDS)
 def test_conv_transpose2d_output_padding_ge_stride(device, dtype, case):
-    (x, w, b), conf = _transpose_inputs(case, dtype, device)
-    y = layers.conv_transpose2d(x, w, b, *conf)
-    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
-    ref = F.conv_transpose2d(xr, wr, br, *conf)
-    assert_close(y, ref, dtype, "output")
-    gy = torch.randn_like(ref).to(dtype)
-    y.backward(gy)
-    ref.backward(gy.double())
-    for name, ours, theirs in (("input", x, xr), ("weight", w, wr), ("bias", b, br)):
-        assert_close(ours.grad, theirs.grad, dtype, f"grad {name}")
+    inputs, conf = _transpose_inputs(case, dtype, device)
+    _check_transpose_against_torch(inputs, conf, dtype)
 
 
 @pytest.mark.parametrize("case", [OP_CASES[2], OP_CASES[4]], ids=[OP_IDS[2], OP_IDS[4]])
