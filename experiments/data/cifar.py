@@ -44,6 +44,10 @@ class DataUnavailable(RuntimeError):
     """CIFAR-10 is neither on disk nor downloadable."""
 
 
+class CorruptImage(ValueError):
+    """An image file of an ImageFolder copy cannot be decoded; the message names the file."""
+
+
 # ------------------------------------------------------------------------------------------ locating
 
 
@@ -111,23 +115,43 @@ def _decode_pil(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
 
 
+def _decode_one(path: Path, decode_image=None, read_file=None, mode=None) -> torch.Tensor:
+    """One image as uint8 (3, H, W); a file that cannot be decoded raises :class:`CorruptImage` naming it
+    (the decoders' own errors do not say which file of a batch was broken)."""
+    try:
+        if decode_image is None:
+            return _decode_pil(path)
+        return decode_image(read_file(str(path)), mode=mode)
+    except Exception as err:  # noqa: BLE001 - every decoder failure becomes one error naming the file
+        raise CorruptImage(f"cannot decode image {path}: {type(err).__name__}: {err}. Replace or delete the "
+                           "file (the decoded cache is rebuilt when files change)") from err
+
+
 def _decode(paths: list[Path], size: int = 32, chunk: int = 4096) -> torch.Tensor:
-    """uint8 (N, 3, size, size); torchvision.io's batched JPEG decoder where it exists, PIL otherwise."""
+    """uint8 (N, 3, size, size); torchvision.io's batched JPEG decoder where it exists, PIL otherwise.
+
+    A file that cannot be decoded raises :class:`CorruptImage` with its path.
+    """
     try:
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
     except ImportError:  # torchvision.io image decoding is deprecated (0.29) in favour of torchcodec
-        decode_jpeg = None
+        decode_jpeg = decode_image = read_file = ImageReadMode = None
+    mode = ImageReadMode.RGB if ImageReadMode is not None else None
 
     out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
     for start in range(0, len(paths), chunk):
         part = paths[start:start + chunk]
-        if decode_jpeg is None:
-            imgs = [_decode_pil(p) for p in part]
-        elif all(p.suffix.lower() in (".jpg", ".jpeg") for p in part):
-            imgs = decode_jpeg([read_file(str(p)) for p in part], mode=ImageReadMode.RGB)
-        else:
-            imgs = [decode_image(read_file(str(p)), mode=ImageReadMode.RGB) for p in part]
+        imgs = None
+        if decode_jpeg is not None and all(p.suffix.lower() in (".jpg", ".jpeg") for p in part):
+            try:
+                imgs = decode_jpeg([read_file(str(p)) for p in part], mode=mode)
+            except Exception:  # noqa: BLE001 - decoded one by one below, to name the broken file
+                imgs = None
+        if imgs is None:
+            imgs = [_decode_one(p, decode_image, read_file, mode) for p in part]
         for j, img in enumerate(imgs):
+            if img.ndim != 3 or img.shape[0] != 3:
+                raise CorruptImage(f"image {part[j]} decoded to shape {tuple(img.shape)}, expected (3, H, W)")
             if img.shape[-2:] != (size, size):
                 img = torch.nn.functional.interpolate(img[None].float(), size=(size, size), mode="bilinear",
                                                       antialias=True, align_corners=False)[0].round().clamp(0, 255)
@@ -135,15 +159,30 @@ def _decode(paths: list[Path], size: int = 32, chunk: int = 4096) -> torch.Tenso
     return out
 
 
+def cache_key(classes: list[str], files: list[tuple[Path, int]], split_dir: Path) -> dict:
+    """What the decoded cache of an ImageFolder split depends on: the class list and, for every file,
+    its path relative to ``split_dir``, size and modification time (ns). An edited, replaced, renamed,
+    added or removed image changes the key, so the cache is rebuilt."""
+    entries = []
+    for path, _ in files:
+        st = path.stat()
+        entries.append(f"{path.relative_to(split_dir).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}")
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    return {"classes": list(classes), "n_files": len(files), "files_sha256": digest}
+
+
 def load_imagefolder(folder: Path, split: str, cache_dir: Path | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode ``folder/split/<class>/*`` into uint8 tensors, cached in ``cache_{split}.pt``.
 
     The cache sits next to the class folders (or in ``cache_dir`` when ``folder`` is read-only) and is
-    rebuilt when the class list or the number of files changes.
+    rebuilt when any file's name, size or modification time changes (:func:`cache_key`). A file that
+    cannot be decoded raises :class:`CorruptImage` naming it.
     """
     classes, files = _scan_imagefolder(folder / split)
-    key = {"classes": classes, "n_files": len(files)}
+    key = cache_key(classes, files, folder / split)
     cache_dirs = [folder] + ([cache_dir] if cache_dir is not None else [])
     for d in cache_dirs:
         cache = d / f"cache_{split}.pt"
