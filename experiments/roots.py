@@ -212,11 +212,50 @@ def color_max(mat: Tensor, key: str) -> float:
     return max(0.02, float(torch.quantile(vals, 0.99)))
 
 
-TITLES = {"inter": "inter-layer |corr| {a} x {b}", "intra": "intra-layer |corr| {b}"}
+TITLES = {"inter": "inter-layer |corr|, {a} (rows) x {b} (cols)", "intra": "intra-layer |corr|, {b} x {b}"}
+KEYS = ("inter_raw", "inter_whitened", "intra_raw", "intra_whitened")
+
+
+def heatmap_title(key: str, layers: Sequence[str], index: dict[str, float] | None = None) -> str:
+    """Full title of one heatmap: what is correlated, raw or ZCA-whitened, and the block index vs 1/g."""
+    kind, mode = key.split("_")
+    a, b = layers
+    title = f"{TITLES[kind].format(a=a, b=b)}, {'ZCA-whitened' if mode == 'whitened' else 'raw'}"
+    if index is not None:
+        title += (f"\nblock-diagonality {index['index']:.3f} (g={index['groups']}, 1/g={index['one_over_g']:.3f}"
+                  f"{', diagonal left out' if kind == 'intra' else ''})")
+    return title
+
+
+def draw_heatmap(ax, mat: Tensor, key: str, groups: int, title: str = "", colorbar: bool = True,
+                 labels: Sequence[str] | None = None, fontsize: float = 8):
+    """One |correlation| matrix (rows, cols) on ``ax``: colour bar (0..1 raw, 0..99th percentile
+    whitened, see :func:`color_max`), and white lines between the ``groups`` diagonal blocks whose
+    mass the block-diagonality index measures. ``labels``: (row layer, column layer) axis labels."""
+    mat = torch.as_tensor(mat, dtype=torch.float32)
+    rows, cols = mat.shape
+    image = ax.imshow(mat.numpy(), cmap="viridis", vmin=0, vmax=color_max(mat, key), interpolation="nearest")
+    if groups > 1 and rows % groups == 0 and cols % groups == 0:
+        for k in range(1, groups):
+            ax.axhline(k * rows / groups - 0.5, color="white", linewidth=0.6, alpha=0.8)
+            ax.axvline(k * cols / groups - 0.5, color="white", linewidth=0.6, alpha=0.8)
+    if title:
+        ax.set_title(title, fontsize=fontsize)
+    if labels:
+        ax.set_ylabel(f"{labels[0]} channel", fontsize=fontsize)
+        ax.set_xlabel(f"{labels[1]} channel", fontsize=fontsize)
+    ax.tick_params(labelsize=max(5, fontsize - 2))
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+        bar.ax.tick_params(labelsize=max(5, fontsize - 2))
+        bar.set_label("|correlation|" + (" (clipped at the 99th pct)" if not key.endswith("raw") else ""),
+                      fontsize=max(5, fontsize - 1))
+    return image
 
 
 def plot_heatmaps(result: dict[str, Any], out_dir: Path, title: str = "") -> dict[str, Path]:
-    """One PNG per matrix (inter/intra x raw/whitened) plus ``heatmaps.png`` with all four."""
+    """One PNG per matrix (inter/intra x raw/whitened) plus ``heatmaps.png`` with all four; each with
+    its full title, a colour bar and lines between the g diagonal blocks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,33 +263,47 @@ def plot_heatmaps(result: dict[str, Any], out_dir: Path, title: str = "") -> dic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     a, b = result["layers"]
+    groups = int(result["groups"])
     paths: dict[str, Path] = {}
-    keys = ["inter_raw", "inter_whitened", "intra_raw", "intra_whitened"]
-    fig_all, axes = plt.subplots(1, 4, figsize=(16, 4.2))
-    for key, ax_all in zip(keys, axes):
-        kind, mode = key.split("_")
-        mat = result["matrices"][key].numpy()
-        idx = result["index"][key]
-        label = f"{TITLES[kind].format(a=a, b=b)}, {mode}\nblock index {idx['index']:.3f} (1/g = {idx['one_over_g']:.3f}, g={idx['groups']})"
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        for axis in (ax, ax_all):
-            axis.imshow(mat, cmap="viridis", vmin=0, vmax=color_max(result["matrices"][key], key),
-                        interpolation="nearest")
-            axis.set_title(label, fontsize=8)
-            axis.set_xlabel(b)
-            axis.set_ylabel(a if kind == "inter" else b)
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
+    fig_all, axes = plt.subplots(1, 4, figsize=(22, 5.6), layout="constrained")
+    for key, ax_all in zip(KEYS, axes):
+        kind = key.split("_")[0]
+        mat = result["matrices"][key]
+        label = heatmap_title(key, (a, b), result["index"][key])
+        labels = (a if kind == "inter" else b, b)
+        fig, ax = plt.subplots(figsize=(6, 5.4), layout="constrained")
+        draw_heatmap(ax, mat, key, groups, label, labels=labels)
+        draw_heatmap(ax_all, mat, key, groups, label, labels=labels)
+        if title:
+            fig.suptitle(title, fontsize=10)
         path = out_dir / f"{key}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths[key] = path
-    fig_all.suptitle(title, fontsize=10)
-    fig_all.tight_layout()
+    if title:
+        fig_all.suptitle(f"{title}: white lines mark the g diagonal blocks", fontsize=11)
     paths["all"] = out_dir / "heatmaps.png"
     fig_all.savefig(paths["all"], dpi=90)
     plt.close(fig_all)
     return paths
+
+
+def check_conv(conv) -> None:
+    """The Deep Roots experiment's conv group: only ``grouped`` with ``groups`` unset (``model.net.root``
+    sets conv2a's and conv3a's groups). Anything else raises ValueError, since NiN would ignore it and
+    the run would record a variant it did not train."""
+    if conv is None:
+        return
+    variant = conv.get("variant")
+    if variant != "grouped":
+        raise ValueError(
+            f"experiment=deep_roots does not take conv={variant}: its spatial layers conv2a / conv3a are grouped "
+            "convolutions whose groups come from model.net.root (root-r: r and r/2 groups; model.net.root=1 is "
+            "plain NiN). Drop conv=, or compare conv variants with experiment=compare_variants.")
+    extra = {k: v for k, v in conv.items() if k != "variant" and v is not None}
+    if extra:
+        raise ValueError(f"experiment=deep_roots does not take conv options {extra}: set the groups with "
+                         "model.net.root=r (conv2a: r groups, conv3a: r/2) or model.net.groups=[g2a,g3a]")
 
 
 def _training_images(datamodule, n: int, device: torch.device, seed: int = 0) -> Tensor:
@@ -270,11 +323,13 @@ class DeepRootsAnalysis(L.Callback):
     images, heatmaps in ``<run>/<subdir>/``, indices in ``summary_extras["deep_roots"]``.
 
     ``groups``: blocks of the index; ``None`` takes the groups of the second layer's convolution
-    (conv3a's for root models)."""
+    (conv3a's for root models). ``conv``: the run's conv group, checked by :func:`check_conv` (the
+    experiment takes no ``conv=``); summary.json's ``conv`` then records the convolutions NiN built."""
 
     def __init__(self, layers: Sequence[str] = ("conv2c", "conv3a"), num_images: int = 512, batch_size: int = 128,
                  eps: float = 1e-3, groups: int | None = None, subdir: str = "deep_roots", seed: int = 0,
-                 log_images: bool = True):
+                 log_images: bool = True, conv=None):
+        check_conv(conv)
         self.layers, self.num_images, self.batch_size = list(layers), int(num_images), int(batch_size)
         self.eps, self.groups, self.subdir, self.seed, self.log_images = eps, groups, subdir, seed, log_images
 
@@ -284,6 +339,22 @@ class DeepRootsAnalysis(L.Callback):
         mod = dict(net.named_modules())[self.layers[1]]
         conv = getattr(mod, "conv", mod)
         return int(getattr(conv, "groups", 1))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Record what conv2a / conv3a are (summary.json ``conv``, replacing the config's group)."""
+        net = getattr(pl_module, "net", pl_module)
+        groups = getattr(net, "groups", None)
+        if groups is None:
+            return
+        variants = {name: ("grouped" if g > 1 else "standard") for name, g in zip(("conv2a", "conv3a"), groups)}
+        conv = {"variant": "grouped" if any(g > 1 for g in groups) else "standard",
+                "groups": {"conv2a": int(groups[0]), "conv3a": int(groups[1])},
+                "set_by": f"model.net.root={getattr(net, 'root', None)}"}
+        if not isinstance(getattr(pl_module, "summary_extras", None), dict):
+            pl_module.summary_extras = {}
+        pl_module.summary_extras["conv"] = conv
+        log.info("deep roots: conv2a %s (g=%d), conv3a %s (g=%d), other layers standard (%s)", variants["conv2a"],
+                 groups[0], variants["conv3a"], groups[1], conv["set_by"])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:

@@ -136,6 +136,46 @@ def test_config_composes():
         assert cfg.trainer.limit_train_batches <= 20 and cfg.callbacks.deep_roots.num_images == 512
 
 
+@pytest.mark.parametrize("override, message", [("conv=deformable", "does not take conv=deformable"),
+                                               ("conv.groups=8", "does not take conv options")])
+def test_conv_override_is_rejected(tmp_path, override, message):
+    """NiN's convolutions are set by model.net.root: a conv= the run would ignore is an error, not a run
+    that records a variant it never trained."""
+    from hydra.errors import InstantiationException
+
+    from experiments.train import train
+
+    cfg = _cfg(tmp_path / "run", override, "trainer.fast_dev_run=true")
+    with pytest.raises((ValueError, InstantiationException), match=message):  # Hydra wraps the callback's error
+        train(cfg)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_heatmap_has_colour_bar_group_lines_and_full_title():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.roots import draw_heatmap, heatmap_title
+
+    x, y = _block_responses(2000, 16, 16, g=4)
+    mat = correlation_matrix(x, y)
+    index = block_diagonality(mat, 4)
+    title = heatmap_title("inter_whitened", ("conv2c", "conv3a"), index)
+    assert title.startswith("inter-layer |corr|, conv2c (rows) x conv3a (cols), ZCA-whitened")
+    assert f"{index['index']:.3f}" in title and "g=4" in title
+    fig, ax = plt.subplots(layout="constrained")
+    draw_heatmap(ax, mat, "inter_whitened", 4, title, labels=("conv2c", "conv3a"))
+    assert len(fig.axes) == 2  # the heatmap and its colour bar
+    assert len(ax.lines) == 2 * 3  # 3 horizontal + 3 vertical lines between 4 blocks
+    assert sorted({round(line.get_ydata()[0], 1) for line in ax.lines[::2]}) == [3.5, 7.5, 11.5]
+    fig.canvas.draw()  # the title fits inside the figure (not clipped)
+    box = ax.title.get_window_extent()
+    assert box.y1 <= fig.bbox.y1 and box.x0 >= fig.bbox.x0 - 1 and box.x1 <= fig.bbox.x1 + 1
+    plt.close(fig)
+
+
 def test_fast_dev_run_and_report(tmp_path):
     from experiments.report import main as report_main
     from experiments.train import train
@@ -154,6 +194,10 @@ def test_fast_dev_run_and_report(tmp_path):
         assert set(d["index"]) == {"inter_raw", "inter_whitened", "intra_raw", "intra_whitened"}
         assert d["index"]["inter_raw"]["one_over_g"] == pytest.approx(1 / d["groups"])
         assert d["samples"] == 16 * 16 * 16  # 16 images x 16x16 pixels (conv3a upsampled to conv2c)
+        # summary.json records the convolutions NiN built, not the config's conv group
+        g2a, g3a = root_groups(root)
+        assert s["conv"] == {"variant": "grouped" if root > 1 else "standard",
+                             "groups": {"conv2a": g2a, "conv3a": g3a}, "set_by": f"model.net.root={root}"}
         out = Path(cfg.paths.output_dir) / "deep_roots"
         assert (out / "heatmaps.png").is_file() and (out / "inter_whitened.png").is_file()
         mats = torch.load(out / "correlations.pt")["matrices"]

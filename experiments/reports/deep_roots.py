@@ -83,37 +83,38 @@ def render_table(agg: dict[int, dict[str, Any]]) -> str:
 
 
 def plot(agg: dict[int, dict[str, Any]], path: Path) -> Path | None:
+    """The matrices of every root side by side (rows: inter raw / whitened, intra raw / whitened), each
+    with its colour bar, lines between the g diagonal blocks and its block index against 1/g."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
-    from experiments.roots import color_max
+    from experiments.roots import draw_heatmap, heatmap_title
 
     cols = [(root, r) for root, r in agg.items() if r.get("correlations") and Path(r["correlations"]).is_file()]
     if not cols:
         return None
-    fig, axes = plt.subplots(len(INDEX_KEYS), len(cols), figsize=(2.6 * len(cols), 2.6 * len(INDEX_KEYS)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(INDEX_KEYS), len(cols), figsize=(3.6 * len(cols) + 1.5, 3.3 * len(INDEX_KEYS)),
+                             squeeze=False, layout="constrained")
     for j, (root, r) in enumerate(cols):
         data = torch.load(r["correlations"], map_location="cpu")
+        layers = data.get("layers") or ["conv2c", "conv3a"]
         for i, key in enumerate(INDEX_KEYS):
             ax = axes[i][j]
-            mat = data["matrices"][key].float()
-            vmax = color_max(mat, key)
-            mat = mat.numpy()
-            ax.imshow(mat, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+            idx = data["index"][key]
+            title = f"{'NiN' if root == 1 else f'root-{root}'} (g={r['groups']})\n" if i == 0 else ""
+            title += f"{key.replace('_', ' ')}: index {idx['index']:.3f} (1/g={idx['one_over_g']:.3f})"
+            draw_heatmap(ax, data["matrices"][key], key, int(data.get("groups") or r["groups"]), title, fontsize=7,
+                         labels=None)
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"{'NiN' if root == 1 else f'root-{root}'} (g={r['groups']})", fontsize=9)
             if j == 0:
-                ax.set_ylabel(key.replace("_", "\n"), fontsize=9)
-            ax.set_xlabel(f"index {data['index'][key]['index']:.2f}", fontsize=7)
-    fig.suptitle("|correlation|: inter = conv2c (rows) x conv3a (cols), intra = conv3a x conv3a; "
-                 "colour scale 0..1 (raw), 0..99th percentile (whitened)", fontsize=9)
-    fig.tight_layout()
+                ax.set_ylabel(heatmap_title(key, layers).replace(", ", "\n", 1), fontsize=7)
+    fig.suptitle("|correlation| (lowest seed per root): inter = conv2c (rows) x conv3a (cols), intra = conv3a x "
+                 "conv3a; colour scale 0..1 raw, 0..99th percentile whitened; white lines: the g diagonal blocks",
+                 fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
