@@ -13,7 +13,8 @@ Layouts found under ``root`` (first match wins):
 Images are decoded once, resized to ``image_size`` x ``image_size`` (boxes scaled with them) and held
 in memory as uint8; training adds a random horizontal flip (boxes mirrored). Batches are lists:
 ``(images: list[float (3, S, S) in [0, 1]], targets: list[dict(boxes (L, 4) xyxy float, labels (L,)
-int64 from 1)])``, torchvision's detection format (label 0 is the background).
+int64 from 1, orig_size (2,) int64: the image's (H, W) before resizing)])``, torchvision's detection
+format (label 0 is the background; ``orig_size`` is only used to draw predictions undistorted).
 """
 from __future__ import annotations
 
@@ -117,7 +118,10 @@ class DetectionDataset(Dataset):
         boxes = tgt["boxes"]
         if self.flip and random.random() < 0.5:
             img, boxes = hflip(img, boxes)
-        return img.float() / 255.0, {"boxes": boxes.clone(), "labels": tgt["labels"].clone()}
+        out = {"boxes": boxes.clone(), "labels": tgt["labels"].clone()}
+        if "orig_size" in tgt:  # (H, W) before the square resize: predictions are drawn at this aspect ratio
+            out["orig_size"] = tgt["orig_size"].clone()
+        return img.float() / 255.0, out
 
 
 def collate(batch):
@@ -269,6 +273,7 @@ class VOCDataModule(L.LightningDataModule):
         images, targets, names = [], [], []
         for path, rec in items:
             img = _decode(path)
+            orig_size = torch.tensor(img.shape[-2:], dtype=torch.int64)
             objs = [o for o in rec["objects"] if o["name"] in index and (self.keep_difficult or not o["difficult"])]
             boxes = torch.tensor([o["box"] for o in objs], dtype=torch.float32).reshape(-1, 4)
             labels = torch.tensor([index[o["name"]] for o in objs], dtype=torch.int64)
@@ -276,7 +281,7 @@ class VOCDataModule(L.LightningDataModule):
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, self.image_size)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, self.image_size)
             images.append(img)
-            targets.append({"boxes": boxes, "labels": labels})
+            targets.append({"boxes": boxes, "labels": labels, "orig_size": orig_size})
             names.append(path.name)
         return DetectionDataset(images, targets, flip=flip, names=names)
 
@@ -295,20 +300,24 @@ class VOCDataModule(L.LightningDataModule):
 
 
 def write_voc_folder(root: str | Path, n_images: int = 8, size: int = 64, classes=("box", "disc"), seed: int = 0,
-                     ) -> Path:
-    """Generate a tiny VOC-format set (PNG images with bright rectangles / discs + XMLs) for tests."""
+                     width: int | None = None) -> Path:
+    """Generate a tiny VOC-format set (PNG images with bright rectangles / discs + XMLs) for tests.
+    Images are ``size`` px high and ``width`` (default ``size``) px wide."""
     from torchvision.io import write_png
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
+    height, width = size, width or size
+    small = min(height, width)
     for i in range(n_images):
-        img = (torch.rand(3, size, size, generator=g) * 60).to(torch.uint8)
+        img = (torch.rand(3, height, width, generator=g) * 60).to(torch.uint8)
         objs = []
         for j in range(1 + i % 2):
-            w, h = (int(v) for v in torch.randint(size // 4, size // 2, (2,), generator=g))
-            x1, y1 = (int(v) for v in torch.randint(0, size - max(w, h), (2,), generator=g))
+            w, h = (int(v) for v in torch.randint(small // 4, small // 2, (2,), generator=g))
+            x1 = int(torch.randint(0, width - w, (1,), generator=g))
+            y1 = int(torch.randint(0, height - h, (1,), generator=g))
             cls = classes[(i + j) % len(classes)]
             img[:, y1:y1 + h, x1:x1 + w] = 200 if cls == classes[0] else 120
             objs.append((cls, x1, y1, x1 + w, y1 + h))
@@ -316,6 +325,6 @@ def write_voc_folder(root: str | Path, n_images: int = 8, size: int = 64, classe
         body = "".join(f"<object><name>{c}</name><difficult>0</difficult><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
                        f"<xmax>{x}</xmax><ymax>{y}</ymax></bndbox></object>" for c, a, b, x, y in objs)
         (root / "annotations" / f"img{i}.xml").write_text(
-            f"<annotation><filename>img{i}.png</filename><size><width>{size}</width><height>{size}</height>"
+            f"<annotation><filename>img{i}.png</filename><size><width>{width}</width><height>{height}</height>"
             f"<depth>3</depth></size>{body}</annotation>")
     return root

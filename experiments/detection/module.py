@@ -8,10 +8,12 @@ Logged metrics
 ``train/step_time_ms`` and ``train/throughput`` (images / s), ``model/params``, ``model/flops``.
 mAP comes from ``torchmetrics.detection.MeanAveragePrecision`` (pycocotools backend).
 
-After every validation epoch a few validation images with their predictions (red, score >=
-``draw_score_thresh``) and ground truth (green) are drawn into ``<output_dir>/predictions/*.png``
-and, with a WandbLogger, logged as a W&B table. The final numbers go to summary.json under
-``detection`` (``summary_extras``).
+After every validation epoch a few validation images are drawn at their original aspect ratio with
+ground truth (green, class) and predictions (red, dashed, class and score >= ``draw_score_thresh``,
+else the best one) and a legend into ``<output_dir>/predictions/epoch_NNN.png`` (one file per
+epoch) and, with a WandbLogger, logged as an image (``val/predictions``). The final numbers, the
+mAP history and the training schedule go to summary.json under ``detection`` (``summary_extras``);
+the mAP history is kept in checkpoints, so a resumed run continues it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any, Callable
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -93,7 +96,7 @@ class DetectionModule(StepTimingMixin, L.LightningModule):
     # -- training ------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        losses = self.net(images, targets)
+        losses = self.net(images, [_box_target(t) for t in targets])
         loss = sum(losses.values())
         bs = len(images)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
@@ -106,7 +109,7 @@ class DetectionModule(StepTimingMixin, L.LightningModule):
         images, targets = batch
         preds = self.net(images)
         self.map_metric.update([{k: v.detach().cpu() for k, v in p.items()} for p in preds],
-                               [{k: v.cpu() for k, v in t.items()} for t in targets])
+                               [{k: v.cpu() for k, v in _box_target(t).items()} for t in targets])
         if len(self._samples) < self.hparams.num_prediction_images:
             for img, p, t in zip(images, preds, targets):
                 if len(self._samples) < self.hparams.num_prediction_images:
@@ -126,54 +129,157 @@ class DetectionModule(StepTimingMixin, L.LightningModule):
         self.log("val/map_50", m50, prog_bar=True, batch_size=1)
         self.log("val/map", m, prog_bar=True, batch_size=1)
         self.log("val/map_50_best", best, batch_size=1)
+        previous = (self.summary_extras.get("detection") or {}).get("predictions", [])
         self.summary_extras = {"detection": {
             "map_50": m50, "map": m, "map_50_best": best, "history": list(self.history), "classes": self.classes,
-            "roi_pool": self.hparams.roi_pool, "image_size": self.hparams.image_size, "val_images": None}}
+            "roi_pool": self.hparams.roi_pool, "image_size": self.hparams.image_size, "val_images": None,
+            "schedule": self._schedule(), "predictions": previous}}
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "val_set", None) is not None:
             self.summary_extras["detection"]["val_images"] = len(dm.val_set)
         if self.trainer.is_global_zero and samples:
             try:
-                self._draw(samples)
+                path = self._draw(samples)
+                if path is not None:
+                    self.summary_extras["detection"]["predictions"] = [*previous, str(path)]
             except Exception as err:  # noqa: BLE001 - pictures must not stop training
                 log.warning("could not draw predictions: %s", err)
 
-    def _draw(self, samples) -> None:
-        from torchvision.io import write_png
-        from torchvision.utils import draw_bounding_boxes
+    def _schedule(self) -> dict[str, Any]:
+        """What this run trains for: epochs, batches per epoch, batch size, steps, image size, optimizer
+        and learning-rate schedule (the detection report prints it beside the mAPs)."""
+        trainer = self.trainer
+        dm = getattr(trainer, "datamodule", None)
+        opt = getattr(self.optimizer_factory, "keywords", {}) or {}
+        return {"max_epochs": trainer.max_epochs, "limit_train_batches": trainer.limit_train_batches,
+                "train_batches_per_epoch": trainer.num_training_batches
+                if isinstance(trainer.num_training_batches, int) else None,
+                "batch_size": getattr(dm, "batch_size", None), "image_size": self.hparams.image_size,
+                "planned_steps": int(trainer.estimated_stepping_batches)
+                if math.isfinite(trainer.estimated_stepping_batches) else None,
+                "optimizer": getattr(getattr(self.optimizer_factory, "func", None), "__name__", None),
+                "lr": opt.get("lr"), "momentum": opt.get("momentum"), "weight_decay": opt.get("weight_decay"),
+                "scheduler": self.hparams.scheduler, "warmup_fraction": self.hparams.warmup_fraction,
+                "max_time_s": next((getattr(c, "_duration", None) for c in trainer.callbacks if isinstance(c, Timer)),
+                                   None)}
 
-        names = ["bg", *self.classes]
-        thresh = self.hparams.draw_score_thresh
-        drawn = []
-        for img, pred, tgt in samples:
-            u8 = (img.clamp(0, 1) * 255).to(torch.uint8)
-            keep = pred["scores"] >= thresh
-            if not keep.any() and len(pred["scores"]):
-                keep = pred["scores"] >= pred["scores"].max()  # show the best guess
-            labels = [f"{names[int(l)] if int(l) < len(names) else int(l)} {s:.2f}"
-                      for l, s in zip(pred["labels"][keep], pred["scores"][keep])]
-            out = draw_bounding_boxes(u8, tgt["boxes"], colors="lime", width=2) if len(tgt["boxes"]) else u8
-            if keep.any():
-                out = draw_bounding_boxes(out, pred["boxes"][keep], labels=labels, colors="red", width=2)
-            drawn.append((out, int(keep.sum()), float(pred["scores"].max()) if len(pred["scores"]) else 0.0))
+    def _draw(self, samples) -> Path | None:
+        """Draw ``samples`` into ``<output_dir>/predictions/epoch_NNN.png`` and log it to W&B."""
         out_dir = self.hparams.output_dir
+        path = None
+        epoch = int(self.current_epoch)
         if out_dir:
-            folder = Path(out_dir) / "predictions"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i, (img, _, _) in enumerate(drawn):
-                write_png(img, str(folder / f"val_{i}.png"))
+            path = draw_predictions(samples, self.classes, self.hparams.draw_score_thresh,
+                                    Path(out_dir) / "predictions" / f"epoch_{epoch:03d}.png",
+                                    title=f"epoch {epoch}, step {self.global_step}: validation predictions")
         from lightning.pytorch.loggers import WandbLogger
 
         for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, WandbLogger) and path is not None:
                 import wandb
 
-                table = wandb.Table(columns=["epoch", "image", "boxes_drawn", "max_score"])
-                for img, n, s in drawn:
-                    table.add_data(int(self.current_epoch), wandb.Image(img.permute(1, 2, 0).numpy()), n, s)
-                logger.experiment.log({"val/predictions": table})
+                logger.experiment.log({"val/predictions": wandb.Image(str(path), caption=f"epoch {epoch}"),
+                                       "trainer/global_step": self.global_step})
+        return path
+
+    # -- checkpoints: the mAP history continues when a run resumes ----------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["detection_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("detection_history", []))
 
     # -- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
         return utils.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
                                             self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches)
+
+
+def _box_target(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys the detector and the mAP metric take (the data's ``orig_size`` is for drawing only)."""
+    return {"boxes": target["boxes"], "labels": target["labels"]}
+
+
+def draw_predictions(samples, classes: list[str], score_thresh: float, path: str | Path, title: str = "",
+                     long_side: int = 512) -> Path:
+    """Draw :func:`prediction_figure` into ``path`` (PNG; its folder is created) and return ``path``."""
+    fig = prediction_figure(samples, classes, score_thresh, title, long_side)  # selects the Agg backend
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def prediction_figure(samples, classes: list[str], score_thresh: float, title: str = "", long_side: int = 512):
+    """One figure with every sample: the image at its original aspect ratio (``orig_size`` of the target;
+    the model saw it squashed to a square), scaled so its longer side is ``long_side`` px, ground-truth
+    boxes (green, solid, class name) and predictions (red, dashed, class and score; those with score >=
+    ``score_thresh``, else the single best one), and a legend.
+
+    Args:
+        samples: list of ``(image float (3, S, S) in [0, 1], prediction dict(boxes (K, 4) xyxy in the
+            S x S frame, labels (K,), scores (K,)), target dict(boxes (L, 4), labels (L,), orig_size (2,)))``.
+        classes: class names; label ``i`` is ``classes[i - 1]`` (0 is the background).
+    Returns:
+        the matplotlib figure (Agg backend).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    names = ["background", *classes]
+
+    def name(label) -> str:
+        i = int(label)
+        return names[i] if 0 <= i < len(names) else str(i)
+
+    cols = min(len(samples), 2)
+    rows = math.ceil(len(samples) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 6.0 * rows + 0.8), squeeze=False, layout="constrained")
+    for i, (ax, (img, pred, tgt)) in enumerate(zip(axes.flat, samples)):
+        sh, sw = img.shape[-2:]
+        oh, ow = (int(v) for v in tgt["orig_size"]) if "orig_size" in tgt else (sh, sw)
+        scale = long_side / max(oh, ow)
+        dh, dw = max(1, round(oh * scale)), max(1, round(ow * scale))
+        shown = torch.nn.functional.interpolate(img[None].float(), size=(dh, dw), mode="bilinear",
+                                                align_corners=False, antialias=True)[0].clamp(0, 1)
+        sx, sy = dw / sw, dh / sh
+        ax.imshow(shown.permute(1, 2, 0).numpy())
+        for box, label in zip(tgt["boxes"].tolist(), tgt["labels"].tolist()):
+            x1, y1, x2, y2 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=2.5))
+            ax.text(x1, y2, name(label), color="black", fontsize=9, va="top", ha="left",
+                    bbox={"facecolor": "lime", "alpha": 0.85, "pad": 1.5, "edgecolor": "none"}, clip_on=True)
+        scores = pred["scores"]
+        keep = scores >= score_thresh
+        below = not bool(keep.any()) and len(scores) > 0
+        if below:  # nothing confident: show the best guess, marked as such
+            keep = torch.zeros_like(keep)
+            keep[int(scores.argmax())] = True
+        for box, label, score in zip(pred["boxes"][keep].tolist(), pred["labels"][keep].tolist(),
+                                     scores[keep].tolist()):
+            x1, y1, x2, y2 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=2,
+                                   linestyle="--"))
+            ax.text(x1, y1, f"{name(label)} {score:.2f}", color="white", fontsize=9, va="bottom", ha="left",
+                    bbox={"facecolor": "red", "alpha": 0.85, "pad": 1.5, "edgecolor": "none"}, clip_on=True)
+        shown_n = int(keep.sum())
+        note = " (best, below threshold)" if below else ""
+        ax.set_title(f"val image {i}: {ow}x{oh} px, {len(tgt['boxes'])} ground truth, {shown_n} of {len(scores)} "
+                     f"predictions shown{note}", fontsize=9)
+        ax.set_axis_off()
+    for ax in list(axes.flat)[len(samples):]:
+        ax.set_axis_off()
+    handles = [Line2D([], [], color="lime", linewidth=2.5, label="ground truth: class"),
+               Line2D([], [], color="red", linewidth=2, linestyle="--",
+                      label=f"prediction: class score (score >= {score_thresh:g}, else the best one)")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
