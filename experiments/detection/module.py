@@ -241,7 +241,10 @@ def prediction_figure(samples, classes: list[str], score_thresh: float, title: s
 
     cols = min(len(samples), 2)
     rows = math.ceil(len(samples) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 6.0 * rows + 0.8), squeeze=False, layout="constrained")
+    # panel height from the tallest image's aspect ratio (H / W), plus room for its title
+    aspect = max((int(t["orig_size"][0]) / int(t["orig_size"][1])) if "orig_size" in t else 1.0 for _, _, t in samples)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, (6.4 * aspect + 0.5) * rows + 0.8), squeeze=False,
+                             layout="constrained")
     for i, (ax, (img, pred, tgt)) in enumerate(zip(axes.flat, samples)):
         sh, sw = img.shape[-2:]
         oh, ow = (int(v) for v in tgt["orig_size"]) if "orig_size" in tgt else (sh, sw)

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 
-def load_finished_runs(dirs: list[Path], section: str) -> list[dict[str, Any]]:
+def load_finished_runs(dirs: list[Path], section: str, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """Every finished run's ``summary.json`` under ``dirs`` that has the study's ``section`` key,
-    with its path under ``_path``; unreadable files are skipped."""
+    with its path under ``_path``; unreadable files are skipped. ``skipped`` (when given) receives a
+    line for each run of the study left out because it did not finish (its status and error)."""
     runs = []
     for d in dirs:
         for path in sorted(Path(d).rglob("summary.json")):
@@ -16,6 +18,9 @@ def load_finished_runs(dirs: list[Path], section: str) -> list[dict[str, Any]]:
                 s = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
+            if s.get("status") != "finished" and skipped is not None and (
+                    section in s or section == s.get("task_name")):
+                skipped.append(f"{s.get('status', '?')}: {path}" + (f" ({s['error']})" if s.get("error") else ""))
             if section not in s or s.get("status") != "finished":
                 continue
             s["_path"] = str(path)
@@ -33,7 +38,14 @@ def report_inputs(study: str, doc: str, argv: list[str] | None) -> tuple[list[di
     parser.add_argument("runs", nargs="+", type=Path, help="run or sweep folders (searched for summary.json)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first run dir>/report)")
     args = parser.parse_args(argv)
-    runs = load_finished_runs(args.runs, study)
+    missing = [str(d) for d in args.runs if not Path(d).exists()]
+    if missing:
+        print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return None
+    skipped: list[str] = []
+    runs = load_finished_runs(args.runs, study, skipped)
+    if skipped:
+        print(f"left out, not finished ({len(skipped)}):\n  " + "\n  ".join(skipped), file=sys.stderr)
     if not runs:
         print(f"no finished {study} runs (summary.json with {study!r}) under {[str(d) for d in args.runs]}")
         return None
