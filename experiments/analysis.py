@@ -24,7 +24,6 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 # the learning-curve panels: (title, CSV columns to read it from, first found wins)
 CURVES = [("train/loss", ("train/loss_epoch", "train/loss", "train/loss_step")),
@@ -353,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no summary.json under {', '.join(args.paths)}", file=sys.stderr)
         return 1
     rows = table(summaries, args.metric)
+    if rows and all(r[metric_column(args.metric)] is None for r in rows):
+        known = sorted({k for s in summaries for k in (s.get("metrics") or {})})
+        print(f"error: no finished run logged {args.metric!r}; metrics in these runs: {', '.join(known)}",
+              file=sys.stderr)
+        return 1
     unfinished = not_finished(summaries)
     text = report_text(rows, unfinished, args.metric)
     print(text)

@@ -85,11 +85,14 @@ def test_rows_by_length_unfinished_listed_and_single_run_std(sweep, capsys):
     assert [r for r in rows if r["variant"] == "dilated"] == []
 
 
-def test_missing_path_is_an_error(tmp_path, capsys):
+def test_missing_path_or_metric_is_an_error(sweep, tmp_path, capsys):
     missing = tmp_path / "no_such_sweep"
     assert analysis.main([str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "no such file" in err
+    assert analysis.main([str(sweep), "--metric", "val/accuracy"]) == 1  # a metric no run logged
+    err = capsys.readouterr().err
+    assert "'val/accuracy'" in err and "val/acc" in err
     (tmp_path / "empty").mkdir()
     assert analysis.main([str(tmp_path / "empty")]) == 1
     assert "no summary.json" in capsys.readouterr().err

@@ -125,7 +125,8 @@ def test_detection_run_checkpoints_resume_predictions_and_report(tmp_path, conv,
     assert len(last_ckpt["detection_history"]) == 2
 
     # resume for a third epoch: same folder, the history continues, a third prediction figure
-    resumed = _detection_cfg(root, out, conv, roi_pool, "trainer.max_epochs=3", f"ckpt_path={ckpts / 'last.ckpt'}")
+    resumed = _detection_cfg(root, out, conv, roi_pool, "trainer.max_epochs=3", f"ckpt_path={ckpts / 'last.ckpt'}",
+                             "model.count_flops=false")  # (counted above; saves time)
     with pytest.warns(UserWarning):  # the learning-rate schedule now spans 3 epochs instead of 2
         train(resumed)
     summary = json.loads((out / "summary.json").read_text())
