@@ -35,6 +35,10 @@ def test_parse_voc_xml_and_malformed_file(tmp_path):
     nobox.write_text("<annotation><object><name>cat</name><bndbox><xmin>a</xmin></bndbox></object></annotation>")
     with pytest.raises(ValueError, match="malformed VOC annotation .*nobox.xml"):
         parse_voc_xml(nobox)
+    # an image that cannot be decoded is named
+    (root / "images" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    with pytest.raises(ValueError, match="cannot decode image .*img1.png"):
+        VOCDataModule(root=str(root), image_size=32).load()
     # a malformed file inside a data set names the file
     (root / "annotations" / "img0.xml").write_text("not xml")
     with pytest.raises(ValueError, match="img0.xml"):

@@ -99,8 +99,13 @@ def _decode(path: Path) -> torch.Tensor:
         import numpy as np
         from PIL import Image
 
-        with Image.open(path) as img:
-            return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        try:
+            with Image.open(path) as img:
+                return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        except Exception as err:  # noqa: BLE001 - name the file (decoder errors do not)
+            from experiments.data.cifar import CorruptImage
+
+            raise CorruptImage(f"cannot decode image {path}: {type(err).__name__}: {err}") from err
 
 
 # ------------------------------------------------------------------------------------- dataset
