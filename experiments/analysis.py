@@ -155,7 +155,7 @@ def table(summaries: list[dict], metric: str = "val/acc") -> list[dict]:
                      "steps": steps, "epochs": max(r.get("epochs_completed") or 0 for r in runs),
                      "runs": len(runs), metric_column(metric): mean, "std": std,
                      "params": runs[0]["model"].get("params"),
-                     "MFLOPs": (runs[0]["model"].get("flops") or 0) / 1e6,
+                     "MFLOPs": runs[0]["model"]["flops"] / 1e6 if runs[0]["model"].get("flops") else None,
                      "train img/s": thr, "img/s std": thr_std, "from": "+".join(sources)})
     return rows
 
