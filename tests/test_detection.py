@@ -177,3 +177,35 @@ def test_prediction_figure_keeps_aspect_ratio_with_labels_and_legend():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_last_checkpoint_follows_every_epoch(tmp_path):
+    """Lightning 2.6 writes last.ckpt only where a top-k file was written: with a metric that never
+    improves, LastEveryEpochCheckpoint still rewrites it after every epoch."""
+    import lightning.pytorch as L
+
+    from experiments.detection.callbacks import LastEveryEpochCheckpoint
+
+    class Flat(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w * batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/score", 0.5)  # never improves
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 1)), batch_size=1)
+    ckpt = LastEveryEpochCheckpoint(dirpath=tmp_path, monitor="val/score", mode="max", save_top_k=1, save_last=True)
+    trainer = L.Trainer(max_epochs=3, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(Flat(), data, data)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False, map_location="cpu")
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert [p.name for p in tmp_path.glob("epoch*.ckpt")] == ["epoch=0-step=2.ckpt"]  # top-1: the first
+

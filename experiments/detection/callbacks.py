@@ -8,8 +8,8 @@ ResNet-18 Faster R-CNN, so top-1 plus last was ~240 MB per run. Only ``last.ckpt
 
 Lightning 2.6's ModelCheckpoint writes ``last.ckpt`` only at a step where it also wrote a top-k file
 (or with ``save_last="link"``, which links to the newest top-k file, possibly an older epoch), so an
-epoch that does not improve the monitored metric leaves ``last.ckpt`` behind. This callback writes it
-at every checkpointing point.
+epoch that does not improve the monitored metric leaves ``last.ckpt`` behind:
+:class:`LastEveryEpochCheckpoint` writes it at every checkpointing point.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 
-class BestWeightsCheckpoint(ModelCheckpoint):
-    """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose top-k files are weights-only and whose
-    ``last.ckpt`` is a full, resumable checkpoint (weights, optimizer, scheduler, loops, callbacks),
-    rewritten after every epoch whether or not the monitored metric improved. Arguments are
-    ModelCheckpoint's; ``save_weights_only=True`` makes ``last.ckpt`` weights-only too."""
+class LastEveryEpochCheckpoint(ModelCheckpoint):
+    """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` whose ``last.ckpt`` is rewritten at every
+    checkpointing point (end of validation, or of the training epoch), whether or not the monitored
+    metric improved; Lightning 2.6 skips it when no top-k file was saved at that step. Arguments are
+    ModelCheckpoint's."""
 
     _saving_last = False
     _last_step_with_last = -1
@@ -33,15 +33,6 @@ class BestWeightsCheckpoint(ModelCheckpoint):
         finally:
             self._saving_last = False
         self._last_step_with_last = trainer.global_step
-
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        # ModelCheckpoint reads save_weights_only here only: switch it for the top-k files
-        full = self.save_weights_only
-        self.save_weights_only = full or not self._saving_last
-        try:
-            super()._save_checkpoint(trainer, filepath)
-        finally:
-            self.save_weights_only = full
 
     def _save_stale_last(self, trainer, at_train_epoch_end: bool) -> None:
         """Write ``last.ckpt`` where Lightning skipped it (no top-k file at this step)."""
@@ -59,3 +50,18 @@ class BestWeightsCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
         self._save_stale_last(trainer, at_train_epoch_end=False)
+
+
+class BestWeightsCheckpoint(LastEveryEpochCheckpoint):
+    """:class:`LastEveryEpochCheckpoint` whose top-k files are weights-only (no optimizer, scheduler or
+    callback states) while ``last.ckpt`` stays a full, resumable checkpoint. ``save_weights_only=True``
+    makes ``last.ckpt`` weights-only too."""
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        # ModelCheckpoint reads save_weights_only here only: switch it for the top-k files
+        full = self.save_weights_only
+        self.save_weights_only = full or not self._saving_last
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self.save_weights_only = full
