@@ -12,7 +12,8 @@ still running) are listed below the table with their status, never averaged in.
 
 ``--out DIR`` also writes ``report.md``, ``results.csv``, ``learning_curves.png`` (train/val loss and
 accuracy against the training step, mean +- std over the runs of each row, read from the runs' CSV
-logs) and ``acc_vs_throughput.png`` / ``acc_vs_flops.png``, and prints their paths.
+logs, else from their local W&B run files) and ``acc_vs_throughput.png`` / ``acc_vs_flops.png``, and
+prints their paths.
 """
 from __future__ import annotations
 
@@ -70,9 +71,78 @@ def _float(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B offline run file (``run-<id>.wandb``). Its layout is a LevelDB-style
+    log: a 7-byte file header, then 32 KiB blocks of chunks, each with a 7-byte header: crc32 (4 bytes),
+    length (2), type (1: a whole record, 2: first part, 3: middle, 4: last). A truncated tail (a run
+    still being written) ends the list."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    pos, block, pending, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            try:
+                record.ParseFromString(pending)
+            except Exception:  # noqa: BLE001 - a partly written record at the end
+                break
+            records.append(record)
+    return records
+
+
+def wandb_history(run_dir: Path, run_id: str | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Like :func:`run_history`, from the W&B run files under ``run_dir/wandb`` (offline or online; those of
+    ``run_id`` when given), keyed by Lightning's ``trainer/global_step``. Empty when there are none
+    (or wandb is not installed)."""
+    import json as _json
+
+    # offline runs: wandb/offline-run-<date>-<id>/; online runs keep the same file in wandb/run-<date>-<id>/
+    files = sorted(run_dir.glob(f"wandb/*run-*/run-{run_id or '*'}.wandb"))
+    per_key: dict[str, dict[int, float]] = defaultdict(dict)
+    for f in files:
+        try:
+            records = wandb_records(f)
+        except (ImportError, OSError, ValueError) as err:
+            print(f"skipping {f}: {err}", file=sys.stderr)
+            continue
+        for record in records:
+            if record.WhichOneof("record_type") != "history":
+                continue
+            row = {}
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                try:
+                    row[key] = _json.loads(item.value_json)
+                except ValueError:
+                    continue
+            step = row.get("trainer/global_step")
+            if not isinstance(step, (int, float)):
+                continue
+            for key, value in row.items():
+                if key.startswith("_") or key == "trainer/global_step" or not isinstance(value, (int, float)):
+                    continue
+                if math.isfinite(value):
+                    per_key[key][int(step)] = float(value)
+    return {key: sorted(values.items()) for key, values in per_key.items()}
+
+
 def run_history(summary: dict) -> dict[str, list[tuple[int, float]]]:
     """The run's logged metrics as ``{column: [(step, value), ...]}`` (sorted by step, one value per step,
-    the last logged) from the CSV logger's ``metrics.csv`` files in the run folder; empty without them."""
+    the last logged) from the CSV logger's ``metrics.csv`` files in the run folder, else from its W&B
+    run files (:func:`wandb_history`); empty without either."""
     run_dir = Path(summary.get("_path", "")).parent
     files = sorted(run_dir.glob("csv/*/metrics.csv"))
     name = summary.get("run_name")
@@ -92,12 +162,14 @@ def run_history(summary: dict) -> dict[str, list[tuple[int, float]]]:
                             per_col[col][int(step)] = value
         except OSError as err:
             print(f"skipping {f}: {err}", file=sys.stderr)
+    if not per_col:
+        return wandb_history(run_dir, (summary.get("wandb") or {}).get("id"))
     return {col: sorted(values.items()) for col, values in per_col.items()}
 
 
 def best_of_run(summary: dict, metric: str, history: dict | None = None) -> tuple[float | None, str]:
     """The run's best ``metric`` (min or max by :func:`metric_mode`) and where it came from:
-    ``"history"`` (the CSV log), ``"checkpoint"`` (the monitored best score, when ``metric`` is the
+    ``"history"`` (the CSV or W&B log), ``"checkpoint"`` (the monitored best score, when ``metric`` is the
     run's optimised metric), ``"final"`` (only the last value is known) or ``"missing"``."""
     history = run_history(summary) if history is None else history
     values = [v for _, v in history.get(metric, [])]
@@ -198,8 +270,8 @@ def report_text(rows: list[dict], unfinished: list[dict], metric: str) -> str:
     if lengths:
         parts.append(f"\nnote: runs of different lengths are in separate rows (column steps): {', '.join(lengths)}")
     if any(r["from"] != "history" for r in rows):
-        parts.append(f"\nfrom: where each run's best {metric} comes from: history (CSV log), checkpoint (the "
-                     "monitored best), final (last value only: no CSV log)")
+        parts.append(f"\nfrom: where each run's best {metric} comes from: history (CSV or W&B log), checkpoint "
+                     "(the monitored best), final (last value only: no log)")
     if unfinished:
         parts.append(f"\nNot finished, left out of the table ({len(unfinished)}):\n")
         parts.append(to_markdown(unfinished))
@@ -370,8 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "report.md").write_text(f"# {metric_column(args.metric)}\n\n{text}\n")
         written.append(args.out / "report.md")
         if rows:
-            written += [write_csv(rows, args.out / "results.csv"),
-                        plot_curves(summaries, args.out / "learning_curves.png", args.metric),
+            curves_png = plot_curves(summaries, args.out / "learning_curves.png", args.metric)
+            if curves_png is None:
+                print("no learning curves: no run has a CSV log (logger=csv or logger=many) or a local W&B run file",
+                      file=sys.stderr)
+            written += [write_csv(rows, args.out / "results.csv"), curves_png,
                         plot_throughput(rows, args.out / "acc_vs_throughput.png", args.metric),
                         plot(rows, args.out / "acc_vs_flops.png", args.metric)]
     for path in written:

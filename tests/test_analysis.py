@@ -119,3 +119,25 @@ def test_out_writes_learning_curves_and_throughput_plot(sweep, tmp_path, capsys)
     assert steps == [2, 5] and len(runs[0]) == 2
     assert mean == pytest.approx([statistics.fmean(v) for v in zip(*runs)])
     assert std == pytest.approx([statistics.stdev(v) for v in zip(*runs)])
+
+
+def test_learning_curves_from_wandb_offline_run(tmp_path, monkeypatch):
+    """Without a CSV log (the default logger is W&B), the history comes from the W&B offline run file:
+    the same values at the same steps as the CSV logger wrote beside it."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+    _run(tmp_path, "run", "logger=many", "trainer.max_epochs=2")
+    wandb.teardown()  # W&B's service writes the run file in the background
+    (summary,) = analysis.load_summaries([tmp_path / "run"])
+    from_csv = analysis.run_history(summary)
+    from_wandb = analysis.wandb_history(tmp_path / "run", summary["wandb"]["id"])
+    for key in ("val/acc", "val/loss", "train/loss_epoch", "train/acc"):
+        assert [s for s, _ in from_wandb[key]] == [s for s, _ in from_csv[key]] and len(from_csv[key]) == 2, key
+        assert [v for _, v in from_wandb[key]] == pytest.approx([v for _, v in from_csv[key]]), key
+    for f in (tmp_path / "run" / "csv").rglob("metrics.csv"):
+        f.unlink()
+    assert analysis.run_history(summary)["val/acc"] == from_wandb["val/acc"]  # the fallback
