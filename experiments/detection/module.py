@@ -25,6 +25,7 @@ from typing import Any, Callable
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -133,7 +134,8 @@ class DetectionModule(StepTimingMixin, L.LightningModule):
         self.summary_extras = {"detection": {
             "map_50": m50, "map": m, "map_50_best": best, "history": list(self.history), "classes": self.classes,
             "roi_pool": self.hparams.roi_pool, "image_size": self.hparams.image_size, "val_images": None,
-            "schedule": self._schedule(), "predictions": previous}}
+            "schedule": self._schedule() if self.trainer.state.fn == TrainerFn.FITTING else None,
+            "predictions": previous}}
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "val_set", None) is not None:
             self.summary_extras["detection"]["val_images"] = len(dm.val_set)
