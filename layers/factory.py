@@ -55,6 +55,20 @@ def _check_groups(groups: int, in_channels: int, out_channels: int, variant: str
             f"out_channels={out_channels}")
 
 
+def split_conv_config(conv) -> tuple[str, dict]:
+    """Split a ``conv`` config (a mapping such as ``conf/conv/grouped.yaml``: ``variant`` plus that
+    variant's options) into ``(variant, options)`` for :func:`make_conv`.
+
+    ``None`` (``null`` in YAML) options are dropped so the builder's default applies; a missing
+    ``variant`` means ``"standard"``; ``None`` for ``conv`` itself is the standard convolution.
+    """
+    conv = dict(conv or {})
+    variant = conv.pop("variant", None) or "standard"
+    if not isinstance(variant, str):
+        raise TypeError(f"conv.variant must be a variant name (str), got {type(variant).__name__}")
+    return variant, {k: v for k, v in conv.items() if v is not None}
+
+
 def make_conv(variant: str, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
               padding: int | None = None, bias: bool = False, **options) -> nn.Module:
     """Build convolution ``variant`` mapping ``in_channels`` to ``out_channels`` channels.

@@ -4,8 +4,12 @@ TRITON_INTERPRET must be set before triton is imported (it decides what @triton.
 builds), so this runs before any project import.
 """
 import os
+import sys
 
 import torch
+
+# tests/_helpers.py is shared by the test folders below this one.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

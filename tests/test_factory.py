@@ -2,11 +2,12 @@
 import pytest
 import torch
 
+from _helpers import conv_configs, conv_variants
 from layers import use_backend
-from layers.factory import VARIANTS, available_variants, make_conv
+from layers.factory import VARIANTS, available_variants, make_conv, split_conv_config
 
-ALL = ["standard", "grouped", "depthwise_separable", "spatially_separable", "dilated", "deformable",
-       "deformable_v2"]
+# Every variant a config can select (conf/conv/*.yaml), so a new config is tested here by itself.
+ALL = conv_variants()
 
 
 def _deform_available() -> bool:
@@ -92,3 +93,19 @@ def test_bad_options_are_clear():
         make_conv("grouped", 16, 16, groups=3)
     with pytest.raises(TypeError, match="variant 'standard'"):
         make_conv("standard", 4, 4, depth_multiplier=2)
+
+
+def test_every_config_variant_is_registered_and_builds():
+    for name, cfg in conv_configs().items():
+        variant, options = split_conv_config(cfg)
+        m = _build(variant, 8, 8, **options)
+        assert tuple(m(torch.randn(1, 8, 6, 6)).shape) == (1, 8, 6, 6), name
+
+
+def test_split_conv_config():
+    assert split_conv_config(None) == ("standard", {})
+    assert split_conv_config({"variant": "grouped", "groups": 2, "dilation": None}) == ("grouped", {"groups": 2})
+    cfg = {"variant": "dilated", "dilation": 3}
+    assert split_conv_config(cfg) == ("dilated", {"dilation": 3}) and cfg["variant"] == "dilated"  # not mutated
+    with pytest.raises(TypeError, match="conv.variant"):
+        split_conv_config({"variant": 3})

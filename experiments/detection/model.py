@@ -44,15 +44,14 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         import torchvision
 
-        from layers.factory import make_conv
+        from layers.factory import make_conv, split_conv_config
 
         net = getattr(torchvision.models, arch)(weights=None)
         if pretrained:
             state = torch.load(Path(pretrained).expanduser(), map_location="cpu", weights_only=True)
             missing, unexpected = net.load_state_dict(state, strict=False)
             log.info("loaded %s (missing %d, unexpected %d keys)", pretrained, len(missing), len(unexpected))
-        options = {k: v for k, v in dict(conv).items() if k != "variant"}
-        variant = conv["variant"]
+        variant, options = split_conv_config(conv)
         self.swap_stages = list(swap_stages)
         for s in self.swap_stages:
             for block in getattr(net, f"layer{s}"):

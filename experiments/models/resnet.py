@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
 
-from layers.factory import make_conv
+from layers.factory import make_conv, split_conv_config
 
 
 class BasicBlock(nn.Module):
@@ -45,9 +45,7 @@ class CifarResNet(nn.Module):
         swap_stages = sorted(set(int(s) for s in swap_stages))
         if any(s not in (1, 2, 3) for s in swap_stages):
             raise ValueError(f"swap_stages must be a subset of [1, 2, 3], got {swap_stages}")
-        conv = dict(conv or {"variant": "standard"})
-        variant = conv.pop("variant", "standard")
-        options = {k: v for k, v in conv.items() if v is not None}
+        variant, options = split_conv_config(conv)
         self.variant, self.swap_stages = variant, swap_stages
         blocks = (depth - 2) // 6
 
