@@ -87,7 +87,7 @@ CASES = {
     "7x7-tiny": (1, 2, 1, 4, 5, 7, 1, 3, 1),       # kernel larger than the image
     "9x9-stride2": (1, 3, 1, 6, 6, 9, 2, 4, 1),
     "1x31-chunked": (1, 2, 1, 2, 40, (1, 31), 1, (0, 15), 1),  # more taps than one segment holds
-    "31x1": (1, 2, 1, 33, 3, (31, 1), 1, (15, 0), 1),
+    "21x1": (1, 2, 1, 12, 3, (21, 1), 1, (10, 0), 1),
     "no-padding": (1, 2, 2, 6, 8, (2, 4), 1, 0, 1),  # even kernel
     "batch0": (0, 3, 2, 5, 5, 3, 1, 1, 1),
 }
@@ -99,13 +99,13 @@ def test_fp32_cases(device, case):
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "noncontiguous"])
-@pytest.mark.parametrize("case", ["3x3", "stride3-dil2", "mult3-dil3", "7x7-tiny"])
+@pytest.mark.parametrize("case", ["3x3", "stride3-dil2", "mult3-dil3"])
 def test_layouts(device, case, layout):
     check_depthwise(device, torch.float32, *CASES[case], layout=layout)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("case", ["3x3", "stride2-mult2", "9x9-stride2"])
+@pytest.mark.parametrize("case", ["3x3", "9x9-stride2"])
 def test_dtypes(device, dtype, case):
     check_depthwise(device, dtype, *CASES[case], layout="channels_last" if case == "3x3" else "contiguous")
 
@@ -115,10 +115,12 @@ def test_no_bias_channels_last_16bit(device):
 
 
 def test_gradcheck_float64(device):
-    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
-    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 1, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: layers.conv2d(x, w, b, 2, 1, (1, 2), 2), (x, w, b))
+    # fast mode (random projections of the Jacobian): a few dozen interpreted launches, not hundreds
+    assert torch.autograd.gradcheck(lambda x, w, b: layers.conv2d(x, w, b, 2, 1, (1, 2), 2), (x, w, b),
+                                    fast_mode=True)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -159,11 +161,11 @@ def test_weight_grad_splits_are_deterministic(device):
     gy = torch.randn(3, 8, 4, 3, device=device)
     shape = (8, 1, 3, 3)
     ref = torch.nn.grad.conv2d_weight(x.double(), shape, gy.double(), 2, 1, 1, 4)
-    for split in (1, 2, 5, 12):
+    for split in (1, 3, 12):
         got = dw.depthwise_weight_grad(x, gy, shape, (2, 2), (1, 1), (1, 1), split_k=split)
         assert_close(got, ref, torch.float32, f"grad weight, split_k={split}")
-        again = dw.depthwise_weight_grad(x, gy, shape, (2, 2), (1, 1), (1, 1), split_k=split)
-        assert torch.equal(got, again)
+    again = dw.depthwise_weight_grad(x, gy, shape, (2, 2), (1, 1), (1, 1), split_k=12)
+    assert torch.equal(got, again)
 
 
 def test_conv_transpose_depthwise_bias(device):
