@@ -1,13 +1,43 @@
 """Depthwise 2-D convolution (groups == C_in, C_out = C_in * multiplier): the memory-bound path.
 
-Each output channel ``c`` reads one input channel ``c // MULT`` and one KH x KW filter,
-so there is no channel reduction for a tensor core to exploit; the kernels stream
-[BLOCK_P pixels x BLOCK_C channels] tiles and accumulate taps in registers (fp32,
-fp64 for fp64). Tiles span channels too, so channels_last inputs load contiguously.
+Each output channel ``c`` reads one input channel ``c // MULT`` and one KH x KW filter, so there
+is no channel reduction for a tensor core to exploit:
 
-    forward      y[n, c, oh, ow]   = sum_taps x[n, c // MULT, ih, iw] * w[c, 0, kh, kw]
+    forward      y[n, c, oh, ow]   = sum_taps x[n, c // MULT, oh*s - p + kh*d, ow*s - p + kw*d] * w[c, 0, kh, kw]
     input grad   dx[n, ci, ih, iw] = sum_{m < MULT} sum_taps dy[n, ci*MULT+m, oh, ow] * w[ci*MULT+m, 0, kh, kw]
+                                     over the (oh, ow) with ih = oh*s - p + kh*d, iw = ow*s - p + kw*d
     weight grad  dw[c, 0, kh, kw]  = sum_{n, oh, ow} dy[n, c, oh, ow] * x[n, c // MULT, ih, iw]
+
+How the kernels reuse their input (the idea of large-kernel depthwise convolution, RepLKNet /
+MegEngine: load a tile plus its halo once, apply every tap on chip):
+
+* A program owns BLOCK_H image rows x BLOCK_C channels, flattened into one ``q`` axis of
+  BLOCK_H * BLOCK_C rows, times a run of columns. For each filter row ``kh`` it loads one
+  *segment* per ``q`` row: BLOCK_IW consecutive input columns starting at a multiple of 8 (so
+  NCHW rows, contiguous along W, load as 16-byte vectors; channels_last tiles are contiguous
+  along the channels, which the compiler then puts on the lanes). Every tap ``kw`` of that filter
+  row is then a ``tl.gather`` of the segment along W (register shuffles or one shared-memory
+  round trip), not another global load. A segment holds the halo of the program's output
+  columns for KC taps at once (KC = all of them unless the row is wider than BLOCK_IW, e.g.
+  31-tap filters; then a second segment is loaded).
+* Stride, dilation and channel multiplier > 1 use the same kernels (the gather index carries
+  the stride and dilation; a forward program covers fewer output columns when the stride is
+  larger, so that their input span fits in the segment).
+* The weight gradient runs one program per (channel block, split of the N * OH output rows);
+  for each tile of BLOCK_H rows x a run of columns it keeps grad_output in registers, loads each
+  input segment once, and reduces every tap of the filter in turn into its own rows of a
+  workspace ``ws[split, tap, c]`` (read-modify-write by the one program that owns them, with a
+  CTA barrier between tiles). The launcher sums the splits in a fixed order (deterministic).
+
+Weights are handed to the kernels tap-major, ``wt[kh * KW + kw, c]`` (contiguous in channels).
+Accumulation is fp32 (fp64 for fp64).
+
+What the compiled code does (PTX of the default config, sm_80 / sm_90, triton 3.6 and 3.8): per
+(filter row, segment) two 16-byte loads per thread, staged once through shared memory into the
+gather layout; per tap and thread 32 shuffles + 16 selects for 16 FMAs and one weight load, no
+shared memory or barrier (forward and input gradient). The weight gradient's per-tap partial sum
+is a CTA reduction (shuffles and one shared-memory exchange per tap). Whether shuffles beat the
+old per-tap L1 loads has not been timed on a GPU.
 """
 from __future__ import annotations
 
@@ -16,181 +46,282 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, autotuned, cdiv, config_class, _idx, KernelSpec, launch, like_layout, needs_int64, pair, _tile_offsets,
+    accumulator_dtype, autotuned, cdiv, config_class, _idx, KernelSpec, launch, like_layout, needs_int64, pair,
     _unflatten, with_index64,
 )
 
+#: input segments start at a multiple of this many elements (16 bytes of fp16 / bf16)
+SEG_ALIGN = 8
 
-def _cfg(bp, bc, warps):
-    return triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=warps, num_stages=2)
+
+def _cfg(bh, bc, bw, biw, warps):
+    # maxnreg: without a cap, ptxas (12.9) aims these loop nests at an occupancy step (64-80
+    # registers) and spills a few loop-invariant values to get there; with .maxnreg it allocates
+    # what the loop needs (no spills, ~90-130 registers)
+    return triton.Config({"BLOCK_H": bh, "BLOCK_C": bc, "BLOCK_W": bw, "BLOCK_IW": biw}, num_warps=warps,
+                         num_stages=1, maxnreg=255)
 
 
 # Autotune configs per config class (kernels._common.config_class); the first of each list is the
 # default, which must compile without spills in every build (python -m kernels.inspect).
-_DW = [_cfg(64, 32, 4), _cfg(128, 16, 4), _cfg(32, 64, 4), _cfg(256, 8, 8), _cfg(128, 32, 8)]
-# Defaults that spill in no build on triton 3.6 or 3.8 (python -m kernels.inspect, scripts/compat.sh).
-DW_CONFIGS = with_index64({"fp16": [_cfg(64, 32, 8)] + _DW, "bf16": _DW, "fp32": _DW, "fp64": [_cfg(64, 16, 8)] + _DW},
-                          fp16=[_cfg(64, 32, 8)], bf16=[_cfg(64, 8, 8)], fp32=[_cfg(64, 32, 8)], fp64=[_cfg(64, 16, 8)])
-INTERPRET_CONFIG = {"BLOCK_P": 32, "BLOCK_C": 8}
+# BLOCK_IW >= BLOCK_W + 9 (a segment holds the columns of at least one tap, aligned).
+_DW = [_cfg(8, 4, 32, 64, 4), _cfg(4, 8, 32, 64, 4), _cfg(2, 16, 32, 64, 4), _cfg(1, 32, 32, 64, 4),
+       _cfg(4, 8, 32, 64, 8), _cfg(8, 8, 16, 32, 4), _cfg(4, 16, 64, 128, 8)]
+DW_CONFIGS = with_index64({"fp16": _DW, "bf16": _DW, "fp32": _DW, "fp64": _DW})
+INTERPRET_CONFIG = {"BLOCK_H": 4, "BLOCK_C": 4, "BLOCK_W": 16, "BLOCK_IW": 32}
+
+
+def out_cols(meta, stride_w: int) -> int:
+    """Output columns of a forward program: at most BLOCK_W, fewer when the stride would carry
+    their input span past the segment (the kernel computes the same, ``_out_cols``)."""
+    return min(meta["BLOCK_W"], (meta["BLOCK_IW"] - SEG_ALIGN) // stride_w + 1)
+
+
+def spatial_tiles(meta, N, OH, OW, stride_w=1, out_tile=True) -> int:
+    """Programs on grid axis 0 of the forward (``out_tile``) / input-gradient kernels: the batch
+    is folded in with the row and column tiles (axis 0 takes 2**31 - 1 programs, axes 1 and 2
+    only 65535)."""
+    cols = out_cols(meta, stride_w) if out_tile else meta["BLOCK_W"]
+    return N * cdiv(OH, meta["BLOCK_H"]) * cdiv(OW, cols)
+
+
+# ------------------------------------------------------------------------------------- helpers
+@triton.jit
+def _out_cols(stride_w, BLOCK_W: tl.constexpr, BLOCK_IW: tl.constexpr):
+    """Output columns of a program whose segment must hold their input span (see ``out_cols``);
+    a compile-time constant when stride_w == 1 (specialised)."""
+    return tl.minimum(BLOCK_W, (BLOCK_IW - 8) // stride_w + 1)
 
 
 @triton.jit
-def _image_tile(P_IMG, BLOCK_P: tl.constexpr, IDX64: tl.constexpr):
-    """(image n, pixel tile) of this program: grid axis 0 runs over n * tiles + tile."""
-    pid = tl.program_id(0)
-    tiles = tl.cdiv(P_IMG, BLOCK_P)
-    return _idx(pid // tiles, IDX64), pid % tiles
+def _rows_channels(r0, c0, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The flattened ``q`` axis of a tile: row ``r0 + q // BLOCK_C`` x channel ``c0 + q % BLOCK_C``."""
+    q = tl.arange(0, BLOCK_H * BLOCK_C)
+    return r0 + q // BLOCK_C, c0 + q % BLOCK_C
 
 
-def _pixel_grid(N, pixels, channels):
-    """Grid of the forward / input-gradient kernels: (N * pixel tiles, channel tiles). The batch
-    shares axis 0 (up to 2**31 - 1 programs) with the pixel tiles: axes 1 and 2 stop at 65535."""
-    return lambda meta: (N * cdiv(pixels, meta["BLOCK_P"]), cdiv(channels, meta["BLOCK_C"]))
+# The loops below spell out three small steps inline (a @triton.jit call inside a loop costs the
+# CPU interpreter ~10 ms per call, which the tests would pay per tap):
+#   segment  start = ((lo + slack) // 8) * 8 - slack: the multiple of 8 at or below lo (slack, a
+#            multiple of 16 >= -lo, keeps the division non-negative and the alignment visible);
+#            seg = x[rows, start + [0, BLOCK_IW)] as a [BLOCK_IW, Q] tile, zero outside the image
+#   tap      tl.gather(seg, clamp(col), 0): the columns of one tap, from the segment in registers
+#   per-q    a per-channel vector (BLOCK_C,) loaded once and repeated over the BLOCK_H rows of q
+#            (loading it per q costs each thread one load per row it holds)
 
 
+# ------------------------------------------------------------------------------------- kernels
 @triton.jit
 def _dw_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    # pointers
+    x_ptr, wt_ptr, b_ptr, y_ptr,
+    # shapes
     C_OUT, H, W, OH, OW, KH, KW, MULT,
-    sxn, sxc, sxh, sxw,
-    swo, swh, sww,
-    syn, syc, syh, syw,
+    # strides
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # meta-parameters
     HAS_BIAS: tl.constexpr, IDX64: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_IW: tl.constexpr,
 ):
-    # axis 0 = n * tiles + pixel tile (the batch is folded into axis 0: axes 1 and 2 stop at 65535)
-    pid_c = tl.program_id(1)
-    P_IMG = _idx(OH, IDX64) * OW
-    n, pid_p = _image_tile(P_IMG, BLOCK_P, IDX64)
-    offs_p = _tile_offsets(pid_p, BLOCK_P, IDX64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P_IMG
-    mask_c = offs_c < C_OUT
-    oh = offs_p // OW
-    ow = offs_p % OW
-    x_ch = n * sxn + _idx((offs_c // MULT), IDX64) * sxc
-    w_ch = _idx(offs_c, IDX64) * swo
+    # axis 0 = (n, row tile, column tile) folded (axes 1 and 2 stop at 65535); axis 1 = channel block
+    OWT = _out_cols(stride_w, BLOCK_W, BLOCK_IW)
+    n, th, tw = _unflatten(_idx(tl.program_id(0), IDX64), tl.cdiv(OH, BLOCK_H), tl.cdiv(OW, OWT))
+    oh, c = _rows_channels(th * BLOCK_H, tl.program_id(1) * BLOCK_C, BLOCK_H, BLOCK_C)
+    ow0 = tw * OWT
+    j = tl.arange(0, BLOCK_W)
+    i = tl.arange(0, BLOCK_IW)
+    cb = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok_q = (oh < OH) & (c < C_OUT)
+    x_q = n * stride_xn + _idx(c // MULT, IDX64) * stride_xc
+    # taps per segment: the span of OWT columns and KC taps (+ 7 alignment) fits in BLOCK_IW
+    KC = (BLOCK_IW - 8 - (OWT - 1) * stride_w) // dil_w + 1
+    slack = ((pad_w + 15) // 16) * 16
     if x_ptr.dtype.element_ty == tl.float64:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
+        acc = tl.zeros((BLOCK_W, BLOCK_H * BLOCK_C), dtype=tl.float64)
     else:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_W, BLOCK_H * BLOCK_C), dtype=tl.float32)
     for kh in range(KH):
         ih = oh * stride_h - pad_h + kh * dil_h
-        ok_h = mask_p & (ih >= 0) & (ih < H)
-        for kw in range(KW):
-            iw = ow * stride_w - pad_w + kw * dil_w
-            ok = ok_h & (iw >= 0) & (iw < W)
-            pix = _idx(ih, IDX64) * sxh + _idx(iw, IDX64) * sxw
-            xv = tl.load(x_ptr + (pix[:, None] + x_ch[None, :]), mask=ok[:, None] & mask_c[None, :], other=0.0)
-            wv = tl.load(w_ptr + (w_ch + kh * swh + kw * sww), mask=mask_c, other=0.0)
-            acc += xv.to(acc.dtype) * wv.to(acc.dtype)[None, :]
+        ok = ok_q & (ih >= 0) & (ih < H)
+        base = x_q + ih * stride_xh  # ih is int64 in the 64-bit build (so are th and tw)
+        for k0 in range(0, KW, KC):
+            # segment: input columns [start, start + BLOCK_IW) of every q row, aligned
+            start = ((ow0 * stride_w - pad_w + k0 * dil_w + slack) // 8) * 8 - slack
+            cols = start + i
+            seg = tl.load(x_ptr + (cols[:, None] * stride_xw + base[None, :]),
+                          mask=((cols >= 0) & (cols < W))[:, None] & ok[None, :], other=0.0)
+            col0 = ow0 * stride_w + j * stride_w - pad_w - start
+            for kw in range(k0, tl.minimum(k0 + KC, KW)):
+                # tap: its columns gathered from the segment
+                col = tl.minimum(tl.maximum(col0 + kw * dil_w, 0), BLOCK_IW - 1)
+                xs = tl.gather(seg, tl.broadcast_to(col[:, None], (BLOCK_W, BLOCK_H * BLOCK_C)), 0)
+                wv = tl.load(wt_ptr + (kh * KW + kw) * C_OUT + cb, mask=cb < C_OUT, other=0.0)
+                wq = tl.reshape(tl.broadcast_to(wv[None, :], (BLOCK_H, BLOCK_C)), (BLOCK_H * BLOCK_C,))
+                acc += xs.to(acc.dtype) * wq.to(acc.dtype)[None, :]
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(acc.dtype)[None, :]
-    y_off = (n * syn + _idx(oh, IDX64) * syh + _idx(ow, IDX64) * syw)[:, None] + _idx(offs_c, IDX64)[None, :] * syc
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+        bv = tl.load(b_ptr + cb, mask=cb < C_OUT, other=0.0)
+        acc += tl.reshape(tl.broadcast_to(bv[None, :], (BLOCK_H, BLOCK_C)), (BLOCK_H * BLOCK_C,)).to(acc.dtype)[None, :]
+    ow = ow0 + j
+    y_q = n * stride_yn + _idx(c, IDX64) * stride_yc + oh * stride_yh
+    mask = ((j < OWT) & (ow < OW))[:, None] & ok_q[None, :]
+    tl.store(y_ptr + (ow[:, None] * stride_yw + y_q[None, :]), acc.to(y_ptr.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
 def _dw_bwd_input_kernel(
-    gy_ptr, w_ptr, b_ptr, gx_ptr,
+    # pointers
+    gy_ptr, wt_ptr, b_ptr, gx_ptr,
+    # shapes
     C_IN, H, W, OH, OW, KH, KW, MULT,
-    sgn, sgc, sgh, sgw,
-    swo, swh, sww,
-    sxn, sxc, sxh, sxw,
+    # strides
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # meta-parameters
     HAS_BIAS: tl.constexpr, IDX64: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_IW: tl.constexpr,
 ):
-    pid_c = tl.program_id(1)
-    P_IMG = _idx(H, IDX64) * W
-    n, pid_p = _image_tile(P_IMG, BLOCK_P, IDX64)  # axis 0 = n * tiles + pixel tile
-    offs_p = _tile_offsets(pid_p, BLOCK_P, IDX64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)  # input channels
-    mask_p = offs_p < P_IMG
-    mask_c = offs_c < C_IN
-    ih = offs_p // W
-    iw = offs_p % W
+    # axis 0 = (n, row tile, column tile) of dx; axis 1 = input-channel block
+    n, th, tw = _unflatten(_idx(tl.program_id(0), IDX64), tl.cdiv(H, BLOCK_H), tl.cdiv(W, BLOCK_W))
+    ih, ci = _rows_channels(th * BLOCK_H, tl.program_id(1) * BLOCK_C, BLOCK_H, BLOCK_C)
+    cb = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    iw0 = tw * BLOCK_W
+    iw = iw0 + tl.arange(0, BLOCK_W)
+    i = tl.arange(0, BLOCK_IW)
+    ok_q = (ih < H) & (ci < C_IN)
+    C_OUT = C_IN * MULT
+    # dx[iw] takes dy[ow] with ow * s = iw + p - kw * d; shift_w (a multiple of s, > (KW-1) * d)
+    # keeps the divisions non-negative, so they floor the same on the GPU and in the interpreter
+    shift_h = ((KH - 1) * dil_h // stride_h + 1) * stride_h
+    shift_w = ((KW - 1) * dil_w // stride_w + 1) * stride_w
+    slack = ((shift_w // stride_w + 15) // 16) * 16
+    # taps per segment: their span of dy columns ((BLOCK_W - 1 + (KC - 1) * d) / s + 1, + 7) fits
+    KC = (stride_w * (BLOCK_IW - 8) - (BLOCK_W - 1)) // dil_w + 1
     if gy_ptr.dtype.element_ty == tl.float64:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
+        acc = tl.zeros((BLOCK_W, BLOCK_H * BLOCK_C), dtype=tl.float64)
     else:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    taps = KH * KW
-    for t in range(MULT * taps):  # one flat loop over (multiplier slot, tap)
-        co = offs_c * MULT + t // taps
-        kh = (t % taps) // KW
-        kw = t % KW
-        th = ih + pad_h - kh * dil_h
-        tw = iw + pad_w - kw * dil_w
-        oh = th // stride_h
-        ow = tw // stride_w
-        ok = mask_p & (th >= 0) & (tw >= 0) & (th % stride_h == 0) & (tw % stride_w == 0) & (oh < OH) & (ow < OW)
-        pix = _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
-        gv = tl.load(gy_ptr + ((n * sgn + pix)[:, None] + _idx(co, IDX64)[None, :] * sgc),
-                     mask=ok[:, None] & mask_c[None, :], other=0.0)
-        wv = tl.load(w_ptr + (_idx(co, IDX64) * swo + kh * swh + kw * sww), mask=mask_c, other=0.0)
-        acc += gv.to(acc.dtype) * wv.to(acc.dtype)[None, :]
+        acc = tl.zeros((BLOCK_W, BLOCK_H * BLOCK_C), dtype=tl.float32)
+    for m in range(MULT):
+        co = ci * MULT + m
+        g_q = n * stride_gn + _idx(co, IDX64) * stride_gc
+        for kh in range(KH):
+            t_h = ih + pad_h - kh * dil_h + shift_h
+            oh = t_h // stride_h - shift_h // stride_h
+            ok = ok_q & (t_h % stride_h == 0) & (oh >= 0) & (oh < OH)
+            base = g_q + oh * stride_gh  # oh is int64 in the 64-bit build (so are th and tw)
+            for k0 in range(0, KW, KC):
+                k1 = tl.minimum(k0 + KC, KW)
+                # segment: the dy columns of taps [k0, k1), from an aligned start
+                lo = (iw0 + pad_w - (k1 - 1) * dil_w + shift_w) // stride_w - shift_w // stride_w
+                start = ((lo + slack) // 8) * 8 - slack
+                cols = start + i
+                seg = tl.load(gy_ptr + (cols[:, None] * stride_gw + base[None, :]),
+                              mask=((cols >= 0) & (cols < OW))[:, None] & ok[None, :], other=0.0)
+                for kw in range(k0, k1):
+                    # tap: dx[iw] takes dy[ow] where ow * s == iw + p - kw * d
+                    t_w = iw + pad_w - kw * dil_w + shift_w
+                    col = tl.minimum(tl.maximum(t_w // stride_w - shift_w // stride_w - start, 0), BLOCK_IW - 1)
+                    gs = tl.gather(seg, tl.broadcast_to(col[:, None], (BLOCK_W, BLOCK_H * BLOCK_C)), 0)
+                    gs = tl.where((t_w % stride_w == 0)[:, None], gs.to(acc.dtype), 0.0)
+                    wv = tl.load(wt_ptr + (kh * KW + kw) * C_OUT + cb * MULT + m, mask=cb < C_IN, other=0.0)
+                    wq = tl.reshape(tl.broadcast_to(wv[None, :], (BLOCK_H, BLOCK_C)), (BLOCK_H * BLOCK_C,))
+                    acc += gs * wq.to(acc.dtype)[None, :]
     if HAS_BIAS:  # conv_transpose2d's bias
-        acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(acc.dtype)[None, :]
-    x_off = (n * sxn + _idx(ih, IDX64) * sxh + _idx(iw, IDX64) * sxw)[:, None] + _idx(offs_c, IDX64)[None, :] * sxc
-    tl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+        bv = tl.load(b_ptr + cb, mask=cb < C_IN, other=0.0)
+        acc += tl.reshape(tl.broadcast_to(bv[None, :], (BLOCK_H, BLOCK_C)), (BLOCK_H * BLOCK_C,)).to(acc.dtype)[None, :]
+    x_q = n * stride_xn + _idx(ci, IDX64) * stride_xc + ih * stride_xh
+    mask = (iw < W)[:, None] & ok_q[None, :]
+    tl.store(gx_ptr + (iw[:, None] * stride_xw + x_q[None, :]), acc.to(gx_ptr.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
 def _dw_bwd_weight_kernel(
+    # pointers
     x_ptr, gy_ptr, ws_ptr,
-    C_OUT, H, W, OH, OW, KH, KW, MULT, P, P_PER_SPLIT,
-    sxn, sxc, sxh, sxw,
-    sgn, sgc, sgh, sgw,
+    # shapes
+    C_OUT, H, W, OH, OW, KH, KW, MULT, ROWS, ROWS_PER_SPLIT,
+    # strides
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # meta-parameters
     IDX64: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_IW: tl.constexpr,
 ):
-    # One program: BLOCK_C channels x one tap, reducing over a slice of the P = N*OH*OW
-    # output pixels; partial sums go to ws[split, c, tap] (summed by the launcher).
+    # One program: BLOCK_C channels x the output rows [u_start, u_end) of the ROWS = N * OH rows,
+    # every tap; partial sums accumulate in ws[split, tap, c] (this program's rows alone).
     pid_c = tl.program_id(0)
-    tap = tl.program_id(1)
-    split = tl.program_id(2)
-    kh = tap // KW
-    kw = tap % KW
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C_OUT
-    gy_ch = _idx(offs_c, IDX64) * sgc
-    x_ch = _idx((offs_c // MULT), IDX64) * sxc
-    if x_ptr.dtype.element_ty == tl.float64:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    p_start = _idx(split, IDX64) * P_PER_SPLIT  # int64 in the 64-bit build (so the loop is)
-    p_end = tl.minimum(p_start + P_PER_SPLIT, P)
-    for p0 in range(p_start, p_end, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        mask_p = offs_p < p_end
-        n, oh, ow = _unflatten(offs_p, OH, OW)
-        ih = oh * stride_h - pad_h + kh * dil_h
-        iw = ow * stride_w - pad_w + kw * dil_w
-        ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        gy_pix = n * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
-        x_pix = n * sxn + _idx(ih, IDX64) * sxh + _idx(iw, IDX64) * sxw
-        gv = tl.load(gy_ptr + (gy_pix[:, None] + gy_ch[None, :]), mask=mask_p[:, None] & mask_c[None, :], other=0.0)
-        xv = tl.load(x_ptr + (x_pix[:, None] + x_ch[None, :]), mask=ok[:, None] & mask_c[None, :], other=0.0)
-        acc += gv.to(acc.dtype) * xv.to(acc.dtype)
-    part = tl.sum(acc, axis=0)
+    split = tl.program_id(1)
+    OWT = _out_cols(stride_w, BLOCK_W, BLOCK_IW)
+    KC = (BLOCK_IW - 8 - (OWT - 1) * stride_w) // dil_w + 1
+    slack = ((pad_w + 15) // 16) * 16
     taps = KH * KW
-    ws_off = _idx(split, IDX64) * C_OUT * taps + _idx(offs_c, IDX64) * taps + tap
-    tl.store(ws_ptr + ws_off, part, mask=mask_c)
+    u_start = _idx(split, IDX64) * ROWS_PER_SPLIT  # int64 in the 64-bit build (so the loop is)
+    u_end = tl.minimum(u_start + ROWS_PER_SPLIT, ROWS)
+    q_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    ws_c = ws_ptr + _idx(split, IDX64) * taps * C_OUT + q_c
+    j = _idx(tl.arange(0, BLOCK_W), IDX64)  # so ow, the segment columns and their offsets are int64 there
+    i = tl.arange(0, BLOCK_IW)
+    for u0 in range(u_start, u_end, BLOCK_H):
+        u, c = _rows_channels(u0, pid_c * BLOCK_C, BLOCK_H, BLOCK_C)
+        n = u // OH
+        oh = u % OH
+        ok_q = (u < u_end) & (c < C_OUT)
+        g_q = n * stride_gn + _idx(c, IDX64) * stride_gc + oh * stride_gh  # u0, so n and oh: int64 there
+        x_q = n * stride_xn + _idx(c // MULT, IDX64) * stride_xc
+        for ow0 in range(0, OW, OWT):
+            ow = ow0 + j
+            gy = tl.load(gy_ptr + (ow[:, None] * stride_gw + g_q[None, :]),
+                         mask=(ow < OW)[:, None] & ok_q[None, :], other=0.0)
+            if x_ptr.dtype.element_ty == tl.float64:
+                gy = tl.where((j < OWT)[:, None], gy.to(tl.float64), 0.0)
+            else:
+                gy = tl.where((j < OWT)[:, None], gy.to(tl.float32), 0.0)
+            for kh in range(KH):
+                ih = oh * stride_h - pad_h + kh * dil_h
+                ok = ok_q & (ih >= 0) & (ih < H)
+                base = x_q + ih * stride_xh
+                for k0 in range(0, KW, KC):
+                    # segment: input columns [start, start + BLOCK_IW) of every q row, aligned
+                    start = ((ow0 * stride_w - pad_w + k0 * dil_w + slack) // 8) * 8 - slack
+                    cols = start + i
+                    seg = tl.load(x_ptr + (cols[:, None] * stride_xw + base[None, :]),
+                                  mask=((cols >= 0) & (cols < W))[:, None] & ok[None, :], other=0.0)
+                    col0 = ow * stride_w - pad_w - start
+                    for kw in range(k0, tl.minimum(k0 + KC, KW)):
+                        # tap: its columns gathered from the segment, times dy, summed over the tile
+                        col = tl.minimum(tl.maximum(col0 + kw * dil_w, 0), BLOCK_IW - 1)
+                        xs = tl.gather(seg, tl.broadcast_to(col[:, None], (BLOCK_W, BLOCK_H * BLOCK_C)), 0)
+                        part = tl.sum(tl.reshape(gy * xs.to(gy.dtype), (BLOCK_W * BLOCK_H, BLOCK_C)), axis=0)
+                        ptrs = ws_c + (kh * KW + kw) * C_OUT
+                        tl.store(ptrs, tl.load(ptrs, mask=q_c < C_OUT, other=0.0) + part, mask=q_c < C_OUT)
+            # the next tile reads what this one wrote (other threads of the CTA may hold those lanes)
+            tl.debug_barrier()
 
 
-_KEY = ["C_OUT", "OH", "OW", "KH", "KW", "stride_h", "sxc"]
+_fwd_tuned = autotuned(_dw_fwd_kernel, DW_CONFIGS, ["C_OUT", "OH", "OW", "KH", "KW", "MULT", "stride_w", "stride_xc"])
+_bwd_input_tuned = autotuned(_dw_bwd_input_kernel, DW_CONFIGS, ["C_IN", "H", "W", "KH", "KW", "MULT", "stride_w",
+                                                                "stride_gc"])
+_bwd_weight_tuned = autotuned(_dw_bwd_weight_kernel, DW_CONFIGS, ["C_OUT", "OW", "KH", "KW", "ROWS_PER_SPLIT",
+                                                                  "stride_w", "stride_xc"])
 
 
-_fwd_tuned = autotuned(_dw_fwd_kernel, DW_CONFIGS, _KEY)
-_bwd_input_tuned = autotuned(_dw_bwd_input_kernel, DW_CONFIGS, ["C_IN", "H", "W", "KH", "KW", "MULT", "stride_h", "sgc"])
-_bwd_weight_tuned = autotuned(_dw_bwd_weight_kernel, DW_CONFIGS, ["C_OUT", "P", "KH", "KW", "P_PER_SPLIT", "sxc"])
+# ------------------------------------------------------------------------------------ launchers
+def _tap_major(weight):
+    """(C_out, 1, KH, KW) -> (KH * KW, C_out) contiguous: a tap's weights are contiguous in channels."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
 
 
 def depthwise_forward(x, weight, bias, stride, padding, dilation):
-    """x: (N, C_in, H, W); weight: (C_in * MULT, 1, KH, KW); bias: (C_in * MULT,) or None."""
+    """x: (N, C_in, H, W), NCHW or channels_last (any strides); weight: (C_in * MULT, 1, KH, KW);
+    bias: (C_in * MULT,) or None -> (N, C_in * MULT, OH, OW) in x's memory format."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
@@ -199,19 +330,19 @@ def depthwise_forward(x, weight, bias, stride, padding, dilation):
     y = like_layout(x, (N, C_out, OH, OW))
     if y.numel() == 0:
         return y
-    i64 = needs_int64(x, y, OH * OW)
-    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, idx64=i64)], _dw_fwd_kernel, _pixel_grid(N, OH * OW, C_out),
-           INTERPRET_CONFIG,
-           x, weight, bias if bias is not None else weight, y,
+    i64 = needs_int64(x, y, N * OH * OW)
+    grid = lambda meta: (spatial_tiles(meta, N, OH, OW, sw), cdiv(C_out, meta["BLOCK_C"]))  # noqa: E731
+    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, idx64=i64)], _dw_fwd_kernel, grid, INTERPRET_CONFIG,
+           x, _tap_major(weight), bias if bias is not None else weight, y,
            C_out, H, W, OH, OW, KH, KW, C_out // C_in,
-           *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(),
+           *x.stride(), *y.stride(),
            sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=i64)
     return y
 
 
 def depthwise_input_grad(grad_output, weight, input_shape, stride, padding, dilation, bias=None):
-    """grad_output: (N, C_in * MULT, OH, OW) -> dL/dx (N, C_in, H, W). With ``bias`` (C_in,)
-    this is the depthwise conv_transpose2d."""
+    """grad_output: (N, C_in * MULT, OH, OW) -> dL/dx (N, C_in, H, W) in grad_output's memory
+    format. With ``bias`` (C_in,) this is the depthwise conv_transpose2d."""
     N, C_in, H, W = input_shape
     C_out, _, KH, KW = weight.shape
     OH, OW = grad_output.shape[-2:]
@@ -219,42 +350,47 @@ def depthwise_input_grad(grad_output, weight, input_shape, stride, padding, dila
     gx = like_layout(grad_output, (N, C_in, H, W))
     if gx.numel() == 0:
         return gx
-    i64 = needs_int64(grad_output, gx, H * W)
-    launch(_bwd_input_tuned[config_class(_bwd_input_tuned, gx.dtype, idx64=i64)], _dw_bwd_input_kernel,
-           _pixel_grid(N, H * W, C_in), INTERPRET_CONFIG,
-           grad_output, weight, bias if bias is not None else weight, gx,
+    i64 = needs_int64(grad_output, gx, N * H * W)
+    grid = lambda meta: (spatial_tiles(meta, N, H, W, out_tile=False), cdiv(C_in, meta["BLOCK_C"]))  # noqa: E731
+    launch(_bwd_input_tuned[config_class(_bwd_input_tuned, gx.dtype, idx64=i64)], _dw_bwd_input_kernel, grid,
+           INTERPRET_CONFIG,
+           grad_output, _tap_major(weight), bias if bias is not None else weight, gx,
            C_in, H, W, OH, OW, KH, KW, C_out // C_in,
-           *grad_output.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *gx.stride(),
+           *grad_output.stride(), *gx.stride(),
            sh, sw, ph, pw, dh, dw, HAS_BIAS=bias is not None, IDX64=i64)
     return gx
 
 
 def depthwise_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, split_k=None):
-    """dL/dweight (C_in * MULT, 1, KH, KW), contiguous."""
+    """dL/dweight (C_in * MULT, 1, KH, KW), contiguous. ``split_k``: how many programs share the
+    N * OH output rows of a channel block (default: enough to fill the GPU; 1 on CPU)."""
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight_shape
     OH, OW = grad_output.shape[-2:]
     (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
-    P = N * OH * OW
-    if P == 0 or C_out == 0:
+    rows = N * OH
+    if rows == 0 or OW == 0 or C_out == 0:
         return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
     if split_k is None:
         split_k = 1
         if x.device.type == "cuda":
             sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-            split_k = max(1, min(4 * sms // max(cdiv(C_out, 32) * KH * KW, 1), cdiv(P, 4096), 128))
-    p_per_split = cdiv(P, split_k)
-    split_k = cdiv(P, p_per_split)
-    ws = torch.empty((split_k, C_out, KH * KW), device=x.device, dtype=accumulator_dtype(x.dtype))
-    grid = lambda meta: (cdiv(C_out, meta["BLOCK_C"]), KH * KW, split_k)
-    i64 = needs_int64(x, grad_output, ws, split_k * p_per_split)
+            # ~4 programs per SM, each at least 8 rows; the workspace stays <= 64 MiB of fp32
+            cap = max(1, (64 << 20) // (4 * KH * KW * C_out))
+            split_k = max(1, min(4 * sms // cdiv(C_out, 16), cdiv(rows, 8), cap, 65535))
+    rows_per_split = cdiv(rows, split_k)
+    split_k = cdiv(rows, rows_per_split)
+    ws = torch.zeros((split_k, KH * KW, C_out), device=x.device, dtype=accumulator_dtype(x.dtype))
+    grid = lambda meta: (cdiv(C_out, meta["BLOCK_C"]), split_k)  # noqa: E731
+    i64 = needs_int64(x, grad_output, ws, N * OH * OW, split_k * rows_per_split)
     launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, idx64=i64)], _dw_bwd_weight_kernel, grid,
            INTERPRET_CONFIG,
            x, grad_output, ws,
-           C_out, H, W, OH, OW, KH, KW, C_out // C_in, P, p_per_split,
+           C_out, H, W, OH, OW, KH, KW, C_out // C_in, rows, rows_per_split,
            *x.stride(), *grad_output.stride(),
            sh, sw, ph, pw, dh, dw, IDX64=i64)
-    return ws.sum(0).reshape(weight_shape).to(x.dtype)
+    # splits summed in a fixed order: deterministic
+    return ws.sum(0).t().reshape(weight_shape).to(x.dtype)
 
 
 AOT_SPECS = [

@@ -294,6 +294,8 @@ def jobs(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, pr
             configs = spec.configs[config_class(spec.configs, dt, bool(tf32), i64)]
             for ci, cfg in enumerate(configs if all_configs else configs[:1]):
                 kw = dict(kwargs, **over, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                if getattr(cfg, "maxnreg", None):  # a config's register cap is part of its build (.maxnreg)
+                    kw["maxnreg"] = cfg.maxnreg
                 for arch in archs:
                     sig, cx, attrs, options = _specialise(spec.fn, args, kw, arch)
                     # problems that specialise alike (e.g. a kernel that ignores the layout) compile once

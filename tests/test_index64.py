@@ -109,7 +109,7 @@ def test_depthwise_grid_folds_batch(monkeypatch):
         for cfg in shipped + [triton.Config(dw_kernels.INTERPRET_CONFIG)]:
             dims = grid(cfg.kwargs)
             assert all(d <= 65535 for d in dims[1:]), dims
-            assert dims[0] == N * triton.cdiv(H * W, cfg.kwargs["BLOCK_P"])
+            assert dims[0] == N * triton.cdiv(H, cfg.kwargs["BLOCK_H"]) * triton.cdiv(W, cfg.kwargs["BLOCK_W"])
 
 
 def test_grid_past_cuda_limits_is_a_clear_error():
