@@ -292,6 +292,8 @@ def jobs(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, pr
         for label, over, tf32, i64 in _variants(kwargs, dt):
             # the table the launcher picks from (TF32-off fp32 and 64-bit builds have their own)
             configs = spec.configs[config_class(spec.configs, dt, bool(tf32), i64)]
+            if spec.prune is not None:  # the configs the launcher's autotuner may try for these arguments
+                configs = spec.prune(configs, dict(zip(spec.fn.arg_names, args), **kwargs))
             for ci, cfg in enumerate(configs if all_configs else configs[:1]):
                 kw = dict(kwargs, **over, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
                 for arch in archs:

@@ -66,25 +66,32 @@ import json
 from kernels import conv2d
 from kernels.inspect import _specialise, capture
 launches = capture(problems=("nchw", "nhwc"), dtypes=("fp16",))
+names = conv2d._conv2d_fwd_kernel.arg_names
 out = {}
 for problem in ("nchw", "nhwc"):
     args, kwargs = launches[("conv2d_fwd", "fp16", problem)]
-    kw = dict(kwargs, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+    kw = dict(kwargs, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3)
     sig, _, attrs, _ = _specialise(conv2d._conv2d_fwd_kernel, args, kw, 90)
-    out[problem] = {"sig": sig, "x_attrs": attrs[(0,)]}
+    out[problem] = {"sig": sig, "attrs": {n: attrs.get((names.index(n),)) for n in ("x_ptr", "w_ptr", "stride_xw",
+                                                                                    "COUT_LD")}}
 print(json.dumps(out))
 """
 
 
 def test_capture_specialises_like_a_launch():
-    """The builds come from Triton's own binder: unit strides become constants (NCHW's inner
-    stride, channels_last's channel stride) and 16-byte aligned pointers are marked so."""
+    """The builds come from Triton's own binder: 16-byte aligned pointers and multiples of 16 are
+    marked so (which decides vectorisation). The forward reads activations channels-innermost in
+    both layouts (NCHW is converted at the op boundary), so the NCHW build is the channels_last one:
+    no channel stride, a pixel stride divisible by 16, the packed weight's rows 16-aligned."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled kernels, not interpreted
     proc = subprocess.run([sys.executable, "-c", _SPECIALISE], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    for problem, const, other in (("nchw", "sxw", "sxc"), ("nhwc", "sxc", "sxw")):
-        sig = got[problem]["sig"]
-        assert sig[const] == "constexpr" and sig[other] == "i32" and sig["x_ptr"] == "*fp16", (problem, sig)
-        assert got[problem]["x_attrs"] == [["tt.divisibility", 16]]
+    for problem in ("nchw", "nhwc"):
+        sig, attrs = got[problem]["sig"], got[problem]["attrs"]
+        assert sig["x_ptr"] == "*fp16" and sig["w_ptr"] == "*fp16" and sig["stride_xw"] == "i32", (problem, sig)
+        assert "stride_xc" not in sig, sig
+        for name in ("x_ptr", "w_ptr", "stride_xw", "COUT_LD"):
+            assert attrs[name] == [["tt.divisibility", 16]], (problem, name, attrs)
+    assert got["nchw"]["attrs"] == got["nhwc"]["attrs"]

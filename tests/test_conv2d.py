@@ -143,6 +143,91 @@ def test_weight_grad_split_k(device, which):
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
+# (C_in, C_out, H, W, kernel, stride, padding, dilation, groups): phases without taps (stride 3 >
+# kernel 2; stride 2 with dilation 2 puts every tap in phase 0), rows of a phase that stop short
+# (H not a multiple of the stride), stride > kernel extent
+PHASE_CASES = [
+    (4, 6, 7, 8, 2, 3, 0, 1, 1),
+    (4, 4, 9, 7, 3, 2, 2, 2, 2),
+    (6, 4, 8, 9, (3, 2), (2, 3), (1, 0), (3, 1), 2),
+    (2, 2, 5, 4, 1, 3, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", PHASE_CASES, ids=["s3-k2", "s2-d2-g2", "asym-d3", "s3-k1"])
+def test_input_grad_phases(device, case):
+    """The strided input gradient is stride_h * stride_w dense sub-GEMMs: their results (and the
+    transposed conv's bias) match aten, and they do exactly the useful MMA work: every launch's
+    rows x taps sum to the (input pixel, tap) pairs with stride-aligned taps."""
+    C_in, C_out, H, W, k, s, p, d, g = case
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_common.pair(v) for v in (k, s, p, d))
+    x_shape = (2, C_in, H, W)
+    w = torch.randn(C_out, C_in // g, kh, kw, device=device, dtype=torch.float64)
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    gy = torch.randn(2, C_out, OH, OW, device=device, dtype=torch.float64)
+    ref = torch.nn.grad.conv2d_input(x_shape, w, gy, (sh, sw), (ph, pw), (dh, dw), g)
+    got = gemm_kernels.conv2d_input_grad(gy, w, x_shape, (sh, sw), (ph, pw), (dh, dw), g)
+    assert_close(got, ref, torch.float64, "grad input")
+    bias = torch.randn(C_in, device=device, dtype=torch.float64)
+    got = gemm_kernels.conv2d_input_grad(gy, w, x_shape, (sh, sw), (ph, pw), (dh, dw), g, bias=bias)
+    assert_close(got, ref + bias[:, None, None], torch.float64, "transposed conv with bias")
+
+    def pairs(size, k, s, p, d):  # (input row, tap) pairs whose tap lands on an output row's grid
+        return sum((i + p - t * d) % s == 0 for i in range(size) for t in range(k))
+
+    calls = []
+    orig = gemm_kernels.launch
+    gemm_kernels.launch = lambda tuned, plain, grid, icfg, *a, **kw: calls.append(a)
+    try:
+        gemm_kernels.conv2d_input_grad(gy, w, x_shape, (sh, sw), (ph, pw), (dh, dw), g)
+    finally:
+        gemm_kernels.launch = orig
+    names = gemm_kernels._conv2d_bwd_input_kernel.arg_names
+    arg = {n: names.index(n) for n in ("M", "TH", "TW")}
+    work = sum(a[arg["M"]] * a[arg["TH"]] * a[arg["TW"]] for a in calls)
+    assert work == 2 * pairs(H, kh, sh, ph, dh) * pairs(W, kw, sw, pw, dw)
+    assert len(calls) == min(sh, H) * min(sw, W)
+
+
+def test_operands_are_read_channels_innermost():
+    """NCHW activations are copied once to channels_last for the kernels; channels_last ones are
+    read in place; broadcast dimensions stay broadcast (no copy of an expanded gradient)."""
+    x = torch.randn(2, 5, 4, 3)
+    xc = gemm_kernels._channels_inner(x)
+    assert xc.stride(1) == 1 and torch.equal(xc, x)
+    cl = x.to(memory_format=torch.channels_last)
+    assert gemm_kernels._channels_inner(cl) is cl
+    expanded = torch.randn(1, 5, 1, 1).expand(2**20, 5, 64, 64)
+    xe = gemm_kernels._channels_inner(expanded)
+    assert xe.stride() == (0, 1, 0, 0) and xe.untyped_storage().nbytes() == 5 * 4
+    flat = torch.ones(()).expand(3, 4, 2, 2)  # y.sum().backward()'s gradient: the channel axis too
+    assert gemm_kernels._channels_inner(flat).stride() == (0, 1, 0, 0)
+    # the packed weight: K-major rows of 16-aligned length, zero padding
+    w = torch.randn(6, 2, 3, 2)
+    wp, n_ld = gemm_kernels._pack_weight(w, 2, transpose=False)
+    assert wp.shape == (2, 3, 2, 2, 16) and n_ld == 16 and wp.is_contiguous()
+    assert torch.equal(wp[1, 2, 1, :, :3], w[3:, :, 2, 1].t()) and not wp[..., 3:].any()
+    wt, _ = gemm_kernels._pack_weight(w, 2, transpose=True)
+    assert wt.shape == (2, 3, 2, 3, 16) and torch.equal(wt[1, 2, 1, :, :2], w[3:, :, 2, 1])
+
+
+def test_autotune_keys_bucket_resolution_and_prune_narrow_channels():
+    """A new batch size or resolution in the same power-of-two bucket reuses the tuning (M_KEY, not
+    M, is keyed); channel counts stay exact. Narrow layers only try tiles cut to their channels."""
+    for table in (gemm_kernels._fwd_tuned, gemm_kernels._bwd_input_tuned, gemm_kernels._bwd_weight_tuned):
+        for tuner in table.values():
+            assert "M_KEY" in tuner.keys and "M" not in tuner.keys and "CIN_G" in tuner.keys, tuner.keys
+    assert gemm_kernels._m_key(2 * 100 * 152) == gemm_kernels._m_key(2 * 96 * 160) == 32768
+    assert gemm_kernels._m_key(1) == 1
+    cfgs = gemm_kernels.GEMM_CONFIGS["fp16"]
+    assert all(c.kwargs["BLOCK_K"] == 64 for c in cfgs[:4])  # 16-bit types: 64-deep K steps
+    narrow = gemm_kernels._fwd_prune(cfgs, {"CIN_G": 3, "COUT_G": 5})
+    assert narrow and all(c.kwargs["BLOCK_K"] == 16 and c.kwargs["BLOCK_N"] == 16 for c in narrow)
+    assert len({(tuple(c.kwargs.items()), c.num_warps, c.num_stages) for c in narrow}) == len(narrow)
+    assert gemm_kernels._fwd_prune(cfgs, {"CIN_G": 256, "COUT_G": 256})[0].kwargs == cfgs[0].kwargs
+
+
 def test_int64_indexing_path(device, monkeypatch):
     """The 64-bit index variant (chosen for tensors past 2**31 elements) gives the same result."""
     x = torch.randn(2, 4, 6, 6, device=device)
