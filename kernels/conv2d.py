@@ -70,12 +70,15 @@ GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
 # 64-bit index builds: the pixel-index vectors double in width; 8 warps spread them (found with
 # python -m kernels.inspect: the 32-bit defaults spill there, these do not).
 WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)]),
-                                   fp16=[_cfg(64, 64, 64, 8, 2)], bf16=[_cfg(64, 64, 64, 8, 2)],
-                                   fp32=[_cfg(64, 64, 32, 8, 2)])
-GEMM_CONFIGS = with_index64(GEMM_CONFIGS, fp16=[_cfg(64, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 3)],
-                            bf16=[_cfg(64, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 3)],
-                            fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)],
-                            fp64=[_cfg(64, 32, 16, 8, 2)])
+                                   fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
+                                   fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(32, 32, 16, 2, 2)])
+_I64 = dict(fp16=[_cfg(64, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 3)], bf16=[_cfg(64, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 3)],
+            fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)])
+# The input gradient's TF32-off and fp64 defaults spill with triton 3.6's ptxas at the forward's sizes.
+INPUT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(32, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 2),
+                                                                    _cfg(64, 32, 16, 4, 2)]),
+                                  **_I64, fp64=[_cfg(32, 32, 16, 4, 2)])
+GEMM_CONFIGS = with_index64(GEMM_CONFIGS, **_I64, fp64=[_cfg(64, 32, 16, 8, 2)])
 # Small tiles under the interpreter: numpy cost grows with tile area, not program count.
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}
 #: row tiles per group of the grouped tile order (L2 reuse of the weight tiles)
@@ -295,7 +298,7 @@ _fwd_prune = fit_blocks(BLOCK_K="CIN_G", BLOCK_N="COUT_G")
 _bwd_input_prune = fit_blocks(BLOCK_K="COUT_G", BLOCK_N="CIN_G")
 _bwd_weight_prune = fit_blocks(BLOCK_M="COUT_G", BLOCK_N="CIN_G")
 _fwd_tuned = autotuned(_conv2d_fwd_kernel, GEMM_CONFIGS, _FWD_KEY, prune=_fwd_prune)
-_bwd_input_tuned = autotuned(_conv2d_bwd_input_kernel, GEMM_CONFIGS, ["M_KEY", "CIN_G", "COUT_G", "TH", "TW"],
+_bwd_input_tuned = autotuned(_conv2d_bwd_input_kernel, INPUT_GRAD_CONFIGS, ["M_KEY", "CIN_G", "COUT_G", "TH", "TW"],
                              prune=_bwd_input_prune)
 _bwd_weight_tuned = autotuned(_conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS,
                               ["M_KEY", "CIN_G", "COUT_G", "KH", "KW", "N_SPLIT"], prune=_bwd_weight_prune)
@@ -454,7 +457,7 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
 
 AOT_SPECS = [
     KernelSpec("conv2d_fwd", _conv2d_fwd_kernel, GEMM_CONFIGS, gemm=True, prune=_fwd_prune),
-    KernelSpec("conv2d_bwd_input", _conv2d_bwd_input_kernel, GEMM_CONFIGS, gemm=True, prune=_bwd_input_prune),
+    KernelSpec("conv2d_bwd_input", _conv2d_bwd_input_kernel, INPUT_GRAD_CONFIGS, gemm=True, prune=_bwd_input_prune),
     KernelSpec("conv2d_bwd_weight", _conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS, gemm=True,
                prune=_bwd_weight_prune),
 ]
