@@ -31,6 +31,11 @@ oh * stride; for a fixed phase r = (ih + pad) mod stride only the taps with kh *
 stride_h * stride_w dense implicit GEMMs (one launch per phase, ``_phases``), none with masked,
 wasted taps, as cuDNN does.
 
+Narrow groups (ResNeXt's 4 channels per group) would fill a 16-wide tile with masked lanes and read
+8-byte rows. ``_group_pack`` packs P neighbouring groups into one GEMM whose weight is
+block-diagonal (``_block_diagonal``): the same convolution with groups / P groups of P times the
+channels, 16-byte rows and P times denser tiles (the off-diagonal zeros are the price).
+
 All pointer offsets are 64-bit in the 64-bit index build (``IDX64``), so tensors past 2**31
 elements are addressed right.
 """
@@ -322,6 +327,33 @@ def _channels_inner(t: torch.Tensor) -> torch.Tensor:
     return src.contiguous(memory_format=torch.channels_last).expand(t.shape)
 
 
+#: narrow groups are packed up to this many channels per GEMM (one 16-wide tile)
+_PACK_WIDTH = 16
+
+
+def _group_pack(groups: int, k_ch: int, n_ch: int) -> int:
+    """How many neighbouring groups one GEMM computes (block-diagonal weight): the largest divisor P
+    of ``groups`` with P * max(k_ch, n_ch) <= _PACK_WIDTH; 1 when groups are 16 channels or wider,
+    and for one channel per group on either side (depthwise shapes: layers route those to
+    kernels.depthwise)."""
+    widest = max(k_ch, n_ch)
+    if min(k_ch, n_ch) < 2 or widest * 2 > _PACK_WIDTH:
+        return 1
+    return max(p for p in range(1, min(groups, _PACK_WIDTH // widest) + 1) if groups % p == 0)
+
+
+def _block_diagonal(w: torch.Tensor, groups: int, pack: int) -> torch.Tensor:
+    """The weight (C_out, CIN_G, KH, KW) of a ``groups``-group convolution as the weight
+    (C_out, pack * CIN_G, KH, KW) of the same convolution with groups // pack groups: each new
+    group's filters are zero outside the input channels of their original group."""
+    c_out, cin_g, kh, kw = w.shape
+    wg = w.reshape(groups // pack, pack, c_out // groups, cin_g, kh, kw)
+    dense = w.new_zeros((groups // pack, pack, c_out // groups, pack, cin_g, kh, kw))
+    for p in range(pack):
+        dense[:, p, :, p] = wg[:, p]
+    return dense.reshape(c_out, pack * cin_g, kh, kw)
+
+
 def _pack_weight(w: torch.Tensor, groups: int, transpose: bool) -> tuple[torch.Tensor, int]:
     """The weight (C_out, CIN_G, KH, KW) as the K-major GEMM operand of one group per slice:
     forward (``transpose=False``) (G, KH, KW, CIN_G, COUT_LD), input gradient (G, KH, KW, COUT_G,
@@ -350,6 +382,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     M = N * OH * OW
     if y.numel() == 0:
         return y
+    pack = _group_pack(groups, cin_g, cout_g)
+    if pack > 1:
+        weight, groups, cin_g, cout_g = _block_diagonal(weight, groups, pack), groups // pack, cin_g * pack, cout_g * pack
     xc = _channels_inner(x)
     wp, cout_ld = _pack_weight(weight, groups, transpose=False)
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(cout_g, meta["BLOCK_N"]), 1, groups)
@@ -399,6 +434,9 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
     cout_g = C_out // groups
     if gx.numel() == 0:
         return gx
+    pack = _group_pack(groups, cout_g, cin_g)
+    if pack > 1:
+        weight, groups, cin_g, cout_g = _block_diagonal(weight, groups, pack), groups // pack, cin_g * pack, cout_g * pack
     gy = _channels_inner(grad_output)
     wp, cin_ld = _pack_weight(weight, groups, transpose=True)
     tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(gy, wp, gx, N * H * W)
@@ -437,6 +475,12 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
     acc_dtype = accumulator_dtype(x.dtype)
     if M == 0 or C_out == 0 or cin_g == 0:
         return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
+    pack = _group_pack(groups, cin_g, cout_g)
+    if pack > 1:  # the block-diagonal gradient of groups // pack groups; its diagonal blocks are kept
+        dw = conv2d_weight_grad(x, grad_output, (C_out, cin_g * pack, KH, KW), stride, padding, dilation,
+                                groups // pack, split_k)
+        blocks = dw.reshape(groups // pack, pack, cout_g, pack, cin_g, KH, KW).diagonal(dim1=1, dim2=3)
+        return blocks.permute(0, 5, 1, 2, 3, 4).reshape(weight_shape)
     if split_k is None:
         split_k = _split_k(M, cdiv(cout_g, 64) * cdiv(cin_g, 64) * KH * KW * groups, x.device)
     m_per_split = cdiv(M, split_k)

@@ -190,6 +190,46 @@ def test_input_grad_phases(device, case):
     assert len(calls) == min(sh, H) * min(sw, W)
 
 
+# (C_in, C_out, groups, stride): 4 channels per group (ResNeXt 32x4d's first stage, 4 groups
+# per GEMM), 2 -> 3 channels per group (3 per GEMM), 5 per group (3 groups, 15 wide)
+NARROW_CASES = [(16, 16, 4, 1), (12, 18, 6, 2), (15, 15, 3, 1)]
+
+
+@pytest.mark.parametrize("case", NARROW_CASES, ids=["4x4-g4", "2x3-g6-s2", "5x5-g3"])
+def test_narrow_groups_pack_into_block_diagonal_gemms(device, case, monkeypatch):
+    """Narrow groups run as fewer, wider groups with a block-diagonal weight: forward, both
+    gradients and the transposed conv match aten (float64), and the kernels see the packed shape."""
+    C_in, C_out, g, s = case
+    x = torch.randn(2, C_in, 5, 4, device=device, dtype=torch.float64)
+    w = torch.randn(C_out, C_in // g, 3, 3, device=device, dtype=torch.float64)
+    b = torch.randn(C_out, device=device, dtype=torch.float64)
+    conf = ((s, s), (1, 1), (1, 1), g)
+    ref = F.conv2d(x, w, b, *conf)
+    assert_close(gemm_kernels.conv2d_forward(x, w, b, *conf), ref, torch.float64, "output")
+    gy = torch.randn_like(ref)
+    assert_close(gemm_kernels.conv2d_input_grad(gy, w, x.shape, *conf),
+                 torch.nn.grad.conv2d_input(x.shape, w, gy, *conf), torch.float64, "grad input")
+    for split in (None, 2):
+        assert_close(gemm_kernels.conv2d_weight_grad(x, gy, w.shape, *conf, split_k=split),
+                     torch.nn.grad.conv2d_weight(x, w.shape, gy, *conf), torch.float64, "grad weight")
+    pack = gemm_kernels._group_pack(g, C_in // g, C_out // g)
+    assert pack > 1 and g % pack == 0 and pack * max(C_in, C_out) // g <= 16
+    calls = []
+    monkeypatch.setattr(gemm_kernels, "launch", lambda tuned, plain, grid, icfg, *a, **kw: calls.append((grid, a)))
+    gemm_kernels.conv2d_forward(x, w, b, *conf)
+    grid, args = calls[0]
+    names = gemm_kernels._conv2d_fwd_kernel.arg_names
+    assert grid(gemm_kernels.INTERPRET_CONFIG)[2] == g // pack
+    assert args[names.index("CIN_G")] == pack * C_in // g and args[names.index("COUT_G")] == pack * C_out // g
+
+
+def test_group_pack_rule():
+    assert gemm_kernels._group_pack(32, 4, 4) == 4 and gemm_kernels._group_pack(32, 8, 8) == 2
+    assert gemm_kernels._group_pack(32, 16, 16) == 1 and gemm_kernels._group_pack(1, 4, 4) == 1
+    assert gemm_kernels._group_pack(7, 2, 2) == 7 and gemm_kernels._group_pack(10, 3, 3) == 5
+    assert gemm_kernels._group_pack(64, 1, 2) == 1  # depthwise shapes stay unpacked
+
+
 def test_operands_are_read_channels_innermost():
     """NCHW activations are copied once to channels_last for the kernels; channels_last ones are
     read in place; broadcast dimensions stay broadcast (no copy of an expanded gradient)."""
