@@ -67,21 +67,22 @@ GEMM_CONFIGS = {
              _cfg(128, 256, 64, 8, 3), _cfg(32, 64, 32, 2, 4)],
     "fp32": [_cfg(64, 64, 32, 8, 3), _cfg(128, 64, 32, 8, 3), _cfg(128, 128, 32, 8, 3), _cfg(64, 32, 32, 4, 4),
              _cfg(32, 32, 16, 2, 3)],
-    "fp32_ieee": [_cfg(64, 64, 16, 4, 2), _cfg(32, 64, 16, 4, 2), _cfg(64, 32, 16, 4, 2)],
+    "fp32_ieee": [_cfg(64, 64, 16, 4, 2), _cfg(32, 32, 16, 4, 2)],
     "fp64": [_cfg(64, 32, 16, 4, 2), _cfg(32, 32, 16, 4, 2), _cfg(64, 64, 16, 8, 2)],
 }
 GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
-# The weight gradient keeps two more index vectors live per K step: its FMA default is narrower.
+# The weight gradient keeps two more index vectors live per K step: its FMA and fp64 tiles are narrower.
 # 64-bit index builds: the pixel-index vectors double in width; 8 warps spread them (found with
 # python -m kernels.inspect: the 32-bit defaults spill there, these do not).
-WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)]),
+WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2)],
+                                        fp64=[_cfg(64, 32, 16, 4, 2), _cfg(32, 32, 16, 4, 2)]),
                                    fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
                                    fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(32, 32, 16, 2, 2)])
-_I64 = dict(fp16=[_cfg(64, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 3)], bf16=[_cfg(64, 64, 64, 8, 3), _cfg(128, 64, 64, 8, 3)],
-            fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)])
-# The input gradient's TF32-off and fp64 defaults spill with triton 3.6's ptxas at the forward's sizes.
-INPUT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(32, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 2),
-                                                                    _cfg(64, 32, 16, 4, 2)]),
+_I64 = dict(fp16=[_cfg(64, 64, 64, 8, 3)], bf16=[_cfg(64, 64, 64, 8, 3)], fp32=[_cfg(64, 64, 32, 8, 2)],
+            fp32_ieee=[_cfg(64, 64, 32, 8, 1)])
+# The input gradient's TF32-off tiles and 64-bit fp64 default spill (with triton 3.6's or 3.8's
+# ptxas) at the forward's sizes. Every config here was compiled in every build (--all-configs).
+INPUT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32=GEMM_CONFIGS["fp32"][:3], fp32_ieee=[_cfg(32, 32, 16, 4, 2)]),
                                   **_I64, fp64=[_cfg(32, 32, 16, 4, 2)])
 GEMM_CONFIGS = with_index64(GEMM_CONFIGS, **_I64, fp64=[_cfg(64, 32, 16, 8, 2)])
 # Small tiles under the interpreter: numpy cost grows with tile area, not program count.
