@@ -399,7 +399,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     return y
 
 
-def _phases(size: int, out_size: int, k: int, s: int, p: int, d: int) -> list:
+def _phases(size: int, k: int, s: int, p: int, d: int) -> list:
     """The sub-convolutions of one axis of the input gradient: for each phase r = (i + p) mod s
     whose input rows exist, (i0, rows, oh0, doh, kh0, kh_step, taps): rows i = i0 + j * s
     (j < rows) gather output rows oh = j + oh0 - t * doh through taps kh = kh0 + t * kh_step
@@ -442,8 +442,8 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
     wp, cin_ld = _pack_weight(weight, groups, transpose=True)
     tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(gy, wp, gx, N * H * W)
     tuned = _bwd_input_tuned[config_class(_bwd_input_tuned, grad_output.dtype, tf32, i64)]
-    for ih0, hj, oh0, doh, kh0, kh_step, th in _phases(H, OH, KH, sh, ph, dh):
-        for iw0, wj, ow0, dow, kw0, kw_step, tw in _phases(W, OW, KW, sw, pw, dw):
+    for ih0, hj, oh0, doh, kh0, kh_step, th in _phases(H, KH, sh, ph, dh):
+        for iw0, wj, ow0, dow, kw0, kw_step, tw in _phases(W, KW, sw, pw, dw):
             M = N * hj * wj
             grid = lambda meta, M=M: (cdiv(M, meta["BLOCK_M"]) * cdiv(cin_g, meta["BLOCK_N"]), 1, groups)
             launch(tuned, _conv2d_bwd_input_kernel, grid, INTERPRET_CONFIG,
