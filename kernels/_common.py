@@ -287,12 +287,35 @@ def config_class(table: dict, dtype, tf32: bool = False, idx64: bool = False) ->
 _BUILD_CONSTEXPRS = ("HAS_BIAS", "HAS_MASK", "HAS_OFFSET", "IDX64")
 
 
-def autotuned(fn, table: dict, key: list, reset=None) -> dict:
+def autotuned(fn, table: dict, key: list, reset=None, prune=None) -> dict:
     """One ``triton.autotune`` of ``fn`` per config class of ``table`` (see ``config_class``),
     keyed on ``key`` plus the build constexprs ``fn`` has. ``reset`` names workspaces that
-    atomics accumulate into, zeroed between autotuning trials (launchers still zero them)."""
+    atomics accumulate into, zeroed between autotuning trials (launchers still zero them).
+    ``prune`` (``prune(configs, named_args) -> configs``, see ``fit_blocks``) picks the configs
+    a launch may try; ``kernels.inspect`` applies the same function to its builds."""
     key = list(key) + [c for c in _BUILD_CONSTEXPRS if c in fn.arg_names]
-    return {cls: triton.autotune(configs=cfgs, key=key, reset_to_zero=reset)(fn) for cls, cfgs in table.items()}
+    by = None if prune is None else {"early_config_prune": lambda configs, named_args, **kw: prune(configs, named_args)}
+    return {cls: triton.autotune(configs=cfgs, key=key, reset_to_zero=reset, prune_configs_by=by)(fn)
+            for cls, cfgs in table.items()}
+
+
+def fit_blocks(**extents):
+    """A config pruner (for ``autotuned`` / ``KernelSpec.prune``): each named block size is cut to
+    the next power of two (at least 16) of the kernel argument that bounds it, e.g.
+    ``fit_blocks(BLOCK_K="CIN_G")``, and configs that become equal are dropped (the first stays
+    first). A 64-wide K step over 3 channels only adds masked lanes and registers."""
+    def prune(configs, named_args):
+        out, seen = [], set()
+        for cfg in configs:
+            kw = dict(cfg.kwargs)
+            for block, arg in extents.items():
+                kw[block] = min(kw[block], max(16, triton.next_power_of_2(max(int(named_args[arg]), 1))))
+            ident = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
+            if ident not in seen:
+                seen.add(ident)
+                out.append(triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+        return out
+    return prune
 
 
 def with_index64(table: dict, **i64_configs) -> dict:
@@ -315,6 +338,7 @@ class KernelSpec:
     fn: object
     configs: dict
     gemm: bool = False  # True: tensor-core instructions are expected for fp16/bf16
+    prune: object = None  # the launcher's config pruner (``fit_blocks``), or None
 
 
 def cdiv(a: int, b: int) -> int:

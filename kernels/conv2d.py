@@ -1,27 +1,55 @@
 """Implicit-GEMM 2-D convolution: forward, input gradient (= transposed conv), weight gradient.
 
-Layouts: any strides (NCHW, channels_last, non-contiguous views, zero-stride
-expanded gradients) are read in place; outputs take the input's memory format.
 Per group ``g`` the three passes are GEMMs over
 
-    forward      Y[m, co]  = sum_k X~[m, k] W[co, k]     m = (n, oh, ow), k = (kh, kw, ci)
+    forward      Y[m, co]  = sum_k X~[m, k] W[k, co]     m = (n, oh, ow), k = (kh, kw, ci)
     input grad   dX[m, ci] = sum_k dY~[m, k] W[k, ci]    m = (n, ih, iw), k = (kh, kw, co)
     weight grad  dW[co, k] = sum_m dY[m, co] X~[m, k]    reduction over m = (n, oh, ow)
 
-where ``~`` marks the implicit im2col gather (never materialised). The K loop
-walks kernel taps outermost, so the bounds mask of a tap is computed once and
-the inner loop streams contiguous channels. Accumulation is fp32 (fp64 for fp64).
-All pointer offsets are 64-bit, so tensors past 2**31 elements are addressed right.
+where ``~`` marks the implicit im2col gather (never materialised). Accumulation is fp32 (fp64
+for fp64).
+
+Layouts. The GEMM operands are read along their contiguous axis, so every K step is a set of
+16-byte (vectorised, cp.async-pipelined) loads:
+
+* activations (x, dY) are read channels-innermost: a tensor whose channel stride is not 1
+  (NCHW) is copied to channels_last once per call at the op boundary (``_channels_inner``;
+  broadcast dimensions stay broadcast). channels_last input is read in place.
+* the weight is repacked once per call into the GEMM's K-major order
+  ``(G, KH, KW, K_CH, N_LD)`` (``_pack_weight``): rows k = (kh, kw, k_ch), columns the GEMM's N
+  channels, padded with zeros to a multiple of 16 so every row starts 16-byte aligned.
+* outputs are written in place in the memory format of the op's input (any strides).
+
+The K loop walks kernel taps outermost and channels inside (one flat loop, which Triton
+pipelines), so a tap's bounds mask is computed once per channel block. Tiles are scheduled in
+groups of ``GROUP_SIZE_M`` row tiles (Triton's matmul tutorial) so consecutive programs share
+weight tiles in L2.
+
+Strided input gradient. dX[ih] gathers dY[oh] over the taps with ih + pad - kh * dil =
+oh * stride; for a fixed phase r = (ih + pad) mod stride only the taps with kh * dil = r
+(mod stride) contribute, and they form an arithmetic progression. The input gradient is thus
+stride_h * stride_w dense implicit GEMMs (one launch per phase, ``_phases``), none with masked,
+wasted taps, as cuDNN does.
+
+Narrow groups (ResNeXt's 4 channels per group) would fill a 16-wide tile with masked lanes and read
+8-byte rows. ``_group_pack`` packs P neighbouring groups into one GEMM whose weight is
+block-diagonal (``_block_diagonal``): the same convolution with groups / P groups of P times the
+channels, 16-byte rows and P times denser tiles (the off-diagonal zeros are the price).
+
+All pointer offsets are 64-bit in the 64-bit index build (``IDX64``), so tensors past 2**31
+elements are addressed right.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, _idx, KernelSpec, launch, like_layout, _mma, needs_int64, pair,
-    _tile_offsets, _unflatten, with_index64,
+    accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, fit_blocks, _idx, KernelSpec, launch, like_layout, _mma,
+    needs_int64, pair, _tile_offsets, _unflatten, with_index64,
 )
 
 
@@ -30,149 +58,191 @@ def _cfg(bm, bn, bk, warps, stages):
 
 
 # Autotune configs per config class (kernels._common.config_class); the first of each list is the
-# default, which must compile without spills in every build (python -m kernels.inspect).
+# default, which must compile without spills in every build (python -m kernels.inspect, with the
+# ptxas of triton 3.8 and of triton 3.6). 16-bit types take 64-deep K steps (128-byte rows).
 # "fp32_ieee" (TF32 off) runs on CUDA-core FMAs: its operand fragments take more registers than
 # tensor-core fragments, so its tiles are smaller and its K steps shorter.
 GEMM_CONFIGS = {
-    "fp16": [_cfg(64, 64, 32, 4, 4), _cfg(128, 64, 32, 8, 3), _cfg(128, 128, 32, 8, 3), _cfg(64, 32, 32, 4, 4),
+    "fp16": [_cfg(128, 64, 64, 4, 3), _cfg(128, 128, 64, 8, 3), _cfg(64, 128, 64, 4, 3), _cfg(64, 64, 64, 4, 4),
+             _cfg(128, 256, 64, 8, 3), _cfg(32, 64, 32, 2, 4)],
+    "fp32": [_cfg(64, 64, 32, 8, 3), _cfg(128, 64, 32, 8, 3), _cfg(128, 128, 32, 8, 3), _cfg(64, 32, 32, 4, 4),
              _cfg(32, 32, 16, 2, 3)],
-    "fp32": [_cfg(64, 64, 32, 4, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 32, 32, 4, 4), _cfg(32, 32, 16, 2, 3)],
-    "fp32_ieee": [_cfg(64, 64, 16, 4, 2), _cfg(32, 64, 16, 4, 2), _cfg(64, 32, 16, 4, 2)],
+    "fp32_ieee": [_cfg(64, 64, 16, 4, 2), _cfg(32, 32, 16, 4, 2)],
     "fp64": [_cfg(64, 32, 16, 4, 2), _cfg(32, 32, 16, 4, 2), _cfg(64, 64, 16, 8, 2)],
 }
 GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
-# The weight gradient keeps two more index vectors live per K step: its FMA default is narrower.
+# The weight gradient keeps two more index vectors live per K step: its FMA and fp64 tiles are narrower.
 # 64-bit index builds: the pixel-index vectors double in width; 8 warps spread them (found with
 # python -m kernels.inspect: the 32-bit defaults spill there, these do not).
-WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2), _cfg(64, 64, 16, 4, 1)]),
+WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2)],
+                                        fp64=[_cfg(64, 32, 16, 4, 2), _cfg(32, 32, 16, 4, 2)]),
                                    fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
-                                   fp32=[_cfg(64, 64, 32, 8, 2)])
-GEMM_CONFIGS = with_index64(GEMM_CONFIGS, fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
-                            fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)],
-                            fp64=[_cfg(64, 64, 32, 8, 2)])
+                                   fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(32, 32, 16, 2, 2)])
+_I64 = dict(fp16=[_cfg(64, 64, 64, 8, 3)], bf16=[_cfg(64, 64, 64, 8, 3)], fp32=[_cfg(64, 64, 32, 8, 2)],
+            fp32_ieee=[_cfg(64, 64, 32, 8, 1)])
+# The input gradient's TF32-off tiles and 64-bit fp64 default spill (with triton 3.6's or 3.8's
+# ptxas) at the forward's sizes. Every config here was compiled in every build (--all-configs).
+INPUT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32=GEMM_CONFIGS["fp32"][:3], fp32_ieee=[_cfg(32, 32, 16, 4, 2)]),
+                                  **_I64, fp64=[_cfg(32, 32, 16, 4, 2)])
+GEMM_CONFIGS = with_index64(GEMM_CONFIGS, **_I64, fp64=[_cfg(64, 32, 16, 8, 2)])
 # Small tiles under the interpreter: numpy cost grows with tile area, not program count.
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}
+#: row tiles per group of the grouped tile order (L2 reuse of the weight tiles)
+GROUP_SIZE_M = 8
+#: the packed weight's rows are padded to a multiple of this many elements (16-byte aligned rows)
+_ROW_ALIGN = 16
+
+
+# --------------------------------------------------------------------------- helpers
+@triton.jit
+def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SIZE_M: tl.constexpr):
+    """Program id -> (row tile, column tile), GROUP_SIZE_M row tiles at a time down each column
+    band, so programs that run together read the same weight tiles (Triton's matmul tutorial)."""
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_SIZE_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_SIZE_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_SIZE_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _implicit_gemm_tile(
+    # pointers: source activations (channel stride 1), packed weight (G, KH, KW, K_CH, N_LD), bias, output
+    src_ptr, w_ptr, b_ptr, dst_ptr,
+    # shapes: GEMM rows M = N * A * B output pixels on an A x B grid; source spatial extent SH x SW;
+    # K_CH channels per tap and group, N_CH output channels per group (N_LD: packed row length);
+    # TH x TW taps, the packed weight has KH x KW
+    M, A, B, SH, SW, K_CH, N_CH, N_LD, TH, TW, KH, KW,
+    # strides: source (channel stride 1), output
+    stride_sn, stride_sh, stride_sw,
+    stride_dn, stride_dc, stride_dh, stride_dw,
+    # geometry per axis: source row of pixel a and tap t = a * src_step + src_first + t * src_tap;
+    # the weight's tap kh = kh0 + t * kh_step; the output row of pixel a = a * dst_step + dst_first
+    src_step_h, src_step_w, src_first_h, src_first_w, src_tap_h, src_tap_w,
+    kh0, kw0, kh_step, kw_step, dst_step_h, dst_step_w, dst_first_h, dst_first_w,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
+):
+    """One BLOCK_M x BLOCK_N output tile of group program_id(2): the body shared by the forward
+    and the (phase of the) input gradient."""
+    g = tl.program_id(2)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N_CH, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+    offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)  # int64 in the 64-bit build: M may pass 2**31
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    n, a, b = _unflatten(offs_m, A, B)
+    sh0 = a * src_step_h + src_first_h
+    sw0 = b * src_step_w + src_first_w
+    # the row base address (may point before the tensor for padded taps: those are masked)
+    src_row = _idx(n, IDX64) * stride_sn + _idx(sh0, IDX64) * stride_sh + _idx(sw0, IDX64) * stride_sw \
+        + _idx(g * K_CH, IDX64)
+    w_g = w_ptr + _idx(g, IDX64) * KH * KW * K_CH * N_LD
+    # loads are masked to the padded row length: a mask constant over 16 columns keeps them vectorised
+    mask_n_ld = offs_n < N_LD
+    if src_ptr.dtype.element_ty == tl.float64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # One flat K loop over (tap, channel block) pipelines better than nested loops.
+    n_cb = tl.cdiv(K_CH, BLOCK_K)
+    for kk in range(0, TH * TW * n_cb):
+        tap = kk // n_cb
+        c0 = (kk - tap * n_cb) * BLOCK_K
+        th = tap // TW
+        tw = tap - th * TW
+        dh = th * src_tap_h
+        dw = tw * src_tap_w
+        ok = mask_m & (sh0 + dh >= 0) & (sh0 + dh < SH) & (sw0 + dw >= 0) & (sw0 + dw < SW)
+        offs_k = c0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K_CH
+        src_tap = src_row + (_idx(dh, IDX64) * stride_sh + _idx(dw, IDX64) * stride_sw)
+        x = tl.load(src_ptr + (src_tap[:, None] + offs_k[None, :]), mask=ok[:, None] & mask_k[None, :], other=0.0)
+        w_row = ((kh0 + th * kh_step) * KW + (kw0 + tw * kw_step)) * K_CH
+        w = tl.load(w_g + ((w_row + offs_k)[:, None] * N_LD + offs_n[None, :]),
+                    mask=mask_k[:, None] & mask_n_ld[None, :], other=0.0)
+        acc = _mma(x, w, acc, ALLOW_TF32)
+    co = g * N_CH + offs_n
+    mask_n = offs_n < N_CH
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + co, mask=mask_n, other=0.0)
+        acc += bias[None, :].to(acc.dtype)
+    # the pixel indices again (not kept live through the K loop)
+    n, a, b = _unflatten(offs_m, A, B)
+    dst_off = (_idx(n, IDX64) * stride_dn + _idx(a * dst_step_h + dst_first_h, IDX64) * stride_dh
+               + _idx(b * dst_step_w + dst_first_w, IDX64) * stride_dw)[:, None] + _idx(co, IDX64)[None, :] * stride_dc
+    tl.store(dst_ptr + dst_off, acc.to(dst_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _conv2d_fwd_kernel(
+    # pointers: x (N, C_in, H, W) with channel stride 1; weight packed (G, KH, KW, CIN_G, COUT_LD);
+    # bias (C_out,); y (N, C_out, OH, OW), any strides
     x_ptr, w_ptr, b_ptr, y_ptr,
-    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW,
-    sxn, sxc, sxh, sxw,
-    swo, swi, swh, sww,
-    syn, syc, syh, syw,
+    # shapes (M = N * OH * OW; M_KEY = its next power of two, the autotune key; unused here)
+    M, H, W, OH, OW, CIN_G, COUT_G, COUT_LD, KH, KW, M_KEY,
+    # strides
+    stride_xn, stride_xh, stride_xw,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # meta-parameters
     HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    g = tl.program_id(2)
-    offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)  # int64 in the 64-bit build: M may pass 2**31
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < COUT_G
-    n, oh, ow = _unflatten(offs_m, OH, OW)
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
-    x_base = _idx(n, IDX64) * sxn + _idx((g * CIN_G), IDX64) * sxc
-    co = g * COUT_G + offs_n
-    w_base = _idx(co, IDX64) * swo
-    if x_ptr.dtype.element_ty == tl.float64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # One flat K loop over (tap, channel block) pipelines better than nested loops.
-    n_cb = tl.cdiv(CIN_G, BLOCK_K)
-    for kk in range(0, KH * KW * n_cb):
-        tap = kk // n_cb
-        c0 = (kk % n_cb) * BLOCK_K
-        kh = tap // KW
-        kw = tap % KW
-        ih = ih0 + kh * dil_h
-        iw = iw0 + kw * dil_w
-        ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        offs_k = c0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < CIN_G
-        x_tap = x_base + _idx(ih, IDX64) * sxh + _idx(iw, IDX64) * sxw
-        a = tl.load(x_ptr + (x_tap[:, None] + _idx(offs_k[None, :], IDX64) * sxc),
-                    mask=ok[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(w_ptr + (w_base[None, :] + (kh * swh + kw * sww) + _idx(offs_k[:, None], IDX64) * swi),
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(a, b, acc, ALLOW_TF32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + co, mask=mask_n, other=0.0)
-        acc += bias[None, :].to(acc.dtype)
-    y_off = (_idx(n, IDX64) * syn + _idx(oh, IDX64) * syh + _idx(ow, IDX64) * syw)[:, None] \
-        + _idx(co, IDX64)[None, :] * syc
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    _implicit_gemm_tile(x_ptr, w_ptr, b_ptr, y_ptr,
+                        M, OH, OW, H, W, CIN_G, COUT_G, COUT_LD, KH, KW, KH, KW,
+                        stride_xn, stride_xh, stride_xw, stride_yn, stride_yc, stride_yh, stride_yw,
+                        stride_h, stride_w, -pad_h, -pad_w, dil_h, dil_w,
+                        0, 0, 1, 1, 1, 1, 0, 0,
+                        HAS_BIAS, ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE_M)
 
 
 # --------------------------------------------------------------------------- input grad
 @triton.jit
 def _conv2d_bwd_input_kernel(
+    # pointers: dY (N, C_out, OH, OW) with channel stride 1; weight packed (G, KH, KW, COUT_G, CIN_LD);
+    # bias (C_in,) (conv_transpose2d); dX (N, C_in, H, W), any strides
     gy_ptr, w_ptr, b_ptr, gx_ptr,
-    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW,
-    sgn, sgc, sgh, sgw,
-    swo, swi, swh, sww,
-    sxn, sxc, sxh, sxw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # shapes: this phase's M = N * HJ * WJ input pixels, TH x TW taps (M_KEY: autotune key, unused)
+    M, HJ, WJ, OH, OW, CIN_G, COUT_G, CIN_LD, TH, TW, KH, KW, M_KEY,
+    # strides
+    stride_gn, stride_gh, stride_gw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    # the phase: input row ih = ih0 + j * stride_h reads dY row oh = j + oh0 - t * doh through the
+    # weight tap kh = kh0 + t * kh_step (and the same for columns)
+    ih0, iw0, stride_h, stride_w, oh0, ow0, doh, dow, kh0, kw0, kh_step, kw_step,
+    # meta-parameters
     HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
 ):
-    # M runs over input pixels (n, ih, iw); N over the group's input channels; K over (tap, co).
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    g = tl.program_id(2)
-    offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < CIN_G
-    n, ih, iw = _unflatten(offs_m, H, W)
-    gy_base = _idx(n, IDX64) * sgn + _idx((g * COUT_G), IDX64) * sgc
-    ci = g * CIN_G + offs_n
-    w_base = _idx((g * COUT_G), IDX64) * swo + _idx(offs_n, IDX64) * swi
-    if gy_ptr.dtype.element_ty == tl.float64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    n_cb = tl.cdiv(COUT_G, BLOCK_K)
-    for kk in range(0, KH * KW * n_cb):
-        tap = kk // n_cb
-        c0 = (kk % n_cb) * BLOCK_K
-        kh = tap // KW
-        kw = tap % KW
-        th = ih + pad_h - kh * dil_h
-        tw = iw + pad_w - kw * dil_w
-        oh = th // stride_h
-        ow = tw // stride_w
-        # th, tw >= 0 are tested first: // and % of negatives are never used unmasked.
-        ok = mask_m & (th >= 0) & (tw >= 0) & (th % stride_h == 0) & (tw % stride_w == 0) & (oh < OH) & (ow < OW)
-        offs_k = c0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < COUT_G
-        gy_tap = gy_base + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
-        a = tl.load(gy_ptr + (gy_tap[:, None] + _idx(offs_k[None, :], IDX64) * sgc),
-                    mask=ok[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(w_ptr + (w_base[None, :] + (kh * swh + kw * sww) + _idx(offs_k[:, None], IDX64) * swo),
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(a, b, acc, ALLOW_TF32)
-    if HAS_BIAS:  # used by conv_transpose2d, whose output is this kernel's result
-        bias = tl.load(b_ptr + ci, mask=mask_n, other=0.0)
-        acc += bias[None, :].to(acc.dtype)
-    x_off = (_idx(n, IDX64) * sxn + _idx(ih, IDX64) * sxh + _idx(iw, IDX64) * sxw)[:, None] \
-        + _idx(ci, IDX64)[None, :] * sxc
-    tl.store(gx_ptr + x_off, acc.to(gx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    _implicit_gemm_tile(gy_ptr, w_ptr, b_ptr, gx_ptr,
+                        M, HJ, WJ, OH, OW, COUT_G, CIN_G, CIN_LD, TH, TW, KH, KW,
+                        stride_gn, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
+                        1, 1, oh0, ow0, -doh, -dow,
+                        kh0, kw0, kh_step, kw_step, stride_h, stride_w, ih0, iw0,
+                        HAS_BIAS, ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE_M)
 
 
 # --------------------------------------------------------------------------- weight grad
 @triton.jit
 def _conv2d_bwd_weight_kernel(
+    # pointers: x (N, C_in, H, W) and dY (N, C_out, OH, OW), both with channel stride 1;
+    # workspace (N_SPLIT, C_out, CIN_G, KH, KW) contiguous, fp32 / fp64
     x_ptr, gy_ptr, ws_ptr,
-    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, M_PER_SPLIT, N_SPLIT,
-    sxn, sxc, sxh, sxw,
-    sgn, sgc, sgh, sgw,
+    # shapes (M = N * OH * OW, reduced in N_SPLIT splits of M_PER_SPLIT; M_KEY: autotune key, unused)
+    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, M_PER_SPLIT, N_SPLIT, M_KEY,
+    # strides
+    stride_xn, stride_xh, stride_xw,
+    stride_gn, stride_gh, stride_gw,
+    # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # meta-parameters
     ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -180,6 +250,7 @@ def _conv2d_bwd_weight_kernel(
     # tap * n_tiles + tile). The reduction over output pixels is split N_SPLIT ways
     # (axis 2 = g * N_SPLIT + split) into a contiguous fp32/fp64 workspace
     # ws[split, co, ci, kh, kw] that the launcher sums: deterministic, no atomics.
+    # Both operands are read along channels (stride 1): dY^T tiles [co, pixel] and X tiles [pixel, ci].
     pid_m = tl.program_id(0)
     pid_t = tl.program_id(1)
     pid_gs = tl.program_id(2)
@@ -195,8 +266,6 @@ def _conv2d_bwd_weight_kernel(
     mask_co = offs_co < COUT_G
     mask_ci = offs_ci < CIN_G
     co = g * COUT_G + offs_co
-    gy_ch = _idx(co, IDX64) * sgc
-    x_ch = _idx((g * CIN_G + offs_ci), IDX64) * sxc
     if x_ptr.dtype.element_ty == tl.float64:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
     else:
@@ -210,10 +279,12 @@ def _conv2d_bwd_weight_kernel(
         ih = oh * stride_h - pad_h + kh * dil_h
         iw = ow * stride_w - pad_w + kw * dil_w
         ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
-        x_pix = _idx(n, IDX64) * sxn + _idx(ih, IDX64) * sxh + _idx(iw, IDX64) * sxw
-        a = tl.load(gy_ptr + (gy_ch[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :], other=0.0)
-        b = tl.load(x_ptr + (x_pix[:, None] + x_ch[None, :]), mask=ok[:, None] & mask_ci[None, :], other=0.0)
+        gy_pix = _idx(n, IDX64) * stride_gn + _idx(oh, IDX64) * stride_gh + _idx(ow, IDX64) * stride_gw
+        x_pix = _idx(n, IDX64) * stride_xn + _idx(ih, IDX64) * stride_xh + _idx(iw, IDX64) * stride_xw
+        a = tl.load(gy_ptr + (_idx(co, IDX64)[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :],
+                    other=0.0)
+        b = tl.load(x_ptr + (x_pix[:, None] + _idx(g * CIN_G + offs_ci, IDX64)[None, :]),
+                    mask=ok[:, None] & mask_ci[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32)
     taps = KH * KW
     per_split = _idx(tl.num_programs(2) // N_SPLIT, IDX64) * COUT_G * CIN_G * taps
@@ -224,11 +295,79 @@ def _conv2d_bwd_weight_kernel(
 
 
 # --------------------------------------------------------------------------- launchers
-_FWD_KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "stride_h", "stride_w", "sxc"]
-_fwd_tuned = autotuned(_conv2d_fwd_kernel, GEMM_CONFIGS, _FWD_KEY)
-_bwd_input_tuned = autotuned(_conv2d_bwd_input_kernel, GEMM_CONFIGS, _FWD_KEY[:-1] + ["sgc"])
+# Autotune keys: the pixel count bucketed to its next power of two (M_KEY), so a new batch size or
+# resolution reuses the tuning of its bucket; channel counts, kernel and stride exact.
+# Tiles are cut to the channel counts (fit_blocks): narrow layers (3 input channels, 8 per group)
+# do not pay for 64-wide K steps or 128-wide channel tiles of masked lanes.
+_FWD_KEY = ["M_KEY", "CIN_G", "COUT_G", "KH", "KW", "stride_h", "stride_w"]
+_fwd_prune = fit_blocks(BLOCK_K="CIN_G", BLOCK_N="COUT_G")
+_bwd_input_prune = fit_blocks(BLOCK_K="COUT_G", BLOCK_N="CIN_G")
+_bwd_weight_prune = fit_blocks(BLOCK_M="COUT_G", BLOCK_N="CIN_G")
+_fwd_tuned = autotuned(_conv2d_fwd_kernel, GEMM_CONFIGS, _FWD_KEY, prune=_fwd_prune)
+_bwd_input_tuned = autotuned(_conv2d_bwd_input_kernel, INPUT_GRAD_CONFIGS, ["M_KEY", "CIN_G", "COUT_G", "TH", "TW"],
+                             prune=_bwd_input_prune)
 _bwd_weight_tuned = autotuned(_conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS,
-                              ["M", "CIN_G", "COUT_G", "KH", "KW", "N_SPLIT", "sxc"])
+                              ["M_KEY", "CIN_G", "COUT_G", "KH", "KW", "N_SPLIT"], prune=_bwd_weight_prune)
+
+
+def _m_key(m: int) -> int:
+    """The autotune bucket of a GEMM's row count: its next power of two."""
+    return triton.next_power_of_2(max(int(m), 1))
+
+
+def _channels_inner(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (N, C, H, W) with channel stride 1: ``t`` itself when it has one (channels_last, or a
+    single channel), else a channels_last copy. Broadcast (stride-0) batch / spatial dimensions stay
+    broadcast: only one slice of them is copied (an expanded gradient is not materialised)."""
+    if t.shape[1] <= 1 or t.stride(1) == 1:
+        return t
+    src = t
+    for d in (0, 2, 3):
+        if t.stride(d) == 0 and t.shape[d] > 1:
+            src = src.narrow(d, 0, 1)
+    return src.contiguous(memory_format=torch.channels_last).expand(t.shape)
+
+
+#: narrow groups are packed up to this many channels per GEMM (one 16-wide tile)
+_PACK_WIDTH = 16
+
+
+def _group_pack(groups: int, k_ch: int, n_ch: int) -> int:
+    """How many neighbouring groups one GEMM computes (block-diagonal weight): the largest divisor P
+    of ``groups`` with P * max(k_ch, n_ch) <= _PACK_WIDTH; 1 when groups are 16 channels or wider,
+    and for one channel per group on either side (depthwise shapes: layers route those to
+    kernels.depthwise)."""
+    widest = max(k_ch, n_ch)
+    if min(k_ch, n_ch) < 2 or widest * 2 > _PACK_WIDTH:
+        return 1
+    return max(p for p in range(1, min(groups, _PACK_WIDTH // widest) + 1) if groups % p == 0)
+
+
+def _block_diagonal(w: torch.Tensor, groups: int, pack: int) -> torch.Tensor:
+    """The weight (C_out, CIN_G, KH, KW) of a ``groups``-group convolution as the weight
+    (C_out, pack * CIN_G, KH, KW) of the same convolution with groups // pack groups: each new
+    group's filters are zero outside the input channels of their original group."""
+    c_out, cin_g, kh, kw = w.shape
+    wg = w.reshape(groups // pack, pack, c_out // groups, cin_g, kh, kw)
+    dense = w.new_zeros((groups // pack, pack, c_out // groups, pack, cin_g, kh, kw))
+    for p in range(pack):
+        dense[:, p, :, p] = wg[:, p]
+    return dense.reshape(c_out, pack * cin_g, kh, kw)
+
+
+def _pack_weight(w: torch.Tensor, groups: int, transpose: bool) -> tuple[torch.Tensor, int]:
+    """The weight (C_out, CIN_G, KH, KW) as the K-major GEMM operand of one group per slice:
+    forward (``transpose=False``) (G, KH, KW, CIN_G, COUT_LD), input gradient (G, KH, KW, COUT_G,
+    CIN_LD), contiguous, its rows zero-padded to ``_ROW_ALIGN`` elements; returns it and the row
+    length. Done once per call; it is small next to the activations."""
+    c_out, cin_g, kh, kw = w.shape
+    wg = w.reshape(groups, c_out // groups, cin_g, kh, kw)
+    wg = wg.permute(0, 3, 4, 1, 2) if transpose else wg.permute(0, 3, 4, 2, 1)
+    n_ch = wg.shape[-1]
+    n_ld = cdiv(max(n_ch, 1), _ROW_ALIGN) * _ROW_ALIGN
+    packed = w.new_zeros((*wg.shape[:-1], n_ld))
+    packed[..., :n_ch] = wg
+    return packed, n_ld
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
@@ -244,19 +383,48 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     M = N * OH * OW
     if y.numel() == 0:
         return y
-    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(cout_g, meta["BLOCK_N"]), groups)
-    tf32, i64 = allow_tf32(x.dtype), needs_int64(x, weight, y, M)
+    pack = _group_pack(groups, cin_g, cout_g)
+    if pack > 1:
+        weight, groups, cin_g, cout_g = _block_diagonal(weight, groups, pack), groups // pack, cin_g * pack, cout_g * pack
+    xc = _channels_inner(x)
+    wp, cout_ld = _pack_weight(weight, groups, transpose=False)
+    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(cout_g, meta["BLOCK_N"]), 1, groups)
+    tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, wp, y, M)
     launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, tf32, i64)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
-           x, weight, bias if bias is not None else weight, y,
-           M, H, W, OH, OW, cin_g, cout_g, KH, KW,
-           *x.stride(), *weight.stride(), *y.stride(),
+           xc, wp, bias if bias is not None else weight, y,
+           M, H, W, OH, OW, cin_g, cout_g, cout_ld, KH, KW, _m_key(M),
+           xc.stride(0), xc.stride(2), xc.stride(3), *y.stride(),
            sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64)
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M)
     return y
 
 
+def _phases(size: int, k: int, s: int, p: int, d: int) -> list:
+    """The sub-convolutions of one axis of the input gradient: for each phase r = (i + p) mod s
+    whose input rows exist, (i0, rows, oh0, doh, kh0, kh_step, taps): rows i = i0 + j * s
+    (j < rows) gather output rows oh = j + oh0 - t * doh through taps kh = kh0 + t * kh_step
+    (t < taps). A phase may have no taps (its rows get zero / the bias)."""
+    out = []
+    kh_step = s // math.gcd(s, d)
+    for r in range(s):
+        i0 = (r - p) % s
+        rows = cdiv(size - i0, s) if size > i0 else 0
+        if rows == 0:
+            continue
+        taps = [kh for kh in range(min(k, kh_step)) if (kh * d) % s == r]
+        if not taps:
+            out.append((i0, rows, 0, 0, 0, 1, 0))
+            continue
+        kh0 = taps[0]
+        n_taps = cdiv(k - kh0, kh_step)
+        # (i0 + p - kh0 * d) is a multiple of s: both sides are r modulo s
+        out.append((i0, rows, (i0 + p - kh0 * d) // s, kh_step * d // s, kh0, kh_step, n_taps))
+    return out
+
+
 def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilation, groups, bias=None):
-    """dL/dx of y = conv2d(x, weight): grad_output (N, C_out, OH, OW) -> (N, C_in, H, W).
+    """dL/dx of y = conv2d(x, weight): grad_output (N, C_out, OH, OW) -> (N, C_in, H, W), in
+    grad_output's memory format. One dense implicit GEMM per stride phase (see the module doc).
 
     With ``bias`` (C_in,) added this is conv_transpose2d(grad_output, weight, bias)."""
     N, C_in, H, W = input_shape
@@ -265,19 +433,25 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
     (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     gx = like_layout(grad_output, (N, C_in, H, W))
     cout_g = C_out // groups
-    M = N * H * W
     if gx.numel() == 0:
         return gx
-    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]), groups)
-    tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(grad_output, weight, gx, M)
-    launch(_bwd_input_tuned[config_class(_bwd_input_tuned, grad_output.dtype, tf32, i64)], _conv2d_bwd_input_kernel,
-           grid, INTERPRET_CONFIG,
-           grad_output, weight, bias if bias is not None else weight, gx,
-           M, H, W, OH, OW, cin_g, cout_g, KH, KW,
-           *grad_output.stride(), *weight.stride(), *gx.stride(),
-           sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
-           IDX64=i64)
+    pack = _group_pack(groups, cout_g, cin_g)
+    if pack > 1:
+        weight, groups, cin_g, cout_g = _block_diagonal(weight, groups, pack), groups // pack, cin_g * pack, cout_g * pack
+    gy = _channels_inner(grad_output)
+    wp, cin_ld = _pack_weight(weight, groups, transpose=True)
+    tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(gy, wp, gx, N * H * W)
+    tuned = _bwd_input_tuned[config_class(_bwd_input_tuned, grad_output.dtype, tf32, i64)]
+    for ih0, hj, oh0, doh, kh0, kh_step, th in _phases(H, KH, sh, ph, dh):
+        for iw0, wj, ow0, dow, kw0, kw_step, tw in _phases(W, KW, sw, pw, dw):
+            M = N * hj * wj
+            grid = lambda meta, M=M: (cdiv(M, meta["BLOCK_M"]) * cdiv(cin_g, meta["BLOCK_N"]), 1, groups)
+            launch(tuned, _conv2d_bwd_input_kernel, grid, INTERPRET_CONFIG,
+                   gy, wp, bias if bias is not None else weight, gx,
+                   M, hj, wj, OH, OW, cin_g, cout_g, cin_ld, th, tw, KH, KW, _m_key(M),
+                   gy.stride(0), gy.stride(2), gy.stride(3), *gx.stride(),
+                   ih0, iw0, sh, sw, oh0, ow0, doh, dow, kh0, kw0, kh_step, kw_step,
+                   HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M)
     return gx
 
 
@@ -302,25 +476,33 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
     acc_dtype = accumulator_dtype(x.dtype)
     if M == 0 or C_out == 0 or cin_g == 0:
         return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
+    pack = _group_pack(groups, cin_g, cout_g)
+    if pack > 1:  # the block-diagonal gradient of groups // pack groups; its diagonal blocks are kept
+        dw = conv2d_weight_grad(x, grad_output, (C_out, cin_g * pack, KH, KW), stride, padding, dilation,
+                                groups // pack, split_k)
+        blocks = dw.reshape(groups // pack, pack, cout_g, pack, cin_g, KH, KW).diagonal(dim1=1, dim2=3)
+        return blocks.permute(0, 5, 1, 2, 3, 4).reshape(weight_shape)
     if split_k is None:
         split_k = _split_k(M, cdiv(cout_g, 64) * cdiv(cin_g, 64) * KH * KW * groups, x.device)
     m_per_split = cdiv(M, split_k)
     split_k = cdiv(M, m_per_split)
+    xc, gy = _channels_inner(x), _channels_inner(grad_output)
     ws = torch.empty((split_k, C_out, cin_g, KH, KW), device=x.device, dtype=acc_dtype)
     grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]) * KH * KW, groups * split_k)
-    tf32, i64 = allow_tf32(x.dtype), needs_int64(x, grad_output, ws, split_k * m_per_split)
+    tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, gy, ws, split_k * m_per_split)
     launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, tf32, i64)], _conv2d_bwd_weight_kernel, grid,
            INTERPRET_CONFIG,
-           x, grad_output, ws,
-           M, H, W, OH, OW, cin_g, cout_g, KH, KW, m_per_split, split_k,
-           *x.stride(), *grad_output.stride(),
+           xc, gy, ws,
+           M, H, W, OH, OW, cin_g, cout_g, KH, KW, m_per_split, split_k, _m_key(M),
+           xc.stride(0), xc.stride(2), xc.stride(3), gy.stride(0), gy.stride(2), gy.stride(3),
            sh, sw, ph, pw, dh, dw,
            ALLOW_TF32=tf32, IDX64=i64)
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 
 
 AOT_SPECS = [
-    KernelSpec("conv2d_fwd", _conv2d_fwd_kernel, GEMM_CONFIGS, gemm=True),
-    KernelSpec("conv2d_bwd_input", _conv2d_bwd_input_kernel, GEMM_CONFIGS, gemm=True),
-    KernelSpec("conv2d_bwd_weight", _conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS, gemm=True),
+    KernelSpec("conv2d_fwd", _conv2d_fwd_kernel, GEMM_CONFIGS, gemm=True, prune=_fwd_prune),
+    KernelSpec("conv2d_bwd_input", _conv2d_bwd_input_kernel, INPUT_GRAD_CONFIGS, gemm=True, prune=_bwd_input_prune),
+    KernelSpec("conv2d_bwd_weight", _conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS, gemm=True,
+               prune=_bwd_weight_prune),
 ]

@@ -21,6 +21,7 @@ the share of global-load bytes issued vectorised (ld.global.v2/v4, cp.async of >
 TMA) is reported.
 
     python -m kernels.inspect                      # default config of every build (what CI runs)
+    python -m kernels.aot                          # the same command under its new name
     python -m kernels.inspect --all-configs        # every shipped autotune config of every build
     python -m kernels.inspect --arch 90 --kernels conv2d_fwd --dtypes fp16 --json out.json
 
@@ -84,7 +85,7 @@ def all_specs():
 
     out = []
     for info in pkgutil.iter_modules(kernels.__path__):
-        if info.name.startswith("_") or info.name == "inspect":
+        if info.name.startswith("_") or info.name in ("inspect", "aot"):
             continue
         mod = importlib.import_module(f"kernels.{info.name}")
         out += [(mod.__name__, spec) for spec in getattr(mod, "AOT_SPECS", [])]
@@ -292,6 +293,8 @@ def jobs(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, pr
         for label, over, tf32, i64 in _variants(kwargs, dt):
             # the table the launcher picks from (TF32-off fp32 and 64-bit builds have their own)
             configs = spec.configs[config_class(spec.configs, dt, bool(tf32), i64)]
+            if spec.prune is not None:  # the configs the launcher's autotuner may try for these arguments
+                configs = spec.prune(configs, dict(zip(spec.fn.arg_names, args), **kwargs))
             for ci, cfg in enumerate(configs if all_configs else configs[:1]):
                 kw = dict(kwargs, **over, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
                 if getattr(cfg, "maxnreg", None):  # a config's register cap is part of its build (.maxnreg)
@@ -317,11 +320,12 @@ def run(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, pro
         return list(pool.map(compile_one, todo, chunksize=4))
 
 
-def format_table(results) -> str:
+def format_table(results, shown=None) -> str:
+    """The table of the ``shown`` results (default: all), then the per-kernel summary of all."""
     head = (f"{'kernel':<22}{'dtype':<6}{'sm':<4}{'build':<16}{'config':<24}{'regs':>5}{'spill':>6}{'smem':>7}"
             f"  {'tc':<6}{'vec':>5}  status")
     lines = [head, "-" * len(head)]
-    for r in results:
+    for r in results if shown is None else shown:
         status = r.problem or "ok"
         if r.error:
             status += f" ({r.error})"
@@ -329,9 +333,47 @@ def format_table(results) -> str:
         cfg = r.config + (" *" if r.default else "")
         lines.append(f"{r.kernel:<22}{r.dtype:<6}{r.arch:<4}{r.build:<16}{cfg:<24}{r.registers:>5}{r.spill_bytes:>6}"
                      f"{r.shared_bytes:>7}  {tc:<6}{r.vector_share:>5.0%}  {status}")
+    lines += ["", summary(results)]
     n_bad = sum(bool(r.problem) for r in results)
     lines.append(f"{len(results)} compiles, {n_bad} problems (* = default config; tc = tensor-core instructions; "
                  f"vec = share of global-load bytes vectorised)")
+    return "\n".join(lines)
+
+
+#: the problems whose launches are "typical" for the vectorisation proxy (channel counts that are
+#: multiples of 16; "odd" has 3 and 5 channels, whose rows cannot be 16-byte aligned)
+TYPICAL_PROBLEMS = ("nchw", "nhwc")
+#: the bar for the share of global-load bytes a hot kernel's default 16-bit build moves vectorised
+VECTOR_BAR = 0.8
+
+
+def typical_16bit(results) -> dict:
+    """{kernel: [results]} of the default fp16/bf16 builds of typical problems with 32-bit
+    indexing (what a typical call compiles), for the vectorisation proxy."""
+    out = {}
+    for r in results:
+        if r.ok and r.default and r.dtype in ("fp16", "bf16") and not r.index64 \
+                and r.build.split(",")[0] in TYPICAL_PROBLEMS:
+            out.setdefault(r.kernel, []).append(r)
+    return out
+
+
+def summary(results) -> str:
+    """Per kernel: the lowest vectorised-load share over its typical default 16-bit builds, its
+    tensor-core instructions there, and the most registers / spills / shared memory of any build."""
+    typical = typical_16bit(results)
+    lines = [f"{'kernel':<22}{'vec16 min':>10}  {'tc16':<12}{'max regs':>9}{'spills':>7}{'max smem':>9}"]
+    for name in sorted({r.kernel for r in results}):
+        rows = [r for r in results if r.kernel == name and r.ok]
+        t = typical.get(name, [])
+        vec = f"{min(r.vector_share for r in t):.0%}" if t else "-"
+        tc = "/".join(sorted({r.tensor_cores or ("none" if r.gemm else "-") for r in t})) if t else "-"
+        short = " (< {:.0%})".format(VECTOR_BAR) if t and min(r.vector_share for r in t) < VECTOR_BAR else ""
+        lines.append(f"{name:<22}{vec:>10}  {tc:<12}{max((r.registers for r in rows), default=-1):>9}"
+                     f"{sum(r.spill_bytes > 0 for r in rows):>7}{max((r.shared_bytes for r in rows), default=-1):>9}"
+                     + short)
+    lines.append(f"vec16 min: lowest share of global-load bytes moved vectorised over the default fp16/bf16 builds "
+                 f"of {'/'.join(TYPICAL_PROBLEMS)} (32-bit index); spills: builds that spill")
     return "\n".join(lines)
 
 
@@ -354,7 +396,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     results = run(args.arch, args.all_configs, args.kernels, args.dtypes, args.problems, args.workers)
     shown = [r for r in results if r.problem] if args.problems_only else results
-    print(format_table(shown).replace(f"{len(shown)} compiles", f"{len(results)} compiles"))
+    print(format_table(results, shown))
     import triton
 
     print(f"triton {triton.__version__}, {time.time() - t0:.0f} s")

@@ -143,6 +143,131 @@ def test_weight_grad_split_k(device, which):
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
+# (C_in, C_out, H, W, kernel, stride, padding, dilation, groups): phases without taps (stride 3 >
+# kernel 2; stride 2 with dilation 2 puts every tap in phase 0), rows of a phase that stop short
+# (H not a multiple of the stride), stride > kernel extent
+PHASE_CASES = [
+    (4, 6, 7, 8, 2, 3, 0, 1, 1),
+    (4, 4, 9, 7, 3, 2, 2, 2, 2),
+    (6, 4, 8, 9, (3, 2), (2, 3), (1, 0), (3, 1), 2),
+    (2, 2, 5, 4, 1, 3, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", PHASE_CASES, ids=["s3-k2", "s2-d2-g2", "asym-d3", "s3-k1"])
+def test_input_grad_phases(device, case):
+    """The strided input gradient is stride_h * stride_w dense sub-GEMMs: their results (and the
+    transposed conv's bias) match aten, and they do exactly the useful MMA work: every launch's
+    rows x taps sum to the (input pixel, tap) pairs with stride-aligned taps."""
+    C_in, C_out, H, W, k, s, p, d, g = case
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_common.pair(v) for v in (k, s, p, d))
+    x_shape = (2, C_in, H, W)
+    w = torch.randn(C_out, C_in // g, kh, kw, device=device, dtype=torch.float64)
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    gy = torch.randn(2, C_out, OH, OW, device=device, dtype=torch.float64)
+    ref = torch.nn.grad.conv2d_input(x_shape, w, gy, (sh, sw), (ph, pw), (dh, dw), g)
+    got = gemm_kernels.conv2d_input_grad(gy, w, x_shape, (sh, sw), (ph, pw), (dh, dw), g)
+    assert_close(got, ref, torch.float64, "grad input")
+    bias = torch.randn(C_in, device=device, dtype=torch.float64)
+    got = gemm_kernels.conv2d_input_grad(gy, w, x_shape, (sh, sw), (ph, pw), (dh, dw), g, bias=bias)
+    assert_close(got, ref + bias[:, None, None], torch.float64, "transposed conv with bias")
+
+    def pairs(size, k, s, p, d):  # (input row, tap) pairs whose tap lands on an output row's grid
+        return sum((i + p - t * d) % s == 0 for i in range(size) for t in range(k))
+
+    calls = []
+    orig = gemm_kernels.launch
+    gemm_kernels.launch = lambda tuned, plain, grid, icfg, *a, **kw: calls.append(a)
+    try:
+        gemm_kernels.conv2d_input_grad(gy, w, x_shape, (sh, sw), (ph, pw), (dh, dw), g)
+    finally:
+        gemm_kernels.launch = orig
+    names = gemm_kernels._conv2d_bwd_input_kernel.arg_names
+    arg = {n: names.index(n) for n in ("M", "TH", "TW")}
+    work = sum(a[arg["M"]] * a[arg["TH"]] * a[arg["TW"]] for a in calls)
+    assert work == 2 * pairs(H, kh, sh, ph, dh) * pairs(W, kw, sw, pw, dw)
+    assert len(calls) == min(sh, H) * min(sw, W)
+
+
+# (C_in, C_out, groups, stride): 4 channels per group (ResNeXt 32x4d's first stage, 4 groups
+# per GEMM), 2 -> 3 channels per group (3 per GEMM), 5 per group (3 groups, 15 wide)
+NARROW_CASES = [(16, 16, 4, 1), (12, 18, 6, 2), (15, 15, 3, 1)]
+
+
+@pytest.mark.parametrize("case", NARROW_CASES, ids=["4x4-g4", "2x3-g6-s2", "5x5-g3"])
+def test_narrow_groups_pack_into_block_diagonal_gemms(device, case, monkeypatch):
+    """Narrow groups run as fewer, wider groups with a block-diagonal weight: forward, both
+    gradients and the transposed conv match aten (float64), and the kernels see the packed shape."""
+    C_in, C_out, g, s = case
+    x = torch.randn(2, C_in, 5, 4, device=device, dtype=torch.float64)
+    w = torch.randn(C_out, C_in // g, 3, 3, device=device, dtype=torch.float64)
+    b = torch.randn(C_out, device=device, dtype=torch.float64)
+    conf = ((s, s), (1, 1), (1, 1), g)
+    ref = F.conv2d(x, w, b, *conf)
+    assert_close(gemm_kernels.conv2d_forward(x, w, b, *conf), ref, torch.float64, "output")
+    gy = torch.randn_like(ref)
+    assert_close(gemm_kernels.conv2d_input_grad(gy, w, x.shape, *conf),
+                 torch.nn.grad.conv2d_input(x.shape, w, gy, *conf), torch.float64, "grad input")
+    for split in (None, 2):
+        assert_close(gemm_kernels.conv2d_weight_grad(x, gy, w.shape, *conf, split_k=split),
+                     torch.nn.grad.conv2d_weight(x, w.shape, gy, *conf), torch.float64, "grad weight")
+    pack = gemm_kernels._group_pack(g, C_in // g, C_out // g)
+    assert pack > 1 and g % pack == 0 and pack * max(C_in, C_out) // g <= 16
+    calls = []
+    monkeypatch.setattr(gemm_kernels, "launch", lambda tuned, plain, grid, icfg, *a, **kw: calls.append((grid, a)))
+    gemm_kernels.conv2d_forward(x, w, b, *conf)
+    grid, args = calls[0]
+    names = gemm_kernels._conv2d_fwd_kernel.arg_names
+    assert grid(gemm_kernels.INTERPRET_CONFIG)[2] == g // pack
+    assert args[names.index("CIN_G")] == pack * C_in // g and args[names.index("COUT_G")] == pack * C_out // g
+
+
+def test_group_pack_rule():
+    assert gemm_kernels._group_pack(32, 4, 4) == 4 and gemm_kernels._group_pack(32, 8, 8) == 2
+    assert gemm_kernels._group_pack(32, 16, 16) == 1 and gemm_kernels._group_pack(1, 4, 4) == 1
+    assert gemm_kernels._group_pack(7, 2, 2) == 7 and gemm_kernels._group_pack(10, 3, 3) == 5
+    assert gemm_kernels._group_pack(64, 1, 2) == 1  # depthwise shapes stay unpacked
+
+
+def test_operands_are_read_channels_innermost():
+    """NCHW activations are copied once to channels_last for the kernels; channels_last ones are
+    read in place; broadcast dimensions stay broadcast (no copy of an expanded gradient)."""
+    x = torch.randn(2, 5, 4, 3)
+    xc = gemm_kernels._channels_inner(x)
+    assert xc.stride(1) == 1 and torch.equal(xc, x)
+    cl = x.to(memory_format=torch.channels_last)
+    assert gemm_kernels._channels_inner(cl) is cl
+    expanded = torch.randn(1, 5, 1, 1).expand(2**20, 5, 64, 64)
+    xe = gemm_kernels._channels_inner(expanded)
+    assert xe.stride() == (0, 1, 0, 0) and xe.untyped_storage().nbytes() == 5 * 4
+    flat = torch.ones(()).expand(3, 4, 2, 2)  # y.sum().backward()'s gradient: the channel axis too
+    assert gemm_kernels._channels_inner(flat).stride() == (0, 1, 0, 0)
+    # the packed weight: K-major rows of 16-aligned length, zero padding
+    w = torch.randn(6, 2, 3, 2)
+    wp, n_ld = gemm_kernels._pack_weight(w, 2, transpose=False)
+    assert wp.shape == (2, 3, 2, 2, 16) and n_ld == 16 and wp.is_contiguous()
+    assert torch.equal(wp[1, 2, 1, :, :3], w[3:, :, 2, 1].t()) and not wp[..., 3:].any()
+    wt, _ = gemm_kernels._pack_weight(w, 2, transpose=True)
+    assert wt.shape == (2, 3, 2, 3, 16) and torch.equal(wt[1, 2, 1, :, :2], w[3:, :, 2, 1])
+
+
+def test_autotune_keys_bucket_resolution_and_prune_narrow_channels():
+    """A new batch size or resolution in the same power-of-two bucket reuses the tuning (M_KEY, not
+    M, is keyed); channel counts stay exact. Narrow layers only try tiles cut to their channels."""
+    for table in (gemm_kernels._fwd_tuned, gemm_kernels._bwd_input_tuned, gemm_kernels._bwd_weight_tuned):
+        for tuner in table.values():
+            assert "M_KEY" in tuner.keys and "M" not in tuner.keys and "CIN_G" in tuner.keys, tuner.keys
+    assert gemm_kernels._m_key(2 * 100 * 152) == gemm_kernels._m_key(2 * 96 * 160) == 32768
+    assert gemm_kernels._m_key(1) == 1
+    cfgs = gemm_kernels.GEMM_CONFIGS["fp16"]
+    assert all(c.kwargs["BLOCK_K"] == 64 for c in cfgs[:4])  # 16-bit types: 64-deep K steps
+    narrow = gemm_kernels._fwd_prune(cfgs, {"CIN_G": 3, "COUT_G": 5})
+    assert narrow and all(c.kwargs["BLOCK_K"] == 16 and c.kwargs["BLOCK_N"] == 16 for c in narrow)
+    assert len({(tuple(c.kwargs.items()), c.num_warps, c.num_stages) for c in narrow}) == len(narrow)
+    assert gemm_kernels._fwd_prune(cfgs, {"CIN_G": 256, "COUT_G": 256})[0].kwargs == cfgs[0].kwargs
+
+
 def test_int64_indexing_path(device, monkeypatch):
     """The 64-bit index variant (chosen for tensors past 2**31 elements) gives the same result."""
     x = torch.randn(2, 4, 6, 6, device=device)
