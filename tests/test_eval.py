@@ -82,3 +82,18 @@ def test_eval_names_a_model_mismatch(trained, tmp_path):
     ckpt, _ = trained
     with pytest.raises(ValueError, match=r"does not fit the configured model \(conv=grouped"):
         evaluate(eval_cfg(tmp_path, f"ckpt_path={ckpt}", "conv=grouped", "conv.groups=2"))
+
+
+def test_eval_run_folder_is_its_own():
+    """`python eval.py` writes outputs/eval/runs/..., not the checkpoint's run folder (as resuming does),
+    and its run folder resolves without a ckpt_path (the error then comes from evaluate, by name)."""
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        given = compose(config_name="eval", overrides=["ckpt_path=/x/runs/old/checkpoints/last.ckpt"],
+                        return_hydra_config=True)
+        missing = compose(config_name="eval", return_hydra_config=True)
+    for cfg in (given, missing):
+        run = OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"]
+        assert "/outputs/eval/runs/" in run and "/x/runs/old" not in run
+        assert cfg.hydra.output_subdir == ".hydra"
