@@ -194,7 +194,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     With ``ckpt_path`` the run continues in the checkpoint's folder, with the same W&B run, its
     epoch / step counters, learning-rate schedule, best ``val/acc`` and place in the epoch's batches;
-    ``trainer.max_time`` then caps this invocation only. On an exception or Ctrl-C the run saves
+    ``trainer.max_time`` then caps this invocation only. The step / epoch settings are the budget;
+    ``trainer.max_time`` is a safety net, and a run it stops early has status ``time-capped``.
+    Fitting that stops at ``trainer.max_steps`` ends with a validation. On an exception or Ctrl-C the run saves
     ``checkpoints/interrupted.ckpt``, marks summary.json and the W&B run failed, and re-raises.
     """
     from layers import get_backend, resolve, set_backend
@@ -310,7 +312,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _finish_wandb(trainer, summary, exit_code=1 if failed else 0,
                       discard_offline=failed and recorder.steps_trained == 0)
 
-    capped = " (TIME-CAPPED: stopped by trainer.max_time before its step budget)" if summary["status"] == "time-capped" else ""
+    capped = (" (TIME-CAPPED: stopped by trainer.max_time before its step budget)"
+              if summary["status"] == "time-capped" else "")
     log.info("done in %.1f s%s on %s data: %s", summary["timing"]["wall_time_s"], capped,
              "SYNTHETIC" if data_info["synthetic"] else data_info["name"],
              {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})

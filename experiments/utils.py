@@ -96,6 +96,10 @@ def busy_cores(window: float = 0.3) -> float | None:
     return (1.0 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
 
 
+# torch's own choice, before any run of this process (a multirun's earlier job) changed it
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def choose_cpu_threads(setting) -> int | None:
     """Threads for CPU ops: an int, ``null`` (torch's default) or ``auto``; sets and returns it.
 
@@ -107,7 +111,7 @@ def choose_cpu_threads(setting) -> int | None:
     if setting is None:
         return None
     if isinstance(setting, str) and setting.lower() == "auto":
-        threads = max(1, min(torch.get_num_threads(), usable_cores()))
+        threads = max(1, min(_TORCH_DEFAULT_THREADS, usable_cores()))
     else:
         threads = int(setting)
         if threads < 1:

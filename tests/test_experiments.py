@@ -654,7 +654,7 @@ def test_cpu_threads_setting(monkeypatch):
         assert utils.choose_cpu_threads(None) is None
         assert utils.choose_cpu_threads(1) == 1 and torch.get_num_threads() == 1
         # auto: the usable cores (at most torch's default), whatever else keeps them busy
-        expected = min(before, utils.usable_cores())
+        expected = min(utils._TORCH_DEFAULT_THREADS, utils.usable_cores())
         for busy in (0.0, float(os.cpu_count())):
             torch.set_num_threads(before)
             monkeypatch.setattr(utils, "busy_cores", lambda window=0.3, busy=busy: busy)
