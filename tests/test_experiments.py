@@ -715,7 +715,7 @@ def test_same_seed_same_result_whatever_the_load(tmp_path, monkeypatch):
     loaded_summary = read_summary(loaded_cfg)
     assert loaded_summary["device"]["load_at_start"]["load_avg_1min"] == 64.0
     assert quiet_summary["device"]["torch_threads"] == loaded_summary["device"]["torch_threads"]
-    assert quiet_summary["timing"]["step_time_ms"] < loaded_summary["timing"]["step_time_ms"]
+    assert loaded_summary["timing"]["step_time_ms"] >= 150  # the "load" slowed every step
     for s in (quiet_summary, loaded_summary):
         assert s["status"] == "finished" and s["global_step"] == 4 and s["epochs_completed"] == 1
     assert loaded["val/acc"] == quiet["val/acc"] and loaded["val/loss"] == quiet["val/loss"]
