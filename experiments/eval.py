@@ -15,8 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import utils
-from experiments.train import (_backend_setting, _finish_wandb, _instantiate_model, _label_run, _setup_loggers,
-                               _versions, setup_threads)
+from experiments.train import (_backend_setting, _finish_wandb, _instantiate_model, _label_run, _label_run_dir,
+                               _setup_loggers, _versions, setup_threads)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     data_info = datamodule.load()
     _label_run(cfg, data_info)
+    if data_info["synthetic"]:  # the run folder says so, as a training run's does
+        _label_run_dir(cfg, resuming=False)
+        output_dir = Path(cfg.paths.output_dir)
+        summary["output_dir"] = str(output_dir)
     summary.update(run_name=cfg.run_name, dataset=dict(data_info))
     log.info("evaluating %s on %s data (%s)", ckpt_path, data_info["name"], data_info["source"])
 
