@@ -756,7 +756,8 @@ def test_debug_presets_compose(preset):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"debug={preset}", "conv=deformable"])
     assert cfg.task_name == "debug" and list(cfg.logger) == ["csv"] and cfg.trainer.max_time is None
-    assert cfg.callbacks.model_checkpoint is None and cfg.trainer.detect_anomaly is True
+    assert cfg.callbacks.model_checkpoint is None and cfg.trainer.enable_checkpointing is False
+    assert cfg.trainer.detect_anomaly is True
     expected = {"fast": ("fast_dev_run", True), "limit": ("max_epochs", 3), "overfit": ("max_epochs", 20),
                 "profile": ("limit_train_batches", 10), "default": ("max_epochs", 1)}[preset]
     assert cfg.trainer[expected[0]] == expected[1]
