@@ -44,12 +44,16 @@ def _backend_setting(cfg: DictConfig) -> str:
 
 
 def _label_run(cfg: DictConfig, data_info: dict) -> None:
-    """Append the data set actually used to the run name and tags (so 'synthetic' is always visible)."""
+    """Append the data set actually used to the run name and tags (so 'synthetic' is always visible);
+    add the conv variant and ``seed=<n>`` to the tags."""
     with open_dict(cfg):
         name = data_info["name"]
         cfg.run_name = f"{cfg.run_name}-{name}"
         tags = list(cfg.get("tags") or [])
-        cfg.tags = tags + [name] + (["fallback"] if data_info.get("fallback") else [])
+        # every run is tagged with its variant and seed, so one sweep's W&B group splits by either
+        variant = (cfg.get("conv") or {}).get("variant")
+        extra = [variant, f"seed={cfg.get('seed')}", name] + (["fallback"] if data_info.get("fallback") else [])
+        cfg.tags = tags + [t for t in extra if t and t not in tags]
 
 
 def _label_run_dir(cfg: DictConfig, resuming: bool) -> None:
@@ -97,6 +101,8 @@ def _setup_loggers(cfg: DictConfig, wandb_id: str | None) -> tuple[list, str | N
         wandb_mode = utils.choose_wandb_mode()
         with open_dict(cfg):
             cfg.logger.wandb.offline = wandb_mode == "offline"
+            if not cfg.logger.wandb.get("group"):
+                cfg.logger.wandb.group = wandb_group(cfg)
             if wandb_mode != "disabled":
                 cfg.logger.wandb.id = wandb_id or _new_wandb_id()
                 if wandb_id:
@@ -104,6 +110,21 @@ def _setup_loggers(cfg: DictConfig, wandb_id: str | None) -> tuple[list, str | N
         if wandb_mode == "disabled":
             log.info("WANDB_MODE=disabled: no W&B logging")
     return utils.instantiate_group(logger_cfg, "logger"), wandb_mode
+
+
+def wandb_group(cfg: DictConfig) -> str:
+    """The W&B group of a run whose ``logger.wandb.group`` is null: ``<task_name>-<sweep folder>`` for
+    every job of one multirun (``multirun/<task>/<date>_<time>``), so a sweep is one group; else
+    ``<task_name>``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    task = cfg.get("task_name") or "train"
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return f"{task}-{Path(hydra_cfg.sweep.dir).name}"
+    return task
 
 
 def _new_wandb_id() -> str:
@@ -173,19 +194,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     With ``ckpt_path`` the run continues in the checkpoint's folder, with the same W&B run, its
     epoch / step counters, learning-rate schedule, best ``val/acc`` and place in the epoch's batches;
-    ``trainer.max_time`` then caps this invocation only. On an exception or Ctrl-C the run saves
+    ``trainer.max_time`` then caps this invocation only. The step / epoch settings are the budget;
+    ``trainer.max_time`` is a safety net, and a run it stops early has status ``time-capped``.
+    Fitting that stops at ``trainer.max_steps`` ends with a validation. On an exception or Ctrl-C the run saves
     ``checkpoints/interrupted.ckpt``, marks summary.json and the W&B run failed, and re-raises.
     """
     from layers import get_backend, resolve, set_backend
 
+    if not cfg.get("train", True):
+        raise ValueError("train=false: train.py always trains. To evaluate a checkpoint without training, run "
+                         "`python eval.py ckpt_path=<run>/checkpoints/<name>.ckpt` with the run's conv= / model= "
+                         "settings (conf/eval.yaml)")
     started = time.time()
+    utils.single_console_logging()
     set_backend(_backend_setting(cfg))
-    threads = utils.choose_cpu_threads(cfg.get("cpu_threads"))
-    if threads is not None:
-        log.info("torch CPU threads: %d", threads)
+    setup_threads(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     ckpt_path, previous = _resume_setup(cfg)
+    load = utils.machine_load()
+    log.info("machine load at start: %s busy cores of %s (1-min load average %s); results do not depend on it",
+             _fmt(load["busy_cores"]), load["cpu_count"], _fmt(load["load_avg_1min"]))
 
     output_dir = Path(cfg.paths.output_dir)
     summary: dict[str, Any] = {"status": "started", "task_name": cfg.get("task_name"), "output_dir": str(output_dir)}
@@ -206,8 +235,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = utils.instantiate_group(cfg.get("callbacks"), "callback")
     recorder = utils.ExceptionRecorder(output_dir / "checkpoints")
     callbacks.append(recorder)
+    timer = None
     if cfg.trainer.get("max_time"):
-        callbacks.append(utils.BudgetTimer(duration=cfg.trainer.max_time))  # replaces Lightning's Timer
+        timer = utils.BudgetTimer(duration=cfg.trainer.max_time)  # replaces Lightning's Timer
+        callbacks.append(timer)
+    callbacks.append(utils.ValidateAtMaxSteps())
     loggers, wandb_mode = _setup_loggers(cfg, (previous.get("wandb") or {}).get("id") if ckpt_path else None)
     if ckpt_path:
         _keep_csv_history(loggers, ckpt_path)
@@ -221,10 +253,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     failed = False
     try:
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": config_dict, "dataset": data_info["name"],
-                                    "synthetic_data": data_info["synthetic"], "backend": get_backend()})
-        if cfg.get("train", True):
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+            # flat: W&B shows conv.variant, model.net.width, ... (not config.conv.variant)
+            logger.log_hyperparams({**config_dict, "dataset": data_info["name"],
+                                    "synthetic_data": data_info["synthetic"]})
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {k: utils.to_float(v) for k, v in trainer.callback_metrics.items()}
 
         ckpt_cb = trainer.checkpoint_callback
@@ -233,7 +265,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("validating best checkpoint %s", best_path)
             results = trainer.validate(model=model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
             metrics.update({f"best_ckpt/{k}": utils.to_float(v) for k, v in (results[0] if results else {}).items()})
-        summary["status"] = "finished"
+        summary["status"] = "time-capped" if timer is not None and timer.capped else "finished"
+        if summary["status"] == "time-capped":
+            summary["time_cap"] = {"max_time": str(cfg.trainer.max_time),
+                                   "planned_steps": utils.to_float(trainer.estimated_stepping_batches)}
     except BaseException as err:
         failed = True
         # Lightning answers Ctrl-C with SystemExit(1); the recorder holds what really happened
@@ -253,7 +288,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "best": {"score": utils.to_float(getattr(ckpt_cb, "best_model_score", None)),
                      "checkpoint": getattr(ckpt_cb, "best_model_path", None) or None,
                      "last_checkpoint": getattr(ckpt_cb, "last_model_path", None) or None},
-            "epochs_completed": trainer.current_epoch,
+            "epochs_completed": utils.epochs_completed(trainer),
             "global_step": trainer.global_step,
             "resumed_from": ckpt_path,
             "resumes": previous.get("resumes", []) + [ckpt_path] if ckpt_path else [],
@@ -262,7 +297,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "model": {"target": cfg.model.net.get("_target_"), **model.model_stats},
             "timing": _timing(model, trainer, started),
             "backend": {"setting": get_backend(), "resolved": resolve(device)},
-            "device": utils.device_description(trainer),
+            "device": {**utils.device_description(trainer), "load_at_start": load},
             "wandb": {"mode": wandb_mode, "id": wandb_id},
             "versions": _versions(),
             "seed": cfg.get("seed"),
@@ -277,10 +312,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _finish_wandb(trainer, summary, exit_code=1 if failed else 0,
                       discard_offline=failed and recorder.steps_trained == 0)
 
-    log.info("done in %.1f s on %s data: %s", summary["timing"]["wall_time_s"],
+    capped = (" (TIME-CAPPED: stopped by trainer.max_time before its step budget)"
+              if summary["status"] == "time-capped" else "")
+    log.info("done in %.1f s%s on %s data: %s", summary["timing"]["wall_time_s"], capped,
              "SYNTHETIC" if data_info["synthetic"] else data_info["name"],
              {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
     return metrics
+
+
+def setup_threads(cfg: DictConfig) -> int | None:
+    """``cfg.cpu_threads`` applied (see :func:`experiments.utils.choose_cpu_threads`)."""
+    threads = utils.choose_cpu_threads(cfg.get("cpu_threads"))
+    if threads is not None:
+        log.info("torch CPU threads: %d (cpu_threads=%s)", threads, cfg.get("cpu_threads"))
+    return threads
+
+
+def _fmt(value) -> str:
+    return "?" if value is None else f"{value:.1f}"
 
 
 def _timing(model, trainer: L.Trainer, started: float) -> dict[str, Any]:
@@ -307,7 +356,8 @@ def _finish_wandb(trainer: L.Trainer, summary: dict, exit_code: int = 0, discard
             run = logger.experiment
             run_dir = Path(run.dir).parent
             offline = run.offline
-            run.summary.update({"dataset": summary["dataset"]["name"], "params": summary["model"].get("params"),
+            run.summary.update({"status": summary["status"], "dataset": summary["dataset"]["name"],
+                                "params": summary["model"].get("params"),
                                 "flops": summary["model"].get("flops"),
                                 "throughput": summary["timing"].get("throughput"),
                                 "backend": summary["backend"]["resolved"]})

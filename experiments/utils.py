@@ -8,12 +8,14 @@ import netrc
 import os
 import platform
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from lightning.pytorch.callbacks import Callback, Timer
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar, Timer
+from lightning.pytorch.callbacks import ModelSummary as _LightningModelSummary
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -94,29 +96,52 @@ def busy_cores(window: float = 0.3) -> float | None:
     return (1.0 - (idle1 - idle0) / total) * (os.cpu_count() or 1)
 
 
-def choose_cpu_threads(setting) -> int | None:
-    """Threads for CPU ops: an int, ``null`` (torch's default) or ``auto``.
+# torch's own choice, before any run of this process (a multirun's earlier job) changed it
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
-    ``auto`` leaves room for what else runs on the machine: the cores available to this process
-    minus those busy right now (:func:`busy_cores`, else the 1-minute load average), at least 1
-    and at most torch's default. Oversubscribed OpenMP threads are much slower than fewer threads
-    on a shared machine.
+
+def choose_cpu_threads(setting) -> int | None:
+    """Threads for CPU ops: an int, ``null`` (torch's default) or ``auto``; sets and returns it.
+
+    ``auto`` is the cores this process may run on (:func:`usable_cores`), at most torch's default.
+    It does not look at the machine's load: the thread count changes the order of floating-point
+    reductions, so a load-dependent choice would make a seed's results depend on what else ran.
+    conf/train.yaml fixes 2 threads for the same reason.
     """
     if setting is None:
         return None
     if isinstance(setting, str) and setting.lower() == "auto":
-        default = torch.get_num_threads()
-        busy = busy_cores()
-        if busy is None:
-            try:
-                busy = os.getloadavg()[0]
-            except (AttributeError, OSError):
-                return None
-        threads = max(1, min(default, usable_cores() - int(round(busy))))
+        threads = max(1, min(_TORCH_DEFAULT_THREADS, usable_cores()))
     else:
         threads = int(setting)
+        if threads < 1:
+            raise ValueError(f"cpu_threads must be a positive int, null or auto, got {setting!r}")
     torch.set_num_threads(threads)
     return threads
+
+
+def machine_load() -> dict[str, float | None]:
+    """What else ran while this run started, for the record (it changes wall times, not results):
+    cores busy right now (:func:`busy_cores`) and the 1-minute load average, against the core count."""
+    try:
+        load1 = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load1 = None
+    return {"busy_cores": busy_cores(0.2), "load_avg_1min": load1, "cpu_count": os.cpu_count()}
+
+
+def single_console_logging() -> None:
+    """Print each Lightning log line once. Importing ``lightning`` gives its ``lightning`` logger a
+    console handler of its own ("INFO: ..." on stderr), while its records also reach the root logger's
+    handlers (Hydra's console and <task>.log); with a configured root logger that handler goes."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 # ---------------------------------------------------------------------------------- instantiation
@@ -140,13 +165,91 @@ def instantiate_group(cfg: DictConfig | None, what: str) -> list:
 
 
 class BudgetTimer(Timer):
-    """``trainer.max_time`` as a budget for this invocation: a resumed run gets the whole cap again
-    (Lightning's own Timer restores the time already spent from the checkpoint, so a run resumed
-    after hitting the cap stopped at once and trained nothing)."""
+    """``trainer.max_time`` as a safety net, per invocation: runs are budgeted in steps and epochs,
+    and this cap only stops one that runs far longer than planned (a loaded or slow machine). When it
+    stops fitting early, ``capped`` is set: the run's status is then ``time-capped``, not ``finished``
+    (Lightning validates once more before it stops, so the run still has a validation metric).
+
+    A resumed run gets the whole cap again (Lightning's own Timer restores the time already spent from
+    the checkpoint, so a run resumed after hitting the cap stopped at once and trained nothing)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.capped = False
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         spent = state_dict.get("time_elapsed", {}).get("train", 0)
         log.info("max_time is a budget per invocation: the %.0f s trained before the checkpoint do not count", spent)
+
+    def _check_time_remaining(self, trainer) -> None:
+        stopping = trainer.should_stop
+        super()._check_time_remaining(trainer)
+        if trainer.should_stop and not stopping and not _budget_spent(trainer):
+            self.capped = True
+            log.warning("time cap trainer.max_time=%s reached at epoch %d, step %d, before the step/epoch budget: "
+                        "the run is marked time-capped", self._duration and timedelta(seconds=int(self._duration)),
+                        trainer.current_epoch, trainer.global_step)
+
+
+def _budget_spent(trainer) -> bool:
+    """Fitting has done all the steps its max_steps / max_epochs plan."""
+    if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+        return True
+    try:
+        planned = trainer.estimated_stepping_batches
+    except Exception:  # noqa: BLE001 - e.g. an iterable data set without a length
+        return False
+    return math.isfinite(planned) and trainer.global_step >= planned
+
+
+class ValidateAtMaxSteps(Callback):
+    """Ends fitting at ``trainer.max_steps`` with a validation. Lightning stops at max_steps without
+    validating when the step falls inside an epoch (a quick sweep's ``trainer.max_steps=20`` then
+    leaves no val/acc); asking it to stop instead makes it validate first, as early stopping does."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+def epochs_completed(trainer) -> int:
+    """Epochs whose every training batch ran (``trainer.current_epoch`` also counts an epoch that
+    max_steps or the time cap cut short)."""
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
+        return trainer.current_epoch
+    steps_per_epoch = max(1, math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)))
+    return min(trainer.current_epoch, trainer.global_step // steps_per_epoch)
+
+
+class ModelSummary(_LightningModelSummary):
+    """Lightning's model summary without its FLOPs column and "Total Flops" line: Lightning counts FLOPs only for a
+    module with ``example_input_array`` and prints 0 otherwise; the module logs its own count
+    (``model/flops``, experiments/flops.py) on the line after the table."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                  total_flops, **summarize_kwargs) -> None:
+        from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+        if not total_flops:  # and its per-layer FLOPs column, all 0 for the same reason
+            summary_data = [col for col in summary_data if col[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *summary_data)
+        lines = table.splitlines()
+        if not total_flops and lines and lines[-1].endswith("Total Flops"):
+            lines = lines[:-1]
+        log.info("\n" + "\n".join(lines))
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar without ``v_num``: it shows the last 4 characters of a string logger
+    version, here the run name's ("etic" of "...-synthetic"). The run name is in the log above."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
 
 class ExceptionRecorder(Callback):

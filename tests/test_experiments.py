@@ -284,7 +284,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     for cb_state in state["callbacks"].values():
         if "time_elapsed" in cb_state:
             cb_state["time_elapsed"]["train"] = 10_000.0
-    assert cfg.trainer.max_time == "00:00:03:30"
+    days, hours, minutes, seconds = (int(v) for v in cfg.trainer.max_time.split(":"))
+    assert days * 86400 + hours * 3600 + minutes * 60 + seconds < 10_000  # the CPU preset's cap: used up
     state["val_acc_best"] = 0.99
     torch.save(state, ckpt)
 
@@ -490,6 +491,11 @@ def test_synthetic_run_says_so_in_folder_and_last_line(tmp_path):
     assert run_dir.name.endswith("_standard_synthetic")
     assert json.loads((run_dir / "summary.json").read_text())["output_dir"] == str(run_dir)
     assert "on SYNTHETIC data" in proc.stdout.strip().splitlines()[-1]
+    # console noise: each Lightning line once, no "0 Total Flops" / FLOPs column of zeros, no v_num
+    console = proc.stdout + proc.stderr
+    assert console.count("GPU available:") == 1 and console.count("Seed set to 0") == 1, console[-3000:]
+    assert "Total Flops" not in console and "| FLOPs" not in console and "MFLOPs (forward" in console
+    assert "v_num" not in console
 
 
 def test_unreachable_download_server_is_detected_quickly():
@@ -545,23 +551,56 @@ def test_wandb_goes_offline_without_login(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------- multirun
 
 
-def test_multirun_two_tiny_runs(tmp_path):
+def _wandb_run_info(offline_run: Path) -> dict:
+    """Group, tags, job type, top-level config keys, summary and exit codes of a W&B offline run."""
+    (f,) = offline_run.glob("run-*.wandb")
+    info = {"config": {}, "summary": {}, "exits": []}
+    for r in _wandb_records(f):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            info.update(group=r.run.run_group, tags=list(r.run.tags), job_type=r.run.job_type, id=r.run.run_id)
+            info["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "config":
+            info["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "summary":
+            info["summary"].update({i.key: json.loads(i.value_json) for i in r.summary.update})
+        elif kind == "exit":
+            info["exits"].append(r.exit.exit_code)
+    return info
+
+
+def test_quick_sweep_ends_with_validation_and_groups_wandb(tmp_path, wandb_offline):
+    """`python train.py experiment=quick_sweep ...` (a multirun): every job stops at trainer.max_steps (no `+`
+    needed) inside an epoch and still validates; all jobs share one W&B group, are tagged with variant and
+    seed, and log the config flat."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "WANDB_MODE": "disabled", "CONVLAB_BACKEND": "reference"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *FAST, "conv=standard,dilated",
-           "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-           "callbacks=none", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    env = {**os.environ, "CONVLAB_BACKEND": "reference"}
+    tiny = [o for o in FAST if not o.startswith("experiment=")]
+    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=quick_sweep", *tiny, "data=synthetic", "logger=many",
+           "conv=standard,dilated", "seed=0", "trainer.max_steps=3", "callbacks=none", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = sorted(sweep.glob("*/summary.json"))
     assert [p.parent.name for p in summaries] == ["0_standard_s0_synthetic", "1_dilated_s0_synthetic"]
-    variants = [json.loads(p.read_text())["conv"]["variant"] for p in summaries]
-    assert variants == ["standard", "dilated"]
+    for path in summaries:
+        s = json.loads(path.read_text())
+        assert s["status"] == "finished" and s["global_step"] == 3  # 4 batches per epoch: stopped inside it
+        assert s["epochs_completed"] == 0 and s["metrics"]["val/acc"] is not None
     assert (sweep / "multirun.yaml").is_file()
     from experiments.analysis import load_summaries, table
 
     rows = table(load_summaries([sweep]))
     assert sorted(r["variant"] for r in rows) == ["dilated", "standard"] and all(r["runs"] == 1 for r in rows)
+    import wandb
+
+    wandb.teardown()
+    runs = [_wandb_run_info(next(p.parent.glob("wandb/offline-run-*"))) for p in summaries]
+    assert {r["group"] for r in runs} == {"quick_sweep-sweep"}  # <task_name>-<sweep folder>
+    for run, variant in zip(runs, ["standard", "dilated"]):
+        assert {variant, "seed=0", "quick_sweep", "synthetic"} <= set(run["tags"])
+        assert run["config"]["conv"]["variant"] == variant and "config" not in run["config"]
+        assert run["config"]["trainer"]["max_steps"] == 3
+        assert run["summary"]["status"] == "finished"
 
 
 # ----------------------------------------------------------------------------------- model size
@@ -615,12 +654,121 @@ def test_cpu_threads_setting(monkeypatch):
     try:
         assert utils.choose_cpu_threads(None) is None
         assert utils.choose_cpu_threads(1) == 1 and torch.get_num_threads() == 1
-        # every core busy elsewhere -> still one thread; nothing busy -> torch's default
-        torch.set_num_threads(before)
-        monkeypatch.setattr(utils, "busy_cores", lambda window=0.3: float(os.cpu_count()))
-        assert utils.choose_cpu_threads("auto") == 1
-        torch.set_num_threads(before)
-        monkeypatch.setattr(utils, "busy_cores", lambda window=0.3: 0.0)
-        assert utils.choose_cpu_threads("auto") == min(before, utils.usable_cores())
+        # auto: the usable cores (at most torch's default), whatever else keeps them busy
+        expected = min(utils._TORCH_DEFAULT_THREADS, utils.usable_cores())
+        for busy in (0.0, float(os.cpu_count())):
+            torch.set_num_threads(before)
+            monkeypatch.setattr(utils, "busy_cores", lambda window=0.3, busy=busy: busy)
+            monkeypatch.setattr(os, "getloadavg", lambda busy=busy: (busy, busy, busy))
+            assert utils.choose_cpu_threads("auto") == expected
+        with pytest.raises(ValueError, match="cpu_threads"):
+            utils.choose_cpu_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------- budgets, time cap, debug presets
+
+
+def test_cpu_preset_is_a_step_budget_with_fixed_threads():
+    """The CPU preset stops on steps / epochs; its max_time is only a safety net, far above its run time."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["trainer=cpu"])
+    assert isinstance(cfg.cpu_threads, int)
+    assert isinstance(cfg.trainer.limit_train_batches, int) and cfg.trainer.max_epochs >= 1
+    days, hours, minutes, seconds = (int(v) for v in cfg.trainer.max_time.split(":"))
+    assert days * 86400 + hours * 3600 + minutes * 60 + seconds >= 15 * 60
+
+
+def _slow_steps(monkeypatch, seconds: float) -> None:
+    """Every training step sleeps ``seconds`` first: a loaded machine, as the run sees it."""
+    from experiments.module import ClassifierModule
+
+    step = ClassifierModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(seconds)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", training_step)
+
+
+def test_same_seed_same_result_whatever_the_load(tmp_path, monkeypatch):
+    """Two runs of one config and seed, the second on a "loaded" machine (slow steps, every core busy):
+    the same thread count, steps and val/acc; cpu_threads=auto does not look at the load."""
+    from experiments import utils
+
+    threads = torch.get_num_threads()
+    budget = ["cpu_threads=auto", "trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.max_time=00:00:10:00"]
+    try:
+        quiet_cfg = make_cfg(tmp_path, *budget, name="quiet")
+        quiet = train(quiet_cfg)
+        quiet_summary = read_summary(quiet_cfg)
+        with monkeypatch.context() as m:
+            _slow_steps(m, 0.15)
+            m.setattr(utils, "busy_cores", lambda window=0.3: float(os.cpu_count()))
+            m.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+            loaded_cfg = make_cfg(tmp_path, *budget, name="loaded")
+            loaded = train(loaded_cfg)
+    finally:
+        torch.set_num_threads(threads)
+    loaded_summary = read_summary(loaded_cfg)
+    assert loaded_summary["device"]["load_at_start"]["load_avg_1min"] == 64.0
+    assert quiet_summary["device"]["torch_threads"] == loaded_summary["device"]["torch_threads"]
+    assert loaded_summary["timing"]["step_time_ms"] >= 150  # the "load" slowed every step
+    for s in (quiet_summary, loaded_summary):
+        assert s["status"] == "finished" and s["global_step"] == 4 and s["epochs_completed"] == 1
+    assert loaded["val/acc"] == quiet["val/acc"] and loaded["val/loss"] == quiet["val/loss"]
+
+
+def test_time_cap_is_a_reported_safety_net(tmp_path, monkeypatch, wandb_offline, caplog):
+    """A run stopped by trainer.max_time before its step budget is "time-capped" (console, summary.json,
+    W&B), still ends with a validation, and counts only finished epochs."""
+    _slow_steps(monkeypatch, 0.4)
+    cfg = make_cfg(tmp_path, "trainer.max_epochs=2", "trainer.limit_val_batches=1", "trainer.max_time=00:00:00:01",
+                   "logger=many")
+    with caplog.at_level(logging.INFO):
+        metrics = train(cfg)
+    s = read_summary(cfg)
+    assert s["status"] == "time-capped" and s["time_cap"]["planned_steps"] == 8
+    assert 1 <= s["global_step"] < 4 and s["epochs_completed"] == 0  # stopped inside the first epoch
+    assert metrics["val/acc"] is not None and s["metrics"]["val/acc"] == pytest.approx(metrics["val/acc"])
+    assert "TIME-CAPPED" in caplog.records[-1].getMessage()
+    import wandb
+
+    wandb.teardown()
+    run = _wandb_run_info(next(Path(cfg.paths.output_dir).glob("wandb/offline-run-*")))
+    assert run["summary"]["status"] == "time-capped" and run["exits"] == [0]
+
+
+def test_train_false_points_at_eval_py(tmp_path):
+    cfg = make_cfg(tmp_path, "train=false")
+    with pytest.raises(ValueError, match=r"train=false.*python eval.py ckpt_path="):
+        train(cfg)
+    assert not Path(cfg.paths.output_dir).exists()
+
+
+DEBUG_PRESETS = sorted(p.stem for p in (CONF / "debug").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", DEBUG_PRESETS)
+def test_debug_presets_compose(preset):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"debug={preset}", "conv=deformable"])
+    assert cfg.task_name == "debug" and list(cfg.logger) == ["csv"] and cfg.trainer.max_time is None
+    assert cfg.callbacks.model_checkpoint is None and cfg.trainer.enable_checkpointing is False
+    assert cfg.trainer.detect_anomaly is True
+    expected = {"fast": ("fast_dev_run", True), "limit": ("max_epochs", 3), "overfit": ("max_epochs", 20),
+                "profile": ("limit_train_batches", 10), "default": ("max_epochs", 1)}[preset]
+    assert cfg.trainer[expected[0]] == expected[1]
+
+
+def test_debug_fast_runs(tmp_path):
+    tiny = [o for o in FAST if not o.startswith("experiment=")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["debug=fast", "data=synthetic", *tiny,
+                                                      f"paths.output_dir={tmp_path / 'run'}"])
+    metrics = train(cfg)
+    s = read_summary(cfg)
+    assert s["status"] == "finished" and s["global_step"] == 1 and 0.0 <= metrics["val/acc"] <= 1.0
+    assert not (tmp_path / "run" / "checkpoints").exists()
