@@ -184,7 +184,7 @@ def test_last_checkpoint_follows_every_epoch(tmp_path):
     improves, LastEveryEpochCheckpoint still rewrites it after every epoch."""
     import lightning.pytorch as L
 
-    from experiments.detection.callbacks import LastEveryEpochCheckpoint
+    from experiments.callbacks import LastEveryEpochCheckpoint
 
     class Flat(L.LightningModule):
         def __init__(self):

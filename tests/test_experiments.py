@@ -239,6 +239,19 @@ def test_resume_from_checkpoint_advances_the_epoch(tmp_path):
     assert torch.load(resumed_last, weights_only=False, map_location="cpu")["epoch"] == 1
 
 
+def test_last_checkpoint_is_every_epoch_even_without_improvement(tmp_path):
+    """A run whose val/acc never improves (learning rate 0) still leaves last.ckpt at its final
+    epoch, so resuming as the README shows does not repeat epochs (Lightning 2.6's own
+    ModelCheckpoint rewrites last.ckpt only where it saves a best checkpoint)."""
+    cfg = make_cfg(tmp_path, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.max_epochs=3",
+                   "model.optimizer.lr=0.0", "model.optimizer.weight_decay=0.0")
+    train(cfg)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", weights_only=False, map_location="cpu")
+    assert (last["epoch"], last["global_step"]) == (2, 3)
+    assert len(list(ckpts.glob("epoch_*.ckpt"))) == 1  # top-1 kept beside last
+
+
 def _record_batches(monkeypatch, fail_at_step: int | None = None, error: type[BaseException] = RuntimeError):
     """Patch the training step to record (epoch, batch_idx, labels) and raise ``error`` at a global step."""
     from experiments.module import ClassifierModule

@@ -1,5 +1,5 @@
-"""Checkpointing for detection runs: the best checkpoint holds the weights only, ``last.ckpt`` all that
-resuming needs, written after every epoch.
+"""Checkpointing: ``last.ckpt`` holds all that resuming needs and is written after every epoch
+(classification and detection); detection's best checkpoint holds the weights only.
 
 A detector's full checkpoint is about twice its weights (SGD momentum doubles it): ~120 MB for the
 ResNet-18 Faster R-CNN, so top-1 plus last was ~240 MB per run. Only ``last.ckpt`` (and the
