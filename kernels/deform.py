@@ -87,9 +87,9 @@ def _wcfg(bn, bk, warps, stages):  # weight grad: BLOCK_M (output channels) is s
 WIDE_N = {"fp16": 256, "bf16": 256, "fp32": 256, "fp32_ieee": 128, "fp64": 64}
 FWD_CONFIGS = {
     "fp16": [_fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2), _fcfg(128, 16, 8, 2)],
-    "fp32": [_fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2)],
+    "fp32": [_fcfg(32, 16, 4, 1), _fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2)],
     "fp32_ieee": [_fcfg(32, 16, 4, 2), _fcfg(64, 16, 8, 2)],
-    "fp64": [_fcfg(32, 8, 8, 1), _fcfg(64, 8, 8, 1)],
+    "fp64": [_fcfg(32, 16, 8, 1), _fcfg(64, 16, 8, 1)],
 }
 WEIGHT_CONFIGS = {
     "fp16": [_wcfg(64, 32, 8, 2), _wcfg(32, 32, 8, 2), _wcfg(64, 64, 8, 2)],
@@ -110,7 +110,8 @@ for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
     _configs["bf16"] = _configs["fp16"]
 # 64-bit index builds whose 32-bit default spills (python -m kernels.inspect): 8 warps spread the wider
 # index vectors.
-FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32_ieee=[_fcfg(32, 16, 8, 1)])
+FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32=[_fcfg(64, 16, 8, 2)], fp32_ieee=[_fcfg(32, 16, 8, 1)],
+                           fp64=[_fcfg(64, 16, 8, 1)])
 DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_cfg(64, 16, 32, 8, 1)], bf16=[_cfg(64, 16, 32, 8, 1)],
                             fp32=[_cfg(64, 16, 32, 8, 2)], fp32_ieee=[_cfg(64, 16, 32, 8, 1)],
                             fp64=[_cfg(64, 16, 16, 8, 1)])
