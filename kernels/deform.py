@@ -20,16 +20,27 @@ Deformable convolution, per weight group ``g``, is the implicit GEMM
 
 with ``og = ci // (C_in / offset_groups)``. The columns ``C`` are never written to
 memory: every K step gathers its [pixels x channels] tile from the 4 corners in
-registers and feeds ``tl.dot``. The K loop walks (tap, segment, channel block) where a
-segment is a run of ``SEG = gcd(C_in / groups, C_in / offset_groups)`` channels lying in
-one weight group and one offset group, so each step needs one (dy, dx, mask) per pixel.
+registers (``kernels._sampling``) and feeds ``tl.dot``. A segment is a run of
+``SEG = gcd(C_in / groups, C_in / offset_groups)`` channels lying in one weight group and one
+offset group, so each (tap, segment) needs one (dy, dx, mask) per pixel.
 
-The data-gradient kernel computes a [pixels x channels] tile of ``dC`` for one
-(tap, offset group) with ``tl.dot`` and, in registers, reduces it into grad offset
-(dy, dx) and grad mask (deterministic: one program owns each output element) and
-scatters it into grad input with atomic adds on an fp32 (fp64) workspace.
-The weight gradient splits its pixel reduction into a workspace summed by the
-launcher (deterministic). Accumulation is fp32 (fp64 for fp64).
+Forward: one program per (pixel tile, weight group); its BLOCK_N spans the group's output
+channels (next_pow2, up to ``WIDE_N``: 256 on tensor cores), so each bilinear sample is gathered
+once per weight group, not once per output-channel block. It loops tap -> segment (offsets, mask
+and corners once per pixel tile) -> channel block (gather, ``tl.dot``).
+Weight gradient: one program per (tap, segment, input-channel block, weight group, split) with
+BLOCK_M spanning the group's output channels likewise; its pixel reduction is split into a
+workspace summed by the launcher (deterministic).
+Data gradient: one program per (64-pixel tile, offset group, tap) computes a [pixels x channels]
+tile of ``dC`` with ``tl.dot`` and, in registers, reduces it into grad offset (dy, dx) and grad
+mask (deterministic: one program owns each output element) and scatters it into grad input with
+atomic adds on an fp32 (fp64) workspace. Accumulation is fp32 (fp64 for fp64).
+
+The kernels read x (and the data gradient accumulates grad input) in channels_last: the launchers
+copy an input with another layout once per op (``_channels_last``), so the corner loads and the
+atomics of a [pixels x channels] tile are contiguous along channels. ``count_samples`` (an
+interpreter hook) counts the samples each kernel gathers: one per output position, tap and input
+channel.
 
 Layouts: input, offset, mask, grad_output: any strides (channels_last included);
 outputs take the input's (offset's, mask's) memory format.
@@ -38,43 +49,60 @@ coordinates -> (N, C, P).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, alert_nondeterministic, allow_tf32, autotuned, cdiv, config_class, _idx, KernelSpec, launch,
-    like_layout, _mma, needs_int64, _tile_offsets, _unflatten, with_index64, zeroed_workspace,
+    accumulator_dtype, alert_nondeterministic, allow_tf32, autotuned, cdiv, config_class, _idx, INTERPRET, KernelSpec,
+    launch, like_layout, _mma, needs_int64, _tile_offsets, _unflatten, with_index64, zeroed_workspace,
 )
+from ._sampling import bilinear_load, corner_dot_scatter, corner_offsets, corner_weights, deform_corners, position_grads
 
 
 def _cfg(bm, bn, bk, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
 
 
+def _fcfg(bm, bk, warps, stages):  # forward: BLOCK_N (output channels) is set by the launcher
+    return triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+def _wcfg(bn, bk, warps, stages):  # weight grad: BLOCK_M (output channels) is set by the launcher
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+# The forward's BLOCK_N and the weight gradient's BLOCK_M span the weight group's output channels,
+# so that every bilinear sample is gathered once per weight group (not once per output-channel
+# block): the launcher sets them to next_pow2(C_out / groups), at least 16 and at most
+# WIDE_N[class] (fp32 without TF32 and fp64 run on CUDA-core FMAs, whose operands also sit in
+# registers). The configs hold the other block sizes, with warps sized for the widest tile
+# (<= 64 accumulator registers per thread).
 # Autotune configs per config class (kernels._common.config_class; "fp32_ieee" is fp32 with TF32
 # off, on CUDA-core FMAs); the first of each list is the default, which compiles for sm_80 / sm_90
-# without spills in every build (python -m kernels.inspect). The gathered
-# operand is built in fp32 registers from 4 corner loads, hence 8 warps for 64 x 64 tiles.
+# without spills in every build (python -m kernels.inspect). The gathered operand is built in fp32
+# registers from 4 corner loads.
+WIDE_N = {"fp16": 256, "bf16": 256, "fp32": 256, "fp32_ieee": 128, "fp64": 64}
 FWD_CONFIGS = {
-    "fp16": [_cfg(64, 64, 16, 8, 2), _cfg(64, 32, 32, 8, 2)],
-    "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2)],
-    "fp32_ieee": [_cfg(64, 32, 16, 4, 2), _cfg(32, 64, 16, 4, 2)],
-    "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(32, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
+    "fp16": [_fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2), _fcfg(128, 16, 8, 2)],
+    "fp32": [_fcfg(32, 16, 4, 1), _fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2)],
+    "fp32_ieee": [_fcfg(32, 16, 4, 2), _fcfg(64, 16, 8, 2)],
+    "fp64": [_fcfg(32, 16, 8, 1), _fcfg(64, 16, 8, 1)],
 }
 WEIGHT_CONFIGS = {
-    "fp16": [_cfg(64, 64, 32, 4, 2), _cfg(64, 64, 32, 8, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2),
-             _cfg(128, 128, 32, 8, 2)],
-    "fp32": [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 16, 4, 2), _cfg(128, 64, 32, 8, 2), _cfg(64, 32, 32, 4, 2)],
-    "fp32_ieee": [_cfg(64, 32, 16, 8, 1), _cfg(64, 32, 16, 4, 2), _cfg(32, 64, 16, 4, 2)],
-    "fp64": [_cfg(64, 32, 16, 4, 1), _cfg(64, 64, 16, 8, 1)],
+    "fp16": [_wcfg(64, 32, 8, 2), _wcfg(32, 32, 8, 2), _wcfg(64, 64, 8, 2)],
+    "fp32": [_wcfg(64, 16, 8, 2), _wcfg(64, 32, 8, 2)],
+    "fp32_ieee": [_wcfg(32, 16, 8, 1), _wcfg(64, 16, 8, 1)],
+    "fp64": [_wcfg(32, 16, 4, 1), _wcfg(64, 16, 8, 1)],
 }
 # Data gradient: BLOCK_M pixels x BLOCK_N channels, reduction over BLOCK_K output channels.
 # Its four masked per-element atomic scatters need many registers per tile element, so
 # tiles stay at <= 4 elements per thread.
 DATA_CONFIGS = {
-    "fp16": [_cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
-    "fp32": [_cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp16": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1)],
+    "fp32": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1)],
     "fp32_ieee": [_cfg(64, 16, 32, 8, 2), _cfg(16, 16, 32, 4, 1), _cfg(32, 16, 16, 4, 1)],
     "fp64": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
 }
@@ -82,12 +110,14 @@ for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
     _configs["bf16"] = _configs["fp16"]
 # 64-bit index builds whose 32-bit default spills (python -m kernels.inspect): 8 warps spread the wider
 # index vectors.
-FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32=[_cfg(64, 64, 16, 8, 2)], fp32_ieee=[_cfg(64, 64, 32, 8, 1)],
-                           fp64=[_cfg(64, 64, 16, 8, 2)])
-WEIGHT_CONFIGS = with_index64(WEIGHT_CONFIGS, fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)])
+FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32=[_fcfg(64, 16, 8, 2)], fp32_ieee=[_fcfg(32, 16, 8, 1)],
+                           fp64=[_fcfg(64, 16, 8, 1)])
 DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_cfg(64, 16, 32, 8, 1)], bf16=[_cfg(64, 16, 32, 8, 1)],
-                            fp32=[_cfg(64, 16, 32, 8, 2)], fp32_ieee=[_cfg(16, 16, 32, 4, 1)])
-INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+                            fp32=[_cfg(64, 16, 32, 8, 2)], fp32_ieee=[_cfg(64, 16, 32, 8, 1)],
+                            fp64=[_cfg(64, 16, 16, 8, 1)])
+INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}  # data gradient
+FWD_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_K": 16}
+WEIGHT_INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
 
 
 def _gcfg(bp, bc, warps):
@@ -136,17 +166,26 @@ def _bilinear(py, px, H, W):
 # --------------------------------------------------------------------------- deform conv forward
 @triton.jit
 def _deform_fwd_kernel(
-    x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr,
+    # pointers (cnt_ptr: the interpreter's sample counter, see count_samples)
+    x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr, cnt_ptr,
+    # shapes
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
+    # strides
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
     smn, smc, smh, smw,
     swo, swi, swh, sww,
     syn, syc, syh, syw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    # meta-parameters
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    COUNT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # Tile: BLOCK_M output pixels x BLOCK_N output channels of weight group g (axis 2). The
+    # launcher makes BLOCK_N cover the group's output channels (up to WIDE_N), so axis 1 has one
+    # program and every bilinear sample is gathered once per weight group. Loops: tap -> segment
+    # (one offset group: offsets, mask and corners once per pixel tile, tap and segment) ->
+    # channel block (the [BLOCK_M x BLOCK_K] gathered tile, fed to tl.dot).
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
@@ -167,46 +206,41 @@ def _deform_fwd_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     taps = KH * KW
-    n_seg = CIN_G // SEG
-    n_cb = tl.cdiv(SEG, BLOCK_K)
-    for kk in range(0, taps * n_seg * n_cb):
-        tap = kk // (n_seg * n_cb)
-        rem = kk % (n_seg * n_cb)
-        seg0 = (rem // n_cb) * SEG  # first channel of the segment, within the weight group
-        c0 = seg0 + (rem % n_cb) * BLOCK_K
-        og = (g * CIN_G + seg0) // CPOG
+    for tap in range(0, taps):
         kh = tap // KW
         kw = tap % KW
-        oc = og * (2 * taps) + 2 * tap
-        dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
-        dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
-        py = (ih0 + kh * dil_h).to(acc.dtype) + dy
-        px = (iw0 + kw * dil_w).to(acc.dtype) + dx
-        y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-        hy = 1.0 - ly
-        hx = 1.0 - lx
-        if HAS_MASK:
-            mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m,
-                         other=0.0).to(acc.dtype)
-            hy = hy * mv
-            ly = ly * mv
-        offs_k = c0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < seg0 + SEG
-        ch = _idx((g * CIN_G + offs_k), IDX64) * sxc
-        p00 = x_pix + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-        mk = mask_k[None, :]
-        a = tl.load(x_ptr + (p00[:, None] + ch[None, :]), mask=(mask_m & vy0 & vx0)[:, None] & mk,
-                    other=0.0).to(acc.dtype) * (hy * hx)[:, None]
-        a += tl.load(x_ptr + ((p00 + sxw)[:, None] + ch[None, :]), mask=(mask_m & vy0 & vx1)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (hy * lx)[:, None]
-        a += tl.load(x_ptr + ((p00 + sxh)[:, None] + ch[None, :]), mask=(mask_m & vy1 & vx0)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (ly * hx)[:, None]
-        a += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + ch[None, :]), mask=(mask_m & vy1 & vx1)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (ly * lx)[:, None]
-        a = a.to(x_ptr.dtype.element_ty)
-        b = tl.load(w_ptr + (w_base[None, :] + (kh * swh + kw * sww) + _idx(offs_k[:, None], IDX64) * swi),
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(a, b, acc, ALLOW_TF32)
+        for seg0 in range(0, CIN_G, SEG):  # first channel of the segment, within the weight group
+            og = (g * CIN_G + seg0) // CPOG
+            oc = og * (2 * taps) + 2 * tap
+            dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
+            dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
+            py = (ih0 + kh * dil_h).to(acc.dtype) + dy
+            px = (iw0 + kw * dil_w).to(acc.dtype) + dx
+            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = deform_corners(py, px, H, W)
+            if HAS_MASK:
+                mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m,
+                             other=0.0).to(acc.dtype)
+            else:
+                mv = ly
+            w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
+            p00, pdx, pdy = corner_offsets(x_pix, y0, x0, ey, ex, sxh, sxw, IDX64)
+            ok00 = ok00 & mask_m
+            ok01 = ok01 & mask_m
+            ok10 = ok10 & mask_m
+            ok11 = ok11 & mask_m
+            w_tap = w_base[None, :] + (kh * swh + kw * sww)
+            for c0 in range(seg0, seg0 + SEG, BLOCK_K):
+                offs_k = c0 + tl.arange(0, BLOCK_K)
+                mask_k = offs_k < seg0 + SEG
+                ch = _idx((g * CIN_G + offs_k), IDX64) * sxc
+                a = bilinear_load(x_ptr, p00, pdx, pdy, ch, mask_k, ok00, ok01, ok10, ok11, w00, w01, w10, w11,
+                                  acc.dtype)
+                if COUNT:  # gathered (pixel, channel) samples of this tap
+                    tl.atomic_add(cnt_ptr, tl.sum(tl.sum((mask_m[:, None] & mask_k[None, :]).to(tl.int32), 1), 0))
+                a = a.to(x_ptr.dtype.element_ty)
+                b = tl.load(w_ptr + (w_tap + _idx(offs_k[:, None], IDX64) * swi),
+                            mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                acc = _mma(a, b, acc, ALLOW_TF32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + co, mask=mask_n, other=0.0)
         acc += bias[None, :].to(acc.dtype)
@@ -218,19 +252,24 @@ def _deform_fwd_kernel(
 # --------------------------------------------------------------------------- deform conv weight grad
 @triton.jit
 def _deform_bwd_weight_kernel(
-    x_ptr, off_ptr, msk_ptr, gy_ptr, ws_ptr,
+    # pointers (cnt_ptr: the interpreter's sample counter, see count_samples)
+    x_ptr, off_ptr, msk_ptr, gy_ptr, ws_ptr, cnt_ptr,
+    # shapes
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG, M_PER_SPLIT, N_SPLIT,
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
     smn, smc, smh, smw,
     sgn, sgc, sgh, sgw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
+    # meta-parameters
+    HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, COUNT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Tile: BLOCK_M output channels x BLOCK_N input channels (of one segment) of one tap;
     # axis 1 = (tap, segment, channel block), axis 2 = g * N_SPLIT + split. The pixel
     # reduction of this split goes to ws[split, co, ci, kh, kw] (summed by the launcher).
+    # The launcher makes BLOCK_M cover the group's output channels (up to WIDE_N): axis 0 has
+    # one program, so each [BLOCK_K pixels x BLOCK_N channels] gathered tile is built once.
     pid_m = tl.program_id(0)
     pid_t = tl.program_id(1)
     pid_gs = tl.program_id(2)
@@ -269,24 +308,18 @@ def _deform_bwd_weight_kernel(
         dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_p, other=0.0).to(acc.dtype)
         py = (oh * stride_h - pad_h + kh * dil_h).to(acc.dtype) + dy
         px = (ow * stride_w - pad_w + kw * dil_w).to(acc.dtype) + dx
-        y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-        hy = 1.0 - ly
-        hx = 1.0 - lx
+        y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = deform_corners(py, px, H, W)
         if HAS_MASK:
             m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
             mv = tl.load(msk_ptr + (m_pix + _idx(mc, IDX64) * smc), mask=mask_p, other=0.0).to(acc.dtype)
-            hy = hy * mv
-            ly = ly * mv
-        p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-        mk = mask_ci[None, :]
-        b = tl.load(x_ptr + (p00[:, None] + x_ch[None, :]), mask=(mask_p & vy0 & vx0)[:, None] & mk,
-                    other=0.0).to(acc.dtype) * (hy * hx)[:, None]
-        b += tl.load(x_ptr + ((p00 + sxw)[:, None] + x_ch[None, :]), mask=(mask_p & vy0 & vx1)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (hy * lx)[:, None]
-        b += tl.load(x_ptr + ((p00 + sxh)[:, None] + x_ch[None, :]), mask=(mask_p & vy1 & vx0)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (ly * hx)[:, None]
-        b += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + x_ch[None, :]), mask=(mask_p & vy1 & vx1)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (ly * lx)[:, None]
+        else:
+            mv = ly
+        w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
+        p00, pdx, pdy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
+        b = bilinear_load(x_ptr, p00, pdx, pdy, x_ch, mask_ci, mask_p & ok00, mask_p & ok01, mask_p & ok10,
+                          mask_p & ok11, w00, w01, w10, w11, acc.dtype)
+        if COUNT:  # gathered (pixel, channel) samples of this tap
+            tl.atomic_add(cnt_ptr, tl.sum(tl.sum((mask_p[:, None] & mask_ci[None, :]).to(tl.int32), 1), 0))
         b = b.to(x_ptr.dtype.element_ty)
         gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
         a = tl.load(gy_ptr + (gy_ch[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :], other=0.0)
@@ -301,7 +334,9 @@ def _deform_bwd_weight_kernel(
 # --------------------------------------------------------------------------- deform conv data grads
 @triton.jit
 def _deform_bwd_data_kernel(
-    x_ptr, off_ptr, msk_ptr, w_ptr, gy_ptr, ws_ptr, goff_ptr, gmsk_ptr,
+    # pointers (cnt_ptr: the interpreter's sample counter, see count_samples)
+    x_ptr, off_ptr, msk_ptr, w_ptr, gy_ptr, ws_ptr, goff_ptr, gmsk_ptr, cnt_ptr,
+    # shapes
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
@@ -312,7 +347,8 @@ def _deform_bwd_data_kernel(
     sdn, sdc, sdh, sdw,
     sen, sec, seh, sew,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
+    # meta-parameters
+    HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, COUNT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # One program: BLOCK_M output pixels x one (offset group, tap) (axis 1 = og * taps + tap).
@@ -347,23 +383,21 @@ def _deform_bwd_data_kernel(
     dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(ftype)
     py = (oh * stride_h - pad_h + kh * dil_h).to(ftype) + dy
     px = (ow * stride_w - pad_w + kw * dil_w).to(ftype) + dx
-    # where the derivative passes the clamp to [-2, H + 1] (autograd's: not outside it, not for NaN)
-    pass_y = (py >= -2.0) & (py <= H + 1.0)
-    pass_x = (px >= -2.0) & (px <= W + 1.0)
-    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-    hy = 1.0 - ly
-    hx = 1.0 - lx
+    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = deform_corners(py, px, H, W)
+    ok00 = ok00 & mask_m
+    ok01 = ok01 & mask_m
+    ok10 = ok10 & mask_m
+    ok11 = ok11 & mask_m
     m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
     if HAS_MASK:
         mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m, other=0.0).to(ftype)
     else:
         mv = tl.full((BLOCK_M,), 1.0, ftype)
-    ok00 = (mask_m & vy0 & vx0)[:, None]
-    ok01 = (mask_m & vy0 & vx1)[:, None]
-    ok10 = (mask_m & vy1 & vx0)[:, None]
-    ok11 = (mask_m & vy1 & vx1)[:, None]
-    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-    q00 = _idx(n, IDX64) * sin + _idx(y0, IDX64) * sih + _idx(x0, IDX64) * siw
+    # grad input takes dC * mask * corner weight (the mask scales the weights); the corner dots
+    # take dC alone (grad mask is their blend)
+    w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
+    p00, pdx, pdy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
+    q00, qdx, qdy = corner_offsets(_idx(n, IDX64) * sin, y0, x0, ey, ex, sih, siw, IDX64)
     gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
     n_seg = CPOG // SEG
     n_cb = tl.cdiv(SEG, BLOCK_N)
@@ -385,26 +419,19 @@ def _deform_bwd_data_kernel(
                         other=0.0)
             gc = _mma(a, b, gc, ALLOW_TF32)
         # Row-wise sums s_ij = sum_c dC * v_ij per corner; the corner weights are per pixel,
-        # so grad dy / dx / mask are combined from them after the loop. One corner tile at a time.
-        xc = _idx(offs_c, IDX64)[None, :] * sxc
-        ic = _idx(offs_c, IDX64)[None, :] * sic
-        mc = mask_c[None, :]
-        gcm = gc * mv[:, None]
-        v = tl.load(x_ptr + (p00[:, None] + xc), mask=ok00 & mc, other=0.0).to(ftype)
-        s00 += tl.sum(gc * v, axis=1)
-        tl.atomic_add(ws_ptr + (q00[:, None] + ic), gcm * (hy * hx)[:, None], mask=ok00 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=ok01 & mc, other=0.0).to(ftype)
-        s01 += tl.sum(gc * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + siw)[:, None] + ic), gcm * (hy * lx)[:, None], mask=ok01 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=ok10 & mc, other=0.0).to(ftype)
-        s10 += tl.sum(gc * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + sih)[:, None] + ic), gcm * (ly * hx)[:, None], mask=ok10 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=ok11 & mc, other=0.0).to(ftype)
-        s11 += tl.sum(gc * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + sih + siw)[:, None] + ic), gcm * (ly * lx)[:, None], mask=ok11 & mc,
-                      sem="relaxed")
-    g_dy = mv * ((s10 - s00) * hx + (s11 - s01) * lx)
-    g_dx = mv * ((s01 - s00) * hy + (s11 - s10) * ly)
+        # so grad dy / dx / mask are combined from them after the loop.
+        xc = _idx(offs_c, IDX64) * sxc
+        ic = _idx(offs_c, IDX64) * sic
+        if COUNT:  # (pixel, channel) samples whose corners this tap reads back
+            tl.atomic_add(cnt_ptr, tl.sum(tl.sum((mask_m[:, None] & mask_c[None, :]).to(tl.int32), 1), 0))
+        s00 += corner_dot_scatter(x_ptr, p00, xc, ws_ptr, q00, ic, mask_c, ok00, w00, gc, ftype)
+        s01 += corner_dot_scatter(x_ptr, p00 + pdx, xc, ws_ptr, q00 + qdx, ic, mask_c, ok01, w01, gc, ftype)
+        s10 += corner_dot_scatter(x_ptr, p00 + pdy, xc, ws_ptr, q00 + qdy, ic, mask_c, ok10, w10, gc, ftype)
+        s11 += corner_dot_scatter(x_ptr, p00 + pdy + pdx, xc, ws_ptr, q00 + qdy + qdx, ic, mask_c, ok11, w11, gc,
+                                  ftype)
+    g_dy, g_dx, g_mk = position_grads(s00, s01, s10, s11, ly, lx)
+    g_dy = mv * g_dy
+    g_dx = mv * g_dx
     # 0 where the clamp stops the derivative (NaN included); a NaN in the other coordinate makes it
     # NaN (0 * NaN), as autograd through the bilinear blend does
     g_dy = tl.where(pass_y, g_dy, 0.0)
@@ -414,7 +441,6 @@ def _deform_bwd_data_kernel(
     tl.store(goff_ptr + (d_pix + _idx(oc, IDX64) * sdc), g_dy.to(goff_ptr.dtype.element_ty), mask=mask_m)
     tl.store(goff_ptr + (d_pix + _idx(oc + 1, IDX64) * sdc), g_dx.to(goff_ptr.dtype.element_ty), mask=mask_m)
     if HAS_MASK:
-        g_mk = (s00 * hx + s01 * lx) * hy + (s10 * hx + s11 * lx) * ly
         e_pix = _idx(n, IDX64) * sen + _idx(oh, IDX64) * seh + _idx(ow, IDX64) * sew
         tl.store(gmsk_ptr + (e_pix + _idx(og * taps + tap, IDX64) * sec), g_mk.to(gmsk_ptr.dtype.element_ty),
                  mask=mask_m)
@@ -571,42 +597,106 @@ def _mask_args(mask, offset):
     return mask, tuple(mask.stride())
 
 
+#: Test hook (interpreter only), see ``count_samples``: None, or {kernel name: count}.
+_SAMPLE_COUNTS = None
+
+
+@contextmanager
+def count_samples():
+    """Interpreter test hook: the deform-conv launchers run their kernels with ``COUNT=True`` and
+    the yielded dict adds up, per kernel ("fwd", "weight", "data"), the (pixel, channel) bilinear
+    samples each one gathers, one per output position, tap and input channel when every sample is
+    computed once per weight group (the forward and weight gradient would count it again for
+    every block of output channels). Compiled launches never count (``COUNT=False``)."""
+    global _SAMPLE_COUNTS
+    before, _SAMPLE_COUNTS = _SAMPLE_COUNTS, {}
+    try:
+        yield _SAMPLE_COUNTS
+    finally:
+        _SAMPLE_COUNTS = before
+
+
+def _counter(like):
+    """(counter tensor, COUNT) for a launch: an int32 [1] tensor while count_samples is active
+    under the interpreter, else ``like`` as an unused pointer."""
+    if INTERPRET and _SAMPLE_COUNTS is not None:
+        return torch.zeros(1, dtype=torch.int32, device=like.device), True
+    return like, False
+
+
+def _record(name, cnt, on):
+    if on:
+        _SAMPLE_COUNTS[name] = _SAMPLE_COUNTS.get(name, 0) + int(cnt.item())
+
+
+def _wide_block(cout_g, cls: str) -> int:
+    """The block spanning a weight group's output channels: next_pow2(cout_g) in [16, WIDE_N]."""
+    cap = WIDE_N[cls.replace("_i64", "")]
+    block = 16
+    while block < cout_g and block < cap:
+        block *= 2
+    return block
+
+
+def _channels_last(t):
+    """``t`` with unit channel stride, so the corner loads / atomics of a [pixels x channels] tile
+    are contiguous along channels (vector-wide): channels_last tensors and tensors with a zero
+    (expanded) stride are used as they are, others are copied to channels_last once per op."""
+    if t.numel() == 0 or t.stride(1) == 1 or 0 in t.stride():
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
+
+
 def deform_conv2d_forward(x, offset, weight, bias, mask, stride, padding, dilation):
     """x: (N, C_in, H, W); offset: (N, 2 * offset_groups * KH * KW, OH, OW) as (dy, dx) per tap;
     weight: (C_out, C_in / groups, KH, KW); bias: (C_out,) or None; mask:
-    (N, offset_groups * KH * KW, OH, OW) or None. Returns (N, C_out, OH, OW) in x's memory format."""
+    (N, offset_groups * KH * KW, OH, OW) or None. Returns (N, C_out, OH, OW) in x's memory format.
+    The kernel reads x in channels_last (``_channels_last``)."""
     gm = _geometry(x, offset, weight.shape)
     y = like_layout(x, (gm["N"], gm["C_out"], gm["OH"], gm["OW"]))
     if y.numel() == 0:
         return y
+    x = _channels_last(x)
     cout_g = gm["C_out"] // gm["groups"]
     m_t, m_strides = _mask_args(mask, offset)
-    grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), cdiv(cout_g, meta["BLOCK_N"]), gm["groups"])
     tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
     i64 = needs_int64(x, offset, weight, y, mask, gm["M"])
-    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, tf32, i64)], _deform_fwd_kernel, grid, INTERPRET_CONFIG,
-           x, offset, m_t, weight, bias if bias is not None else weight, y,
+    cls = config_class(_fwd_tuned, x.dtype, tf32, i64)
+    block_n = _wide_block(cout_g, cls)
+    grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), cdiv(cout_g, block_n), gm["groups"])
+    cnt, count = _counter(x)
+    launch(_fwd_tuned[cls], _deform_fwd_kernel, grid, FWD_INTERPRET_CONFIG,
+           x, offset, m_t, weight, bias if bias is not None else weight, y, cnt,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
            gm["cpog"],
            *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *y.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
-           IDX64=i64)
+           IDX64=i64, COUNT=count, BLOCK_N=block_n)
+    _record("fwd", cnt, count)
     return y
 
 
 def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, padding, dilation):
     """Gradients of deform_conv2d w.r.t. input, offset and mask: (grad_input like x,
-    grad_offset like offset, grad_mask like mask, or an empty tensor when mask is None)."""
+    grad_offset like offset, grad_mask like mask, or an empty tensor when mask is None).
+    The kernel reads x and accumulates grad input in channels_last (atomics contiguous along
+    channels); grad input is copied back to x's memory format."""
     gm = _geometry(x, offset, weight.shape)
     acc_dtype = accumulator_dtype(x.dtype)
-    ws = zeroed_workspace(x, acc_dtype)  # x's strides when x is dense, else contiguous
+    x_in = x
+    x = _channels_last(x)
+    ws = zeroed_workspace(x, acc_dtype)  # x's (channels_last) strides when x is dense, else contiguous
     g_off = like_layout(offset, offset.shape)
     g_msk = like_layout(mask, mask.shape) if mask is not None else torch.empty(0, device=x.device, dtype=x.dtype)
+
+    def grad_input():
+        return like_layout(x_in, x_in.shape).copy_(ws)
+
     if gm["M"] == 0:
         g_off.zero_()
         g_msk.zero_()
-        return ws.to(x.dtype), g_off, g_msk
+        return grad_input(), g_off, g_msk
     alert_nondeterministic("convlab::deform_conv2d_data_grad (grad input)")
     cout_g = gm["C_out"] // gm["groups"]
     m_t, m_strides = _mask_args(mask, offset)
@@ -614,16 +704,19 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
     grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), gm["offset_groups"] * gm["KH"] * gm["KW"])
     tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
     i64 = needs_int64(x, offset, weight, grad_output, ws, mask, gm["M"])
-    launch(_bwd_data_tuned[config_class(_bwd_data_tuned, x.dtype, tf32, i64)], _deform_bwd_data_kernel, grid, INTERPRET_CONFIG,
-           x, offset, m_t, weight, grad_output, ws, g_off, gm_t,
+    cnt, count = _counter(x)
+    launch(_bwd_data_tuned[config_class(_bwd_data_tuned, x.dtype, tf32, i64)], _deform_bwd_data_kernel, grid,
+           INTERPRET_CONFIG,
+           x, offset, m_t, weight, grad_output, ws, g_off, gm_t, cnt,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
            gm["cpog"],
            *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *grad_output.stride(), *ws.stride(),
            *g_off.stride(), *(g_msk.stride() if mask is not None else m_strides),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, ALLOW_TF32=tf32,
-           IDX64=i64)
-    return ws.to(x.dtype), g_off, g_msk
+           IDX64=i64, COUNT=count)
+    _record("data", cnt, count)
+    return grad_input(), g_off, g_msk
 
 
 def _split_k(M: int, tiles: int, device: torch.device) -> int:
@@ -634,11 +727,13 @@ def _split_k(M: int, tiles: int, device: torch.device) -> int:
 
 
 def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride, padding, dilation, split_k=None):
-    """dL/dweight of deform_conv2d: (C_out, C_in / groups, KH, KW), contiguous."""
+    """dL/dweight of deform_conv2d: (C_out, C_in / groups, KH, KW), contiguous. The kernel reads x
+    in channels_last (``_channels_last``)."""
     gm = _geometry(x, offset, weight_shape)
     cout_g = gm["C_out"] // gm["groups"]
     if gm["M"] == 0 or gm["C_out"] == 0:
         return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
+    x = _channels_last(x)
     n_seg, seg = gm["cin_g"] // gm["seg"], gm["seg"]
     if split_k is None:
         split_k = _split_k(gm["M"], cdiv(cout_g, 64) * cdiv(gm["cin_g"], 64) * gm["KH"] * gm["KW"] * gm["groups"],
@@ -647,18 +742,22 @@ def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride
     split_k = cdiv(gm["M"], m_per_split)
     ws = torch.empty((split_k, *weight_shape), device=x.device, dtype=accumulator_dtype(x.dtype))
     m_t, m_strides = _mask_args(mask, offset)
-    grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), gm["KH"] * gm["KW"] * n_seg * cdiv(seg, meta["BLOCK_N"]),
-                         gm["groups"] * split_k)
     tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
     i64 = needs_int64(x, offset, grad_output, ws, mask, split_k * m_per_split)
-    launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, tf32, i64)], _deform_bwd_weight_kernel, grid, INTERPRET_CONFIG,
-           x, offset, m_t, grad_output, ws,
+    cls = config_class(_bwd_weight_tuned, x.dtype, tf32, i64)
+    block_m = _wide_block(cout_g, cls)
+    grid = lambda meta: (cdiv(cout_g, block_m), gm["KH"] * gm["KW"] * n_seg * cdiv(seg, meta["BLOCK_N"]),
+                         gm["groups"] * split_k)
+    cnt, count = _counter(x)
+    launch(_bwd_weight_tuned[cls], _deform_bwd_weight_kernel, grid, WEIGHT_INTERPRET_CONFIG,
+           x, offset, m_t, grad_output, ws, cnt,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], seg,
            gm["cpog"], m_per_split, split_k,
            *x.stride(), *offset.stride(), *m_strides, *grad_output.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, ALLOW_TF32=tf32,
-           IDX64=i64)
+           IDX64=i64, COUNT=count, BLOCK_M=block_m)
+    _record("weight", cnt, count)
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 
 

@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 torchvision = pytest.importorskip("torchvision")
 from torchvision.ops import deform_conv2d as tv_deform_conv2d  # noqa: E402
 
+from kernels import _common  # noqa: E402
 from layers.backend import use_backend  # noqa: E402
 from layers.deform import DeformConv2d, OffsetDeformConv2d, bilinear_gather, deform_conv2d  # noqa: E402
 
@@ -531,3 +532,24 @@ def test_backward_into_dirty_workspace(device, monkeypatch):
     monkeypatch.setattr(common, "empty_workspace", lambda like, dtype: torch.full_like(like, NAN, dtype=dtype))
     for a, e in zip(grads(), expected):
         torch.testing.assert_close(a, e)
+
+
+@pytest.mark.skipif(not _common.INTERPRET, reason="count_samples is an interpreter hook")
+@pytest.mark.parametrize("C,Co,groups,og", [(4, 20, 1, 1), (6, 40, 2, 3)], ids=["g1-og1", "g2-og3"])
+def test_samples_computed_once_per_output(C, Co, groups, og):
+    """Every bilinear sample is gathered once per weight group: the forward, weight gradient and
+    data gradient each gather (pixel, input channel) samples exactly N * OH * OW * taps * C_in
+    times, although C_out / groups (20) spans two 16-wide output-channel blocks of the
+    interpreter's tiles (the old kernels gathered once per such block)."""
+    from kernels import deform as dk
+
+    x, off, w, b, m = _make("cpu", N=1, C=C, H=4, W=3, Co=Co, groups=groups, og=og, k=(3, 2), p=(1, 0),
+                            dtype=torch.float32)
+    y = dk.deform_conv2d_forward(x, off, w, b, m, (1, 1), (1, 0), (1, 1))
+    gy = torch.randn_like(y)
+    with dk.count_samples() as counts:
+        dk.deform_conv2d_forward(x, off, w, b, m, (1, 1), (1, 0), (1, 1))
+        dk.deform_conv2d_weight_grad(gy, x, off, m, w.shape, (1, 1), (1, 0), (1, 1))
+        dk.deform_conv2d_data_grad(gy, x, off, w, m, (1, 1), (1, 0), (1, 1))
+    expected = y.shape[0] * y.shape[2] * y.shape[3] * 3 * 2 * C
+    assert counts == {"fwd": expected, "weight": expected, "data": expected}
