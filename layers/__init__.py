@@ -8,7 +8,8 @@ from .conv import (
     conv2d,
     conv_transpose2d,
 )
-from .deform import DeformConv2d, OffsetDeformConv2d, bilinear_gather, deform_conv2d
+from .deform import DeformConv2d, OffsetDeformConv2d, deform_conv2d
+from .gather import bilinear_gather
 from .roi import DeformRoIPool2d, OffsetDeformRoIPool2d, deform_roi_pool
 
 __all__ = [
