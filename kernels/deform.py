@@ -44,6 +44,7 @@ from ._common import (
     accumulator_dtype, alert_nondeterministic, allow_tf32, autotuned, cdiv, config_class, _idx, KernelSpec, launch,
     like_layout, _mma, needs_int64, _tile_offsets, _unflatten, with_index64, zeroed_workspace,
 )
+from ._sampling import bilinear_load, corner_dot_scatter, corner_offsets, corner_weights, deform_corners, position_grads
 
 
 def _cfg(bm, bn, bk, warps, stages):
@@ -71,8 +72,8 @@ WEIGHT_CONFIGS = {
 # Its four masked per-element atomic scatters need many registers per tile element, so
 # tiles stay at <= 4 elements per thread.
 DATA_CONFIGS = {
-    "fp16": [_cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
-    "fp32": [_cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp16": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1)],
+    "fp32": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1)],
     "fp32_ieee": [_cfg(64, 16, 32, 8, 2), _cfg(16, 16, 32, 4, 1), _cfg(32, 16, 16, 4, 1)],
     "fp64": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
 }
@@ -163,27 +164,19 @@ def _deform_fwd_kernel(
         dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
         py = (ih0 + kh * dil_h).to(acc.dtype) + dy
         px = (iw0 + kw * dil_w).to(acc.dtype) + dx
-        y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-        hy = 1.0 - ly
-        hx = 1.0 - lx
+        y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = deform_corners(py, px, H, W)
         if HAS_MASK:
             mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m,
                          other=0.0).to(acc.dtype)
-            hy = hy * mv
-            ly = ly * mv
+        else:
+            mv = ly
+        w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
         offs_k = c0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < seg0 + SEG
         ch = _idx((g * CIN_G + offs_k), IDX64) * sxc
-        p00 = x_pix + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-        mk = mask_k[None, :]
-        a = tl.load(x_ptr + (p00[:, None] + ch[None, :]), mask=(mask_m & vy0 & vx0)[:, None] & mk,
-                    other=0.0).to(acc.dtype) * (hy * hx)[:, None]
-        a += tl.load(x_ptr + ((p00 + sxw)[:, None] + ch[None, :]), mask=(mask_m & vy0 & vx1)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (hy * lx)[:, None]
-        a += tl.load(x_ptr + ((p00 + sxh)[:, None] + ch[None, :]), mask=(mask_m & vy1 & vx0)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (ly * hx)[:, None]
-        a += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + ch[None, :]), mask=(mask_m & vy1 & vx1)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (ly * lx)[:, None]
+        p00, pdx, pdy = corner_offsets(x_pix, y0, x0, ey, ex, sxh, sxw, IDX64)
+        a = bilinear_load(x_ptr, p00, pdx, pdy, ch, mask_k, mask_m & ok00, mask_m & ok01, mask_m & ok10,
+                          mask_m & ok11, w00, w01, w10, w11, acc.dtype)
         a = a.to(x_ptr.dtype.element_ty)
         b = tl.load(w_ptr + (w_base[None, :] + (kh * swh + kw * sww) + _idx(offs_k[:, None], IDX64) * swi),
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
@@ -250,24 +243,16 @@ def _deform_bwd_weight_kernel(
         dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_p, other=0.0).to(acc.dtype)
         py = (oh * stride_h - pad_h + kh * dil_h).to(acc.dtype) + dy
         px = (ow * stride_w - pad_w + kw * dil_w).to(acc.dtype) + dx
-        y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-        hy = 1.0 - ly
-        hx = 1.0 - lx
+        y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = deform_corners(py, px, H, W)
         if HAS_MASK:
             m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
             mv = tl.load(msk_ptr + (m_pix + _idx(mc, IDX64) * smc), mask=mask_p, other=0.0).to(acc.dtype)
-            hy = hy * mv
-            ly = ly * mv
-        p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-        mk = mask_ci[None, :]
-        b = tl.load(x_ptr + (p00[:, None] + x_ch[None, :]), mask=(mask_p & vy0 & vx0)[:, None] & mk,
-                    other=0.0).to(acc.dtype) * (hy * hx)[:, None]
-        b += tl.load(x_ptr + ((p00 + sxw)[:, None] + x_ch[None, :]), mask=(mask_p & vy0 & vx1)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (hy * lx)[:, None]
-        b += tl.load(x_ptr + ((p00 + sxh)[:, None] + x_ch[None, :]), mask=(mask_p & vy1 & vx0)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (ly * hx)[:, None]
-        b += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + x_ch[None, :]), mask=(mask_p & vy1 & vx1)[:, None] & mk,
-                     other=0.0).to(acc.dtype) * (ly * lx)[:, None]
+        else:
+            mv = ly
+        w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
+        p00, pdx, pdy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
+        b = bilinear_load(x_ptr, p00, pdx, pdy, x_ch, mask_ci, mask_p & ok00, mask_p & ok01, mask_p & ok10,
+                          mask_p & ok11, w00, w01, w10, w11, acc.dtype)
         b = b.to(x_ptr.dtype.element_ty)
         gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
         a = tl.load(gy_ptr + (gy_ch[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :], other=0.0)
@@ -328,23 +313,21 @@ def _deform_bwd_data_kernel(
     dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(ftype)
     py = (oh * stride_h - pad_h + kh * dil_h).to(ftype) + dy
     px = (ow * stride_w - pad_w + kw * dil_w).to(ftype) + dx
-    # where the derivative passes the clamp to [-2, H + 1] (autograd's: not outside it, not for NaN)
-    pass_y = (py >= -2.0) & (py <= H + 1.0)
-    pass_x = (px >= -2.0) & (px <= W + 1.0)
-    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-    hy = 1.0 - ly
-    hx = 1.0 - lx
+    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = deform_corners(py, px, H, W)
+    ok00 = ok00 & mask_m
+    ok01 = ok01 & mask_m
+    ok10 = ok10 & mask_m
+    ok11 = ok11 & mask_m
     m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
     if HAS_MASK:
         mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m, other=0.0).to(ftype)
     else:
         mv = tl.full((BLOCK_M,), 1.0, ftype)
-    ok00 = (mask_m & vy0 & vx0)[:, None]
-    ok01 = (mask_m & vy0 & vx1)[:, None]
-    ok10 = (mask_m & vy1 & vx0)[:, None]
-    ok11 = (mask_m & vy1 & vx1)[:, None]
-    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-    q00 = _idx(n, IDX64) * sin + _idx(y0, IDX64) * sih + _idx(x0, IDX64) * siw
+    # grad input takes dC * mask * corner weight (the mask scales the weights); the corner dots
+    # take dC alone (grad mask is their blend)
+    w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
+    p00, pdx, pdy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
+    q00, qdx, qdy = corner_offsets(_idx(n, IDX64) * sin, y0, x0, ey, ex, sih, siw, IDX64)
     gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
     n_seg = CPOG // SEG
     n_cb = tl.cdiv(SEG, BLOCK_N)
@@ -366,26 +349,17 @@ def _deform_bwd_data_kernel(
                         other=0.0)
             gc = _mma(a, b, gc, ALLOW_TF32)
         # Row-wise sums s_ij = sum_c dC * v_ij per corner; the corner weights are per pixel,
-        # so grad dy / dx / mask are combined from them after the loop. One corner tile at a time.
-        xc = _idx(offs_c, IDX64)[None, :] * sxc
-        ic = _idx(offs_c, IDX64)[None, :] * sic
-        mc = mask_c[None, :]
-        gcm = gc * mv[:, None]
-        v = tl.load(x_ptr + (p00[:, None] + xc), mask=ok00 & mc, other=0.0).to(ftype)
-        s00 += tl.sum(gc * v, axis=1)
-        tl.atomic_add(ws_ptr + (q00[:, None] + ic), gcm * (hy * hx)[:, None], mask=ok00 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=ok01 & mc, other=0.0).to(ftype)
-        s01 += tl.sum(gc * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + siw)[:, None] + ic), gcm * (hy * lx)[:, None], mask=ok01 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=ok10 & mc, other=0.0).to(ftype)
-        s10 += tl.sum(gc * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + sih)[:, None] + ic), gcm * (ly * hx)[:, None], mask=ok10 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=ok11 & mc, other=0.0).to(ftype)
-        s11 += tl.sum(gc * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + sih + siw)[:, None] + ic), gcm * (ly * lx)[:, None], mask=ok11 & mc,
-                      sem="relaxed")
-    g_dy = mv * ((s10 - s00) * hx + (s11 - s01) * lx)
-    g_dx = mv * ((s01 - s00) * hy + (s11 - s10) * ly)
+        # so grad dy / dx / mask are combined from them after the loop.
+        xc = _idx(offs_c, IDX64) * sxc
+        ic = _idx(offs_c, IDX64) * sic
+        s00 += corner_dot_scatter(x_ptr, p00, xc, ws_ptr, q00, ic, mask_c, ok00, w00, gc, ftype)
+        s01 += corner_dot_scatter(x_ptr, p00 + pdx, xc, ws_ptr, q00 + qdx, ic, mask_c, ok01, w01, gc, ftype)
+        s10 += corner_dot_scatter(x_ptr, p00 + pdy, xc, ws_ptr, q00 + qdy, ic, mask_c, ok10, w10, gc, ftype)
+        s11 += corner_dot_scatter(x_ptr, p00 + pdy + pdx, xc, ws_ptr, q00 + qdy + qdx, ic, mask_c, ok11, w11, gc,
+                                  ftype)
+    g_dy, g_dx, g_mk = position_grads(s00, s01, s10, s11, ly, lx)
+    g_dy = mv * g_dy
+    g_dx = mv * g_dx
     # 0 where the clamp stops the derivative (NaN included); a NaN in the other coordinate makes it
     # NaN (0 * NaN), as autograd through the bilinear blend does
     g_dy = tl.where(pass_y, g_dy, 0.0)
@@ -395,7 +369,6 @@ def _deform_bwd_data_kernel(
     tl.store(goff_ptr + (d_pix + _idx(oc, IDX64) * sdc), g_dy.to(goff_ptr.dtype.element_ty), mask=mask_m)
     tl.store(goff_ptr + (d_pix + _idx(oc + 1, IDX64) * sdc), g_dx.to(goff_ptr.dtype.element_ty), mask=mask_m)
     if HAS_MASK:
-        g_mk = (s00 * hx + s01 * lx) * hy + (s10 * hx + s11 * lx) * ly
         e_pix = _idx(n, IDX64) * sen + _idx(oh, IDX64) * seh + _idx(ow, IDX64) * sew
         tl.store(gmsk_ptr + (e_pix + _idx(og * taps + tap, IDX64) * sec), g_mk.to(gmsk_ptr.dtype.element_ty),
                  mask=mask_m)
