@@ -4,7 +4,8 @@
 (N, C, P). As a GEMM it is a sparse one, Y[n, c, p] = sum_(h, w) S[n, p, (h, w)] X[n, c, (h, w)],
 with four non-zeros per row of S (the corner weights), so it runs as a gather, not tl.dot.
 
-Sampling rule: deformable convolution's (torchvision's ``deform_conv2d``, see ``kernels.deform``):
+Sampling rule: deformable convolution's (torchvision's ``deform_conv2d``; ``kernels._sampling``'s
+``deform_corners``, the helpers every sampling kernel shares):
 a corner outside the image contributes 0, so a sample with y <= -1, y >= H, x <= -1 or x >= W
 is 0; a NaN coordinate reads no pixel and gives a NaN sample.
 
@@ -26,7 +27,7 @@ from ._common import (
     accumulator_dtype, alert_nondeterministic, autotuned, cdiv, config_class, _idx, KernelSpec, launch, needs_int64,
     _tile_offsets, with_index64, zeroed_workspace,
 )
-from .deform import _bilinear
+from ._sampling import bilinear_load, corner_dot_scatter, corner_offsets, corner_weights, deform_corners, position_grads
 
 
 def _gcfg(bp, bc, warps):
@@ -71,20 +72,12 @@ def _gather_fwd_kernel(
     pos = _idx(n, IDX64) * spn + _idx(p, IDX64) * spp
     py = tl.load(pos_ptr + pos, mask=mask_p, other=0.0).to(acc.dtype)
     px = tl.load(pos_ptr + (pos + spk), mask=mask_p, other=0.0).to(acc.dtype)
-    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-    hy = 1.0 - ly
-    hx = 1.0 - lx
-    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-    xc = _idx(offs_c, IDX64)[None, :] * sxc
+    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = deform_corners(py, px, H, W)
+    w00, w01, w10, w11 = corner_weights(ly, lx, 0.0, False)
+    p00, dx, dy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
+    acc += bilinear_load(x_ptr, p00, dx, dy, _idx(offs_c, IDX64) * sxc, mask_c, mask_p & ok00, mask_p & ok01,
+                         mask_p & ok10, mask_p & ok11, w00, w01, w10, w11, acc.dtype)
     mc = mask_c[None, :]
-    acc += tl.load(x_ptr + (p00[:, None] + xc), mask=(mask_p & vy0 & vx0)[:, None] & mc,
-                   other=0.0).to(acc.dtype) * (hy * hx)[:, None]
-    acc += tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=(mask_p & vy0 & vx1)[:, None] & mc,
-                   other=0.0).to(acc.dtype) * (hy * lx)[:, None]
-    acc += tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=(mask_p & vy1 & vx0)[:, None] & mc,
-                   other=0.0).to(acc.dtype) * (ly * hx)[:, None]
-    acc += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=(mask_p & vy1 & vx1)[:, None] & mc,
-                   other=0.0).to(acc.dtype) * (ly * lx)[:, None]
     y_off = (_idx(n, IDX64) * syn + _idx(p, IDX64) * syp)[:, None] + _idx(offs_c, IDX64)[None, :] * syc
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mc)
 
@@ -119,40 +112,27 @@ def _gather_bwd_kernel(
     pos = _idx(n, IDX64) * spn + _idx(p, IDX64) * spp
     py = tl.load(pos_ptr + pos, mask=mask_p, other=0.0).to(ftype)
     px = tl.load(pos_ptr + (pos + spk), mask=mask_p, other=0.0).to(ftype)
-    pass_y = (py >= -2.0) & (py <= H + 1.0)  # see _deform_bwd_data_kernel
-    pass_x = (px >= -2.0) & (px <= W + 1.0)
-    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-    hy = 1.0 - ly
-    hx = 1.0 - lx
-    ok00 = (mask_p & vy0 & vx0)[:, None]
-    ok01 = (mask_p & vy0 & vx1)[:, None]
-    ok10 = (mask_p & vy1 & vx0)[:, None]
-    ok11 = (mask_p & vy1 & vx1)[:, None]
-    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-    q00 = _idx(n, IDX64) * sin + _idx(y0, IDX64) * sih + _idx(x0, IDX64) * siw
+    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = deform_corners(py, px, H, W)
+    w00, w01, w10, w11 = corner_weights(ly, lx, 0.0, False)
+    ok00 = mask_p & ok00
+    ok01 = mask_p & ok01
+    ok10 = mask_p & ok10
+    ok11 = mask_p & ok11
+    p00, dx, dy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
+    q00, qx, qy = corner_offsets(_idx(n, IDX64) * sin, y0, x0, ey, ex, sih, siw, IDX64)
     g_pix = _idx(n, IDX64) * sgn + _idx(p, IDX64) * sgp
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
-        mc = (offs_c < C)[None, :]
-        gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc,
+        mc = offs_c < C
+        gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc[None, :],
                      other=0.0).to(ftype)
-        xc = _idx(offs_c, IDX64)[None, :] * sxc
-        ic = _idx(offs_c, IDX64)[None, :] * sic
-        v = tl.load(x_ptr + (p00[:, None] + xc), mask=ok00 & mc, other=0.0).to(ftype)
-        s00 += tl.sum(gv * v, axis=1)
-        tl.atomic_add(ws_ptr + (q00[:, None] + ic), gv * (hy * hx)[:, None], mask=ok00 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=ok01 & mc, other=0.0).to(ftype)
-        s01 += tl.sum(gv * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + siw)[:, None] + ic), gv * (hy * lx)[:, None], mask=ok01 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=ok10 & mc, other=0.0).to(ftype)
-        s10 += tl.sum(gv * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + sih)[:, None] + ic), gv * (ly * hx)[:, None], mask=ok10 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=ok11 & mc, other=0.0).to(ftype)
-        s11 += tl.sum(gv * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + sih + siw)[:, None] + ic), gv * (ly * lx)[:, None], mask=ok11 & mc,
-                      sem="relaxed")
-    g_y = (s10 - s00) * hx + (s11 - s01) * lx
-    g_x = (s01 - s00) * hy + (s11 - s10) * ly
+        xc = _idx(offs_c, IDX64) * sxc
+        ic = _idx(offs_c, IDX64) * sic
+        s00 += corner_dot_scatter(x_ptr, p00, xc, ws_ptr, q00, ic, mc, ok00, w00, gv, ftype)
+        s01 += corner_dot_scatter(x_ptr, p00 + dx, xc, ws_ptr, q00 + qx, ic, mc, ok01, w01, gv, ftype)
+        s10 += corner_dot_scatter(x_ptr, p00 + dy, xc, ws_ptr, q00 + qy, ic, mc, ok10, w10, gv, ftype)
+        s11 += corner_dot_scatter(x_ptr, p00 + dy + dx, xc, ws_ptr, q00 + qy + qx, ic, mc, ok11, w11, gv, ftype)
+    g_y, g_x, _ = position_grads(s00, s01, s10, s11, ly, lx)
     g_y = tl.where(pass_y, g_y, 0.0)
     g_x = tl.where(pass_x, g_x, 0.0)
     d_pos = _idx(n, IDX64) * sdn + _idx(p, IDX64) * sdp

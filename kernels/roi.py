@@ -15,10 +15,10 @@ bin: bin offset = GAMMA * offset * (roi_w, roi_h) as in the paper. Without an of
 exactly ``torchvision.ops.roi_align(..., aligned=False)`` (average of the samples of a bin).
 
 Sampling rule: torchvision's RoI Align rule, *not* the deformable-convolution rule of
-``kernels.deform._bilinear`` (which zero-pads every corner outside the map). RoI Align returns 0
+``kernels._sampling.deform_corners`` (which zero-pads every corner outside the map). RoI Align returns 0
 for a sample with y < -1, y > H, x < -1 or x > W, clamps y, x in [-1, 0) to 0, and samples the
-border row / column (replicated) for y >= H - 1 / x >= W - 1. ``_roi_bilinear`` below implements
-that rule; it also returns where the position is not clamped, so the offset gradient is the exact
+border row / column (replicated) for y >= H - 1 / x >= W - 1. ``kernels._sampling.roi_corners``
+implements that rule; it also returns where the position is not clamped, so the offset gradient is the exact
 derivative of the piecewise-bilinear function (0 where a coordinate is clamped).
 
 NaN: a NaN offset makes its bin's output NaN and reads no pixel (the bin's samples are moved to
@@ -32,10 +32,13 @@ output is 0 and it gets and gives no gradient (``layers.roi`` raises a ValueErro
 where checking costs no device sync).
 
 Kernels: forward, one program per (RoI, block of bins, block of channels), looping over the RoI's
-sampling grid (a runtime bound: adaptive grids differ per RoI). Backward, one program per (RoI,
-block of bins), looping over all channels: the offset gradient is reduced in registers
-(deterministic), the feature gradient is scattered with atomic adds into an fp32 (fp64) workspace.
-Boxes get no gradient. Accumulation in fp32 (fp64 for fp64).
+sampling grid (a runtime bound: adaptive grids differ per RoI). Backward in two kernels, so
+neither carries the other's registers (no build spills, triton 3.6 and 3.8): the grad input, the
+forward's transpose, one program per (RoI, block of bins, block of channels) scattering its
+grad-output tile to each sample's four corners with atomic adds into an fp32 (fp64) workspace;
+and, with an offset, the grad offset, one program per (RoI, block of bins) looping over the
+samples and, inside, over all channels, reducing the four corner dot products in registers
+(deterministic). Boxes get no gradient. Accumulation in fp32 (fp64 for fp64).
 
 Layouts: input any strides (channels_last included); rois (K, 5) any strides; offset
 (K, 2, PH, PW) any strides; output (K, C, PH, PW) contiguous. ``SCALE`` and ``GAMMA`` are
@@ -51,6 +54,7 @@ from ._common import (
     accumulator_dtype, alert_nondeterministic, autotuned, cdiv, config_class, _idx, KernelSpec, launch, needs_int64, with_index64,
     zeroed_workspace,
 )
+from ._sampling import bilinear_load, corner_offsets, corner_scatter, corner_weights, position_grads, roi_corners
 
 
 def _cfg(bp, bc, warps):
@@ -72,29 +76,6 @@ BWD_OFFSET_CONFIGS = {"fp16": _BWD_OFF, "bf16": _BWD_OFF, "fp32": _BWD_OFF, "fp6
 FWD_CONFIGS = with_index64(FWD_CONFIGS, fp16=[_cfg(64, 8, 8)], bf16=[_cfg(64, 8, 8)], fp32=[_cfg(64, 8, 8)],
                            fp64=[_cfg(32, 8, 8)])
 INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
-
-
-@triton.jit
-def _roi_bilinear(py, px, H, W):
-    """torchvision RoI Align sampling at (py, px): top-left corner (y0, x0) int32, the other
-    corner (y1, x1), fractional parts (ly, lx), validity of the sample, and whether y / x are
-    unclamped (their derivative passes)."""
-    valid = (py >= -1.0) & (py <= H) & (px >= -1.0) & (px <= W)
-    gy = (py >= 0.0) & valid
-    gx = (px >= 0.0) & valid
-    py = tl.minimum(tl.maximum(py, 0.0), H + 1.0)  # upper clamp: only invalid samples, safe int cast
-    px = tl.minimum(tl.maximum(px, 0.0), W + 1.0)
-    y0 = py.to(tl.int32)
-    x0 = px.to(tl.int32)
-    top_y = y0 >= H - 1
-    top_x = x0 >= W - 1
-    y0 = tl.where(top_y, H - 1, y0)
-    x0 = tl.where(top_x, W - 1, x0)
-    y1 = tl.where(top_y, H - 1, y0 + 1)
-    x1 = tl.where(top_x, W - 1, x0 + 1)
-    ly = tl.where(top_y, 0.0, py - y0.to(py.dtype))
-    lx = tl.where(top_x, 0.0, px - x0.to(px.dtype))
-    return y0, x0, y1, x1, ly, lx, valid, gy, gx
 
 
 @triton.jit
@@ -192,24 +173,17 @@ def _roi_fwd_kernel(
         roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
         SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     x_img = _idx(b, IDX64) * sxn
-    xc = _idx(offs_c, IDX64)[None, :] * sxc
+    xc = _idx(offs_c, IDX64) * sxc
     mc = mask_c[None, :]
     for iy in range(0, gh):
         py = ystart + (iy + 0.5) * step_h
         for ix in range(0, gw):
             px = xstart + (ix + 0.5) * step_w
-            y0, x0, y1_, x1_, ly, lx, valid, gy, gx = _roi_bilinear(py, px, H, W)
-            hy = 1.0 - ly
-            hx = 1.0 - lx
-            ok = (mask_p & valid)[:, None] & mc
-            r0 = x_img + _idx(y0, IDX64) * sxh
-            r1 = x_img + _idx(y1_, IDX64) * sxh
-            c0 = _idx(x0, IDX64) * sxw
-            c1 = _idx(x1_, IDX64) * sxw
-            acc += tl.load(x_ptr + ((r0 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * hx)[:, None]
-            acc += tl.load(x_ptr + ((r0 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * lx)[:, None]
-            acc += tl.load(x_ptr + ((r1 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * hx)[:, None]
-            acc += tl.load(x_ptr + ((r1 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * lx)[:, None]
+            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, gy, gx = roi_corners(py, px, H, W)
+            w00, w01, w10, w11 = corner_weights(ly, lx, 0.0, False)
+            p00, dx, dy = corner_offsets(x_img, y0, x0, ey, ex, sxh, sxw, IDX64)
+            acc += bilinear_load(x_ptr, p00, dx, dy, xc, mask_c, mask_p & ok00, mask_p & ok01, mask_p & ok10,
+                                 mask_p & ok11, w00, w01, w10, w11, ftype)
     count = tl.maximum(gh * gw, 1).to(ftype)
     acc = acc / count
     acc = tl.where((ny | nx)[:, None], float("nan"), acc)  # a NaN sample position (see _bin_grid)
@@ -248,7 +222,7 @@ def _roi_bwd_kernel(
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_p = offs_p < PH * PW
-    mc = (offs_c < C)[None, :]
+    mc = offs_c < C
     pw = offs_p % PW
     ph = offs_p // PW
     ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
@@ -256,26 +230,21 @@ def _roi_bwd_kernel(
         SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
     g_pix = _idx(k, IDX64) * sgk + _idx(ph, IDX64) * sgh + _idx(pw, IDX64) * sgw
-    gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc,
+    gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc[None, :],
                  other=0.0).to(ftype) * inv_count
-    w_base = ws_ptr + _idx(b, IDX64) * sin
-    ic = _idx(offs_c, IDX64)[None, :] * sic
+    w_img = _idx(b, IDX64) * sin
+    ic = _idx(offs_c, IDX64) * sic
     for iy in range(0, gh):
         py = ystart + (iy + 0.5) * step_h
         for ix in range(0, gw):
             px = xstart + (ix + 0.5) * step_w
-            y0, x0, y1_, x1_, ly, lx, valid, gyok, gxok = _roi_bilinear(py, px, H, W)
-            hy = 1.0 - ly
-            hx = 1.0 - lx
-            ok = (mask_p & valid)[:, None] & mc
-            r0 = _idx(y0, IDX64) * sih
-            r1 = _idx(y1_, IDX64) * sih
-            c0 = _idx(x0, IDX64) * siw
-            c1 = _idx(x1_, IDX64) * siw
-            tl.atomic_add(w_base + ((r0 + c0)[:, None] + ic), gv * (hy * hx)[:, None], mask=ok, sem="relaxed")
-            tl.atomic_add(w_base + ((r0 + c1)[:, None] + ic), gv * (hy * lx)[:, None], mask=ok, sem="relaxed")
-            tl.atomic_add(w_base + ((r1 + c0)[:, None] + ic), gv * (ly * hx)[:, None], mask=ok, sem="relaxed")
-            tl.atomic_add(w_base + ((r1 + c1)[:, None] + ic), gv * (ly * lx)[:, None], mask=ok, sem="relaxed")
+            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, gyok, gxok = roi_corners(py, px, H, W)
+            w00, w01, w10, w11 = corner_weights(ly, lx, 0.0, False)
+            q00, qx, qy = corner_offsets(w_img, y0, x0, ey, ex, sih, siw, IDX64)
+            corner_scatter(ws_ptr, q00, ic, mc, mask_p & ok00, w00, gv)
+            corner_scatter(ws_ptr, q00 + qx, ic, mc, mask_p & ok01, w01, gv)
+            corner_scatter(ws_ptr, q00 + qy, ic, mc, mask_p & ok10, w10, gv)
+            corner_scatter(ws_ptr, q00 + qy + qx, ic, mc, mask_p & ok11, w11, gv)
 
 
 @triton.jit
@@ -311,7 +280,7 @@ def _roi_bwd_offset_kernel(
     ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
         roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
         SCALE, GAMMA, True, IDX64, ftype)
-    x_base = x_ptr + _idx(b, IDX64) * sxn
+    x_img = _idx(b, IDX64) * sxn
     g_pix = _idx(k, IDX64) * sgk + _idx(ph, IDX64) * sgh + _idx(pw, IDX64) * sgw
     # samples outer (one flat loop over the bin's grid), channels inner: each sample's corners
     # once, the four corner dot products reduced over all channels in registers
@@ -320,12 +289,9 @@ def _roi_bwd_offset_kernel(
         ix = s - iy * gw
         py = ystart + (iy + 0.5) * step_h
         px = xstart + (ix + 0.5) * step_w
-        y0, x0, y1_, x1_, ly, lx, valid, gyok, gxok = _roi_bilinear(py, px, H, W)
-        ok = mask_p & valid
-        r0 = _idx(y0, IDX64) * sxh
-        r1 = _idx(y1_, IDX64) * sxh
-        c0 = _idx(x0, IDX64) * sxw
-        c1 = _idx(x1_, IDX64) * sxw
+        y0, x0, ey, ex, ly, lx, ok, ok01, ok10, ok11, gyok, gxok = roi_corners(py, px, H, W)
+        ok = mask_p & ok  # the RoI Align rule reads all four corners or none
+        p00, dx, dy = corner_offsets(x_img, y0, x0, ey, ex, sxh, sxw, IDX64)
         u00 = tl.zeros_like(g_y)
         u01 = tl.zeros_like(g_y)
         u10 = tl.zeros_like(g_y)
@@ -336,12 +302,14 @@ def _roi_bwd_offset_kernel(
             gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=okc,
                          other=0.0).to(ftype)
             xc = _idx(offs_c, IDX64)[None, :] * sxc
-            u00 += tl.sum(gv * tl.load(x_base + ((r0 + c0)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
-            u01 += tl.sum(gv * tl.load(x_base + ((r0 + c1)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
-            u10 += tl.sum(gv * tl.load(x_base + ((r1 + c0)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
-            u11 += tl.sum(gv * tl.load(x_base + ((r1 + c1)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
-        g_y += tl.where(gyok, (u10 - u00) * (1.0 - lx) + (u11 - u01) * lx, 0.0)
-        g_x += tl.where(gxok, (u01 - u00) * (1.0 - ly) + (u11 - u10) * ly, 0.0)
+            u00 += tl.sum(gv * tl.load(x_ptr + (p00[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
+            u01 += tl.sum(gv * tl.load(x_ptr + ((p00 + dx)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
+            u10 += tl.sum(gv * tl.load(x_ptr + ((p00 + dy)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
+            u11 += tl.sum(gv * tl.load(x_ptr + ((p00 + dy + dx)[:, None] + xc), mask=okc, other=0.0).to(ftype),
+                          axis=1)
+        d_y, d_x, _ = position_grads(u00, u01, u10, u11, ly, lx)
+        g_y += tl.where(gyok, d_y, 0.0)
+        g_x += tl.where(gxok, d_x, 0.0)
     inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
     # a NaN origin coordinate: NaN gradient for the other one where its derivative passes
     g_y = tl.where(nx & _any_passes(ystart, step_h, gh, H), float("nan"), g_y * inv_count)
