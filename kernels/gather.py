@@ -27,7 +27,9 @@ from ._common import (
     accumulator_dtype, alert_nondeterministic, autotuned, cdiv, config_class, _idx, KernelSpec, launch, needs_int64,
     _tile_offsets, with_index64, zeroed_workspace,
 )
-from ._sampling import bilinear_load, corner_dot_scatter, corner_offsets, corner_weights, deform_corners, position_grads
+from ._sampling import (
+    bilinear_load, corner_dot_scatter, corner_offsets, corner_weights, deform_corners, position_grads,
+)
 
 
 def _gcfg(bp, bc, warps):
