@@ -54,7 +54,7 @@ from ._common import (
     accumulator_dtype, alert_nondeterministic, autotuned, cdiv, config_class, _idx, KernelSpec, launch, needs_int64, with_index64,
     zeroed_workspace,
 )
-from ._sampling import bilinear_load, corner_offsets, corner_scatter, corner_weights, position_grads, roi_corners
+from ._sampling import corner_offsets, corner_scatter, corner_weights, position_grads, roi_corners
 
 
 def _cfg(bp, bc, warps):
@@ -62,20 +62,47 @@ def _cfg(bp, bc, warps):
 
 
 # 7 x 7 = 49 bins: one 64-bin block covers a RoI. The first config of each list is the default.
-# <= 8 tile elements per thread (fp64: 4): larger tiles spill on sm_80 (python -m kernels.inspect).
-_FWD = [_cfg(64, 16, 4), _cfg(32, 16, 4), _cfg(64, 32, 8), _cfg(32, 32, 4)]
-FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": _FWD, "fp64": [_cfg(32, 16, 4), _cfg(64, 16, 8), _cfg(32, 32, 8)]}
+# Every config listed compiles without spills in every build, triton 3.6 and 3.8 (python -m kernels.inspect
+# --all-configs); the others tried spill (fp64 on sm_80 in any other tile).
+_FWD = [_cfg(64, 16, 4), _cfg(32, 16, 4), _cfg(32, 32, 4), _cfg(64, 32, 8)]
+FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": [_cfg(64, 16, 4), _cfg(32, 32, 4)], "fp64": [_cfg(32, 16, 4)]}
 # backward, grad input: the forward's tile, each element scattered to four corners with atomic adds
 _BWD = [_cfg(64, 16, 8), _cfg(32, 16, 4), _cfg(64, 16, 4), _cfg(32, 8, 4)]
-BWD_CONFIGS = {"fp16": _BWD, "bf16": _BWD, "fp32": _BWD, "fp64": _BWD}
-# backward, grad offset: four corner loads and dot products per sample, one tile element per thread;
-# the only tiles free of spills in every build on both triton 3.6 and 3.8 (python -m kernels.inspect)
-_BWD_OFF = [_cfg(32, 4, 4), _cfg(16, 16, 8)]
+BWD_CONFIGS = {"fp16": _BWD, "bf16": _BWD, "fp32": _BWD, "fp64": [_cfg(64, 16, 8), _cfg(32, 16, 4)]}
+# backward, grad offset: four corner loads and dot products per sample, one tile element per thread:
+# the tiles free of spills in every build on both triton 3.6 and 3.8 (python -m kernels.inspect)
+_BWD_OFF = [_cfg(32, 4, 4)]
 BWD_OFFSET_CONFIGS = {"fp16": _BWD_OFF, "bf16": _BWD_OFF, "fp32": _BWD_OFF, "fp64": [_cfg(32, 4, 4), _cfg(64, 8, 8)]}
+BWD_OFFSET_CONFIGS = with_index64(BWD_OFFSET_CONFIGS, fp64=[_cfg(64, 8, 8)])
 # 64-bit index builds whose 32-bit default spills (python -m kernels.inspect)
 FWD_CONFIGS = with_index64(FWD_CONFIGS, fp16=[_cfg(64, 8, 8)], bf16=[_cfg(64, 8, 8)], fp32=[_cfg(64, 8, 8)],
                            fp64=[_cfg(32, 8, 8)])
 INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
+
+
+@triton.jit
+def _roi_bilinear(py, px, H, W):
+    """torchvision RoI Align sampling at (py, px) for the forward kernel: top-left corner (y0, x0)
+    int32, the other corner (y1, x1), fractional parts (ly, lx), validity of the sample, and whether
+    y / x are unclamped. The same rule as ``kernels._sampling.roi_corners`` (which the backward
+    kernels use); the forward keeps this form because with roi_corners' per-sample corner steps its
+    fp64 build spills on sm_80 (python -m kernels.inspect --all-configs)."""
+    valid = (py >= -1.0) & (py <= H) & (px >= -1.0) & (px <= W)
+    gy = (py >= 0.0) & valid
+    gx = (px >= 0.0) & valid
+    py = tl.minimum(tl.maximum(py, 0.0), H + 1.0)  # upper clamp: only invalid samples, safe int cast
+    px = tl.minimum(tl.maximum(px, 0.0), W + 1.0)
+    y0 = py.to(tl.int32)
+    x0 = px.to(tl.int32)
+    top_y = y0 >= H - 1
+    top_x = x0 >= W - 1
+    y0 = tl.where(top_y, H - 1, y0)
+    x0 = tl.where(top_x, W - 1, x0)
+    y1 = tl.where(top_y, H - 1, y0 + 1)
+    x1 = tl.where(top_x, W - 1, x0 + 1)
+    ly = tl.where(top_y, 0.0, py - y0.to(py.dtype))
+    lx = tl.where(top_x, 0.0, px - x0.to(px.dtype))
+    return y0, x0, y1, x1, ly, lx, valid, gy, gx
 
 
 @triton.jit
@@ -173,17 +200,24 @@ def _roi_fwd_kernel(
         roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
         SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     x_img = _idx(b, IDX64) * sxn
-    xc = _idx(offs_c, IDX64) * sxc
+    xc = _idx(offs_c, IDX64)[None, :] * sxc
     mc = mask_c[None, :]
     for iy in range(0, gh):
         py = ystart + (iy + 0.5) * step_h
         for ix in range(0, gw):
             px = xstart + (ix + 0.5) * step_w
-            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, gy, gx = roi_corners(py, px, H, W)
-            w00, w01, w10, w11 = corner_weights(ly, lx, 0.0, False)
-            p00, dx, dy = corner_offsets(x_img, y0, x0, ey, ex, sxh, sxw, IDX64)
-            acc += bilinear_load(x_ptr, p00, dx, dy, xc, mask_c, mask_p & ok00, mask_p & ok01, mask_p & ok10,
-                                 mask_p & ok11, w00, w01, w10, w11, ftype)
+            y0, x0, y1_, x1_, ly, lx, valid, gy, gx = _roi_bilinear(py, px, H, W)
+            hy = 1.0 - ly
+            hx = 1.0 - lx
+            ok = (mask_p & valid)[:, None] & mc
+            r0 = x_img + _idx(y0, IDX64) * sxh
+            r1 = x_img + _idx(y1_, IDX64) * sxh
+            c0 = _idx(x0, IDX64) * sxw
+            c1 = _idx(x1_, IDX64) * sxw
+            acc += tl.load(x_ptr + ((r0 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * hx)[:, None]
+            acc += tl.load(x_ptr + ((r0 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * lx)[:, None]
+            acc += tl.load(x_ptr + ((r1 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * hx)[:, None]
+            acc += tl.load(x_ptr + ((r1 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * lx)[:, None]
     count = tl.maximum(gh * gw, 1).to(ftype)
     acc = acc / count
     acc = tl.where((ny | nx)[:, None], float("nan"), acc)  # a NaN sample position (see _bin_grid)
