@@ -118,32 +118,6 @@ FWD_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_K": 16}
 WEIGHT_INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
 
 
-# --------------------------------------------------------------------------- shared helper
-@triton.jit
-def _bilinear(py, px, H, W):
-    """Corners of fractional positions (py, px): top-left (y0, x0) as int32, the fractional
-    parts (ly, lx) and the validity of the two rows / columns. Clamping to [-2, H + 1]
-    keeps the result (every corner outside) and makes the int conversion safe.
-    A NaN coordinate (tl.minimum / tl.maximum may drop it) is placed at -2 for the indices,
-    so every corner is outside and nothing is read, and keeps NaN as its fractional part, so
-    every corner weight and the sample are NaN."""
-    ny = py != py
-    nx = px != px
-    py_c = tl.where(ny, -2.0, tl.minimum(tl.maximum(py, -2.0), H + 1.0))
-    px_c = tl.where(nx, -2.0, tl.minimum(tl.maximum(px, -2.0), W + 1.0))
-    fy = tl.floor(py_c)
-    fx = tl.floor(px_c)
-    ly = tl.where(ny, py, py_c - fy)
-    lx = tl.where(nx, px, px_c - fx)
-    y0 = fy.to(tl.int32)
-    x0 = fx.to(tl.int32)
-    vy0 = (y0 >= 0) & (y0 < H)
-    vy1 = (y0 >= -1) & (y0 < H - 1)
-    vx0 = (x0 >= 0) & (x0 < W)
-    vx1 = (x0 >= -1) & (x0 < W - 1)
-    return y0, x0, ly, lx, vy0, vy1, vx0, vx1
-
-
 # --------------------------------------------------------------------------- deform conv forward
 @triton.jit
 def _deform_fwd_kernel(
