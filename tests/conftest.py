@@ -24,16 +24,27 @@ def device() -> str:
     return DEVICE
 
 
+#: the backend a test starts from: what the environment selects (CONVLAB_BACKEND, else "auto").
+_BASELINE_BACKEND = None
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_backend():
-    """Every test starts from seed 0 and leaves the global backend as it found it (a training run
-    sets it from its config, which would otherwise leak into later tests on the same worker)."""
+    """Every test starts from seed 0 and from the baseline backend, and leaves it so. A training run
+    sets the global backend from its config; without the reset at both ends it would leak into later
+    tests on the same worker, even from a module-scoped fixture (which runs before this one), and the
+    kernel tests would silently compare the reference with itself."""
+    global _BASELINE_BACKEND
     from layers import get_backend, set_backend
 
+    if _BASELINE_BACKEND is None:
+        from layers.backend import ENV_VAR, check_backend
+
+        _BASELINE_BACKEND = check_backend(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
     torch.manual_seed(0)
-    before = get_backend()
+    set_backend(_BASELINE_BACKEND)
     yield
-    set_backend(before)
+    set_backend(_BASELINE_BACKEND)
 
 
 def pytest_report_header(config):

@@ -32,6 +32,9 @@ def _run(sweep: Path, name: str, *overrides: str):
 def sweep(tmp_path_factory):
     """standard x seeds 0, 1 (2 epochs), standard seed 0 for 1 epoch, and a dilated run that fails when
     its optimizer is built (a negative learning rate)."""
+    from layers import get_backend, set_backend
+
+    before = get_backend()
     mp = pytest.MonkeyPatch()
     mp.setenv("WANDB_MODE", "disabled")
     sweep = tmp_path_factory.mktemp("sweep")
@@ -41,6 +44,7 @@ def sweep(tmp_path_factory):
     with pytest.raises(ValueError, match="learning rate"):
         _run(sweep, "4_dilated_failed", "conv=dilated", "model.optimizer.lr=-1")
     mp.undo()
+    set_backend(before)  # train() set it from the runs' config
     return sweep
 
 

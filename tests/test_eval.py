@@ -30,7 +30,11 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                                                       f"paths.output_dir={out}"])
+    from layers import get_backend, set_backend
+
+    before = get_backend()
     metrics = train(cfg)
+    set_backend(before)  # train() set it from the run's config
     return out / "checkpoints" / "last.ckpt", metrics
 
 
