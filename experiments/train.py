@@ -243,7 +243,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers, wandb_mode = _setup_loggers(cfg, (previous.get("wandb") or {}).get("id") if ckpt_path else None)
     if ckpt_path:
         _keep_csv_history(loggers, ckpt_path)
-        # the data module resumes mid-epoch itself (experiments/data/cifar.py), which Lightning cannot see
+        # the data module resumes mid-epoch itself (experiments/classification/data/cifar.py), which Lightning cannot see
         warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
     log.info("trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

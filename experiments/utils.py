@@ -50,7 +50,7 @@ def choose_wandb_mode(timeout: float = 3.0) -> str:
     if not wandb_api_key_present():
         reason = "no W&B login found (WANDB_API_KEY unset, no ~/.netrc entry)"
     else:
-        from experiments.data.cifar import host_reachable
+        from experiments.classification.data.cifar import host_reachable
 
         url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
         if not host_reachable(url, timeout):
