@@ -600,7 +600,7 @@ def test_quick_sweep_ends_with_validation_and_groups_wandb(tmp_path, wandb_offli
         assert s["status"] == "finished" and s["global_step"] == 3  # 4 batches per epoch: stopped inside it
         assert s["epochs_completed"] == 0 and s["metrics"]["val/acc"] is not None
     assert (sweep / "multirun.yaml").is_file()
-    from experiments.analysis import load_summaries, table
+    from experiments.reports.analysis import load_summaries, table
 
     rows = table(load_summaries([sweep]))
     assert sorted(r["variant"] for r in rows) == ["dilated", "standard"] and all(r["runs"] == 1 for r in rows)
