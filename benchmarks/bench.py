@@ -1,7 +1,8 @@
 """Benchmark convlab's ops against their peers in the same run.
 
 Peers: F.conv2d (cuDNN) for standard / grouped / depthwise / dilated convolutions,
-torchvision.ops.deform_conv2d for deformable convolution (DCNv1, and DCNv2 with mask).
+torchvision.ops.deform_conv2d for deformable convolution (DCNv1, and DCNv2 with mask),
+torchvision.ops.roi_align (aligned=False, same sampling) for RoI Align and deformable RoI pooling.
 Timed with ``triton.testing.do_bench`` (quantiles 0.5 / 0.2 / 0.8) for three modes:
 ``fwd``, ``bwd`` (autograd.grad of a retained graph) and ``fwd_bwd``. Headline: ratio =
 peer median / convlab median (> 1: convlab is faster). Also peak extra memory of one call,
@@ -127,8 +128,11 @@ def environment(device: str = "cuda") -> dict:
         "quantiles": QUANTILES,
         "timer": "triton.testing.do_bench (CUDA events)" if cuda else "time.perf_counter (CPU)",
         "bytes_model": "each of input, weight, output (+offset, mask) read/written once; bwd reads grad_output, "
-                       "input, weight(, offset, mask) and writes grad_input, grad_weight(, grad_offset, grad_mask)",
-        "flops_model": "2*N*OH*OW*Cout*Cin/g*KH*KW per pass; fwd 1, bwd 2, fwd_bwd 3 passes",
+                       "input, weight(, offset, mask) and writes grad_input, grad_weight(, grad_offset, grad_mask); "
+                       "roi: the 4 corners of every sample (R*C*PH*PW*SR^2*4) read (bwd: added into), output "
+                       "(, offset) once",
+        "flops_model": "2*N*OH*OW*Cout*Cin/g*KH*KW per pass; fwd 1, bwd 2, fwd_bwd 3 passes; roi: 8 per sample and "
+                       "channel per pass",
     }
     if fake:
         env["fake_device"] = f"device name set by CONVLAB_FAKE_DEVICE; really ran on: {name}"
@@ -143,12 +147,37 @@ def _now() -> str:
 
 
 # ------------------------------------------------------------------------------------ timing
+def roi_boxes(case: Case, device: str = "cuda", generator=None) -> torch.Tensor:
+    """(R, 5) boxes (batch index, x1, y1, x2, y2) in image pixels for a family "roi" case: R boxes
+    spread round-robin over the batch's images, inside the image (map size x stride), with sides of
+    0.5-2x the size FPN assigns to the map's level (224 * stride / 16)."""
+    L = case.layer
+    g = generator or torch.Generator(device=device).manual_seed(0)
+    img_h, img_w = L.h * L.stride, L.w * L.stride
+    side = 224.0 * L.stride / 16
+    wh = (torch.rand(L.rois, 2, device=device, generator=g) * 1.5 + 0.5) * side
+    wh = torch.minimum(wh, torch.tensor([img_w - 1.0, img_h - 1.0], device=device))
+    xy = torch.rand(L.rois, 2, device=device, generator=g) * (torch.tensor([img_w, img_h], device=device) - wh)
+    idx = (torch.arange(L.rois, device=device) % case.batch).float()
+    return torch.cat([idx[:, None], xy, xy + wh], 1).to(case.torch_dtype)
+
+
 def make_inputs(case: Case, device: str = "cuda") -> Dict[str, torch.Tensor]:
+    """Input tensors by name; the ones that require grad are the leaves the backward differentiates."""
     L = case.layer
     dt = case.torch_dtype
     shapes = case.shapes()
     g = torch.Generator(device=device).manual_seed(0)
     fmt = torch.channels_last if case.layout == "cl" else torch.contiguous_format
+    if L.family == "roi":
+        t = {"input": torch.randn(shapes["input"], device=device, dtype=dt, generator=g).to(memory_format=fmt),
+             "rois": roi_boxes(case, device, g)}
+        if L.deform:
+            t["offset"] = torch.randn(shapes["offset"], device=device, dtype=dt, generator=g)
+        for name in ("input", "offset"):
+            if name in t:
+                t[name].requires_grad_(True)
+        return t
     t = {"input": torch.randn(shapes["input"], device=device, dtype=dt, generator=g).to(memory_format=fmt),
          "weight": (torch.randn(shapes["weight"], device=device, dtype=dt, generator=g)
                     / (shapes["weight"][1] * L.k * L.k) ** 0.5).to(memory_format=fmt)}
@@ -167,6 +196,15 @@ def op_fns(case: Case):
     import layers
 
     L = case.layer
+    if L.family == "roi":
+        def ours(t):
+            return layers.deform_roi_pool(t["input"], t["rois"], t.get("offset"), L.k, 1.0 / L.stride,
+                                          L.sampling_ratio)
+        from torchvision.ops import roi_align
+
+        def peer(t):  # no offset: what deformable RoI pooling replaces, at the same sampling
+            return roi_align(t["input"], t["rois"], L.k, 1.0 / L.stride, L.sampling_ratio, aligned=False)
+        return ours, peer, "" if L.deform else "both sides RoI Align (no offset)"
     if L.deform:
         def ours(t):
             return layers.deform_conv2d(t["input"], t["offset"], t["weight"], None, L.stride, L.padding, L.dilation,
@@ -189,7 +227,7 @@ def op_fns(case: Case):
 
 
 def mode_fn(fwd: Callable, t: Dict[str, torch.Tensor], mode: str) -> Callable[[], object]:
-    leaves = list(t.values())
+    leaves = [v for v in t.values() if v.requires_grad]  # not RoI boxes
     if mode == "fwd":
         def run():
             with torch.no_grad():
@@ -197,9 +235,10 @@ def mode_fn(fwd: Callable, t: Dict[str, torch.Tensor], mode: str) -> Callable[[]
         return run
     y = fwd(t)
     gy = torch.randn_like(y)
+    # allow_unused: roi_align, the peer of deformable RoI pooling, has no offset to differentiate
     if mode == "bwd":
-        return lambda: torch.autograd.grad(y, leaves, gy, retain_graph=True)
-    return lambda: torch.autograd.grad(fwd(t), leaves, gy)
+        return lambda: torch.autograd.grad(y, leaves, gy, retain_graph=True, allow_unused=True)
+    return lambda: torch.autograd.grad(fwd(t), leaves, gy, allow_unused=True)
 
 
 def peak_extra_mb(fn: Callable[[], object]) -> Optional[float]:

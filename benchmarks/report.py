@@ -114,7 +114,8 @@ def render_markdown(data: dict, plots: List[str], expected: Optional[List[str]] 
                 out.append(f"- **{label}** ({name}): {env[key]}")
     env = sources[-1][1]
     out += ["", "Ratio = peer median time / convlab median time (> 1: convlab faster). Peer: cuDNN (F.conv2d), "
-            "torchvision.ops.deform_conv2d for deform. Geometric means over cases with both timings.", "",
+            "torchvision.ops.deform_conv2d for deform, torchvision.ops.roi_align for roi. Geometric means over "
+            "cases with both timings.", "",
             f"Bytes model: {env.get('bytes_model', '-')}. FLOPs model: {env.get('flops_model', '-')}.", "",
             "## Geometric-mean ratio per op family", "",
             "| family | cases | fwd | bwd | fwd+bwd |", "|---|---:|---:|---:|---:|"]

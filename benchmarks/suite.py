@@ -15,6 +15,10 @@ Families and the kernels that serve them (``kernels.inspect`` spec names):
   dilated   - DeepLabV3 (ResNet backbone + ASPP), OS8 / OS16 at a 513x513 crop   conv2d_*
   deform    - DCNv1 / DCNv2 at ResNet-50 stage 3-5 (224 input) and detection (800x1216 input)
               deform_fwd / deform_bwd_data / deform_bwd_weight
+  roi       - Faster R-CNN R50-FPN box head: 512 RoIs x 256 channels, 7x7 bins, sampling ratio 2, on
+              the P2-P5 maps of an 800x1216 input; RoI Align (no offset) and deformable RoI pooling
+              (with offsets) against torchvision.ops.roi_align
+              deform_roi_pool_fwd / deform_roi_pool_bwd / deform_roi_bwd_offset
 
 ``build_suite(suite="tiny")`` gives one small layer per family (model "tiny") for the CPU rehearsal
 of the GPU session. ``SESSION_PRIORITY`` / ``order_cases`` give the order a short GPU lease runs in.
@@ -27,7 +31,7 @@ from typing import Iterable, List, Optional, Sequence
 
 import torch
 
-FAMILIES = ("standard", "grouped", "depthwise", "dilated", "deform")
+FAMILIES = ("standard", "grouped", "depthwise", "dilated", "deform", "roi")
 DTYPES = ("fp32", "tf32", "bf16", "fp16")
 BATCHES = (32, 1)
 LAYOUTS = ("nchw", "cl")
@@ -44,14 +48,18 @@ FAMILY_KERNELS = {
     "dilated": ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"),
     "depthwise": ("depthwise_fwd", "depthwise_bwd_input", "depthwise_bwd_weight"),
     "deform": ("deform_fwd", "deform_bwd_data", "deform_bwd_weight"),
+    "roi": ("deform_roi_pool_fwd", "deform_roi_pool_bwd", "deform_roi_bwd_offset"),
 }
 PEERS = {"standard": "cudnn", "grouped": "cudnn", "depthwise": "cudnn", "dilated": "cudnn",
-         "deform": "torchvision"}
+         "deform": "torchvision", "roi": "torchvision roi_align"}
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One convolution layer (batch, dtype and layout come from the Case)."""
+    """One convolution layer (batch, dtype and layout come from the Case). A RoI-pooling layer
+    (family "roi") uses c_in = c_out (channels), h, w (the feature map), k (pooled size),
+    stride (the map's stride: spatial_scale = 1 / stride), ``rois`` (RoIs per call, spread over
+    the batch's images), ``sampling_ratio`` and deform "" (RoI Align) or "v1" (with offsets)."""
     family: str
     model: str
     name: str
@@ -66,6 +74,8 @@ class Layer:
     groups: int = 1
     deform: str = ""  # "" | "v1" | "v2" (v2 = with modulation mask)
     offset_groups: int = 1
+    rois: int = 0  # family "roi": RoIs per call
+    sampling_ratio: int = 0  # family "roi"
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class Case:
     @property
     def out_hw(self):
         L = self.layer
+        if L.family == "roi":
+            return L.k, L.k
         oh = (L.h + 2 * L.padding - L.dilation * (L.k - 1) - 1) // L.stride + 1
         ow = (L.w + 2 * L.padding - L.dilation * (L.k - 1) - 1) // L.stride + 1
         return oh, ow
@@ -100,6 +112,11 @@ class Case:
         L = self.layer
         oh, ow = self.out_hw
         taps = L.k * L.k
+        if L.family == "roi":
+            s = {"input": (self.batch, L.c_in, L.h, L.w), "rois": (L.rois, 5), "output": (L.rois, L.c_in, L.k, L.k)}
+            if L.deform:
+                s["offset"] = (L.rois, 2, L.k, L.k)
+            return s
         s = {"input": (self.batch, L.c_in, L.h, L.w), "weight": (L.c_out, L.c_in // L.groups, L.k, L.k),
              "output": (self.batch, L.c_out, oh, ow)}
         if L.deform:
@@ -111,9 +128,14 @@ class Case:
     # --- work model ---------------------------------------------------------------------------
     def flops(self, mode: str) -> int:
         """2 * N * OH * OW * C_out * C_in/groups * KH * KW per pass: fwd = 1 pass, bwd = 2 (input
-        grad + weight grad), fwd_bwd = 3. Deformable sampling (bilinear) work is not counted."""
+        grad + weight grad), fwd_bwd = 3. Deformable sampling (bilinear) work is not counted.
+        RoI pooling: 8 per bilinear sample and channel (4 corner multiply-adds), R * C * PH * PW *
+        SR^2 samples; bwd counts 2 passes (the scatter, and the corner dots of the offset gradient)."""
         L = self.layer
         oh, ow = self.out_hw
+        if L.family == "roi":
+            one = 8 * L.rois * L.c_in * L.k * L.k * L.sampling_ratio ** 2
+            return one * {"fwd": 1, "bwd": 2, "fwd_bwd": 3}[mode]
         one = 2 * self.batch * oh * ow * L.c_out * (L.c_in // L.groups) * L.k * L.k
         return one * {"fwd": 1, "bwd": 2, "fwd_bwd": 3}[mode]
 
@@ -121,8 +143,19 @@ class Case:
         """Compulsory traffic, every tensor read or written exactly once (caches, re-reads and
         workspaces ignored). fwd: read input, weight (, offset, mask), write output. bwd: read
         grad_output, input, weight (, offset, mask), write grad_input, grad_weight (, grad_offset,
-        grad_mask). fwd_bwd = fwd + bwd."""
+        grad_mask). fwd_bwd = fwd + bwd. RoI pooling reads only the sampled pixels: fwd reads the
+        four corners of every sample (R * C * PH * PW * SR^2 * 4 elements) and the offset, writes the
+        output; bwd reads grad_output, adds into the same corners (and reads them again for the
+        offset gradient) and writes grad_offset."""
         numel = {k: _prod(v) for k, v in self.shapes().items()}
+        L = self.layer
+        if L.family == "roi":
+            corners = 4 * numel["output"] * L.sampling_ratio ** 2
+            off = numel.get("offset", 0)
+            fwd = corners + off + numel["output"]
+            bwd = numel["output"] + off + corners * (2 if off else 1) + off
+            elems = {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}[mode]
+            return elems * ELEMENT_BYTES[self.dtype]
         aux = numel.get("offset", 0) + numel.get("mask", 0)
         fwd = numel["input"] + numel["weight"] + aux + numel["output"]
         bwd = numel["output"] + numel["input"] + numel["weight"] + aux \
@@ -204,6 +237,19 @@ def _deform() -> List[Layer]:
     return out
 
 
+def _roi() -> List[Layer]:
+    # Faster R-CNN R50-FPN box head (torchvision's MultiScaleRoIAlign: 7x7, sampling ratio 2), 512 RoIs
+    # of 256 channels; FPN maps P2-P5 of an 800x1216 input (strides 4 / 8 / 16 / 32). "align": RoI
+    # Align (no offset); "deform": deformable RoI pooling with per-bin offsets.
+    out = []
+    for v, tag in (("", "align"), ("v1", "deform")):
+        for level, stride in ((2, 4), (3, 8), (4, 16), (5, 32)):
+            h, w = 800 // stride, 1216 // stride
+            out.append(Layer("roi", "faster_rcnn_r50_fpn", f"p{level}_{h}x{w}_r512_{tag}", 256, 256, h, w, 7, stride,
+                             deform=v, rois=512, sampling_ratio=2))
+    return out
+
+
 def _tiny() -> List[Layer]:
     # One small layer per family (and both deform variants), for the CPU rehearsal of the GPU session:
     # they go through Triton's interpreter in seconds. Not real network layers; model name "tiny".
@@ -213,7 +259,8 @@ def _tiny() -> List[Layer]:
             Layer("depthwise", "tiny", "c8_8_k7", 8, 8, 8, 8, 7, 1, 3, 1, 8),
             Layer("dilated", "tiny", "c8_9_d2", 8, 8, 9, 9, 3, 1, 2, 2),
             Layer("deform", "tiny", "c8_6_v1", 8, 8, 6, 6, 3, 1, 1, deform="v1"),
-            Layer("deform", "tiny", "c8_6_v2", 8, 8, 6, 6, 3, 1, 1, deform="v2")]
+            Layer("deform", "tiny", "c8_6_v2", 8, 8, 6, 6, 3, 1, 1, deform="v2"),
+            Layer("roi", "tiny", "c8_12_r6_deform", 8, 8, 12, 12, 3, 4, deform="v1", rois=6, sampling_ratio=2)]
 
 
 SUITES = ("full", "tiny")
@@ -224,7 +271,7 @@ def all_layers(suite: str = "full") -> List[Layer]:
         return _tiny()
     if suite != "full":
         raise ValueError(f"unknown suite {suite!r}; choose from {list(SUITES)}")
-    return _resnet50() + _resnext50() + _depthwise() + _dilated() + _deform()
+    return _resnet50() + _resnext50() + _depthwise() + _dilated() + _deform() + _roi()
 
 
 # ------------------------------------------------------------------------------ partial runs
@@ -246,6 +293,8 @@ SESSION_PRIORITY = (
     "depthwise/replknet31b/c128_56_k31/b32/bf16/cl", "grouped/resnext50_32x4d/c256_28_g32/b32/bf16/cl",
     "dilated/deeplabv3/os16_aspp_c2048_d12/b32/bf16/cl", "standard/resnet50/c256_14/b32/bf16/cl",
     "deform/resnet50_dcn/*/b32/fp16/cl", "deform/resnet50_dcn/*/b32/fp32/cl",
+    # low priority: deformable RoI pooling vs roi_align (R50-FPN P3, 512 RoIs), fp32 and bf16
+    "roi/faster_rcnn_r50_fpn/p3_*/b1/fp32/nchw", "roi/faster_rcnn_r50_fpn/p3_*/b1/bf16/nchw",
     # then everything else
     "deform/*/b32/*", "*/b32/bf16/*", "*/b32/fp16/*", "*/b32/tf32/*", "*/b32/fp32/*", "*/b1/*",
 )
@@ -303,6 +352,8 @@ def validate(case: Case) -> str:
 
     L = case.layer
     oh, ow = case.out_hw
+    if L.family == "roi":
+        return _validate_roi(case)
     if case.batch < 1 or min(L.c_in, L.c_out, L.h, L.w, L.k, L.stride, L.dilation, L.groups) < 1 or L.padding < 0:
         return "non-positive size"
     if oh < 1 or ow < 1:
@@ -313,6 +364,8 @@ def validate(case: Case) -> str:
         return "depthwise layer must have groups == c_in == c_out"
     if L.family != "depthwise" and L.c_in // L.groups == 1:
         return "non-depthwise family would dispatch to the depthwise kernels"
+    if L.rois or L.sampling_ratio:
+        return f"rois / sampling_ratio are for family roi, not {L.family}"
     if (L.family == "deform") != bool(L.deform) or L.deform not in ("", "v1", "v2"):
         return f"deform variant {L.deform!r} does not match family {L.family}"
     if L.deform and L.c_in % L.offset_groups:
@@ -335,4 +388,29 @@ def validate(case: Case) -> str:
         return f"op rejected it: {type(exc).__name__}: {exc}"
     if tuple(y.shape) != shapes["output"]:
         return f"op output shape {tuple(y.shape)} != expected {shapes['output']}"
+    return ""
+
+
+def _validate_roi(case: Case) -> str:
+    """validate() for family "roi": sizes, then the argument checks of ``layers.deform_roi_pool`` (boxes
+    to rois, shapes, dtypes) on meta tensors (its reference reads the boxes, which meta tensors lack)."""
+    from layers.roi import _check_args, _output_size, boxes_to_rois
+
+    L = case.layer
+    if case.batch < 1 or min(L.c_in, L.h, L.w, L.k, L.stride, L.rois) < 1 or L.sampling_ratio < 0:
+        return "non-positive size"
+    if L.c_in != L.c_out or L.deform not in ("", "v1"):
+        return f"roi layer needs c_in == c_out and deform '' or 'v1', got {L.c_in}, {L.c_out}, {L.deform!r}"
+    shapes = case.shapes()
+    fmt = torch.channels_last if case.layout == "cl" else torch.contiguous_format
+    x = torch.empty(shapes["input"], device="meta", dtype=case.torch_dtype).to(memory_format=fmt)
+    off = torch.empty(shapes["offset"], device="meta", dtype=case.torch_dtype) if L.deform else None
+    try:
+        rois = boxes_to_rois(torch.empty(shapes["rois"], device="meta", dtype=case.torch_dtype), x)
+        ph, pw = _output_size(L.k)
+        _check_args(x, rois, off, ph, pw, L.sampling_ratio, 0.1, 1.0 / L.stride)
+    except Exception as exc:  # the op's argument checks rejected the case
+        return f"op rejected it: {type(exc).__name__}: {exc}"
+    if (rois.shape[0], L.c_in, ph, pw) != shapes["output"]:
+        return f"op output shape {(rois.shape[0], L.c_in, ph, pw)} != expected {shapes['output']}"
     return ""

@@ -44,8 +44,6 @@ channel.
 
 Layouts: input, offset, mask, grad_output: any strides (channels_last included);
 outputs take the input's (offset's, mask's) memory format.
-``bilinear_gather``: input (N, C, H, W), positions (N, P, 2) as (y, x) pixel
-coordinates -> (N, C, P).
 """
 from __future__ import annotations
 
@@ -118,49 +116,6 @@ DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_cfg(64, 16, 32, 8, 1)], bf16=[_
 INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}  # data gradient
 FWD_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_K": 16}
 WEIGHT_INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
-
-
-def _gcfg(bp, bc, warps):
-    return triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
-
-
-_GATHER_FWD = [_gcfg(64, 32, 4), _gcfg(128, 16, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]
-GATHER_CONFIGS = {"fp16": _GATHER_FWD, "bf16": _GATHER_FWD, "fp32": _GATHER_FWD,
-                  "fp64": [_gcfg(64, 32, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]}
-# backward: per-element atomic scatters, <= 4 tile elements per thread
-_GATHER_BWD = [_gcfg(32, 32, 8), _gcfg(64, 16, 8), _gcfg(32, 16, 4)]
-GATHER_BWD_CONFIGS = {"fp16": [_gcfg(64, 32, 8)] + _GATHER_BWD, "bf16": [_gcfg(64, 32, 8)] + _GATHER_BWD,
-                      "fp32": _GATHER_BWD, "fp64": [_gcfg(64, 8, 8)] + _GATHER_BWD}
-GATHER_CONFIGS = with_index64(GATHER_CONFIGS, fp64=[_gcfg(64, 32, 8)])
-GATHER_BWD_CONFIGS = with_index64(GATHER_BWD_CONFIGS, fp16=[_gcfg(32, 8, 8)], bf16=[_gcfg(64, 32, 8)],
-                                  fp32=[_gcfg(64, 32, 8)], fp64=[_gcfg(32, 32, 8)])
-GATHER_INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
-
-
-# --------------------------------------------------------------------------- shared helper
-@triton.jit
-def _bilinear(py, px, H, W):
-    """Corners of fractional positions (py, px): top-left (y0, x0) as int32, the fractional
-    parts (ly, lx) and the validity of the two rows / columns. Clamping to [-2, H + 1]
-    keeps the result (every corner outside) and makes the int conversion safe.
-    A NaN coordinate (tl.minimum / tl.maximum may drop it) is placed at -2 for the indices,
-    so every corner is outside and nothing is read, and keeps NaN as its fractional part, so
-    every corner weight and the sample are NaN."""
-    ny = py != py
-    nx = px != px
-    py_c = tl.where(ny, -2.0, tl.minimum(tl.maximum(py, -2.0), H + 1.0))
-    px_c = tl.where(nx, -2.0, tl.minimum(tl.maximum(px, -2.0), W + 1.0))
-    fy = tl.floor(py_c)
-    fx = tl.floor(px_c)
-    ly = tl.where(ny, py, py_c - fy)
-    lx = tl.where(nx, px, px_c - fx)
-    y0 = fy.to(tl.int32)
-    x0 = fx.to(tl.int32)
-    vy0 = (y0 >= 0) & (y0 < H)
-    vy1 = (y0 >= -1) & (y0 < H - 1)
-    vx0 = (x0 >= 0) & (x0 < W)
-    vx1 = (x0 >= -1) & (x0 < W - 1)
-    return y0, x0, ly, lx, vy0, vy1, vx0, vx1
 
 
 # --------------------------------------------------------------------------- deform conv forward
@@ -446,121 +401,6 @@ def _deform_bwd_data_kernel(
                  mask=mask_m)
 
 
-# --------------------------------------------------------------------------- bilinear gather
-@triton.jit
-def _gather_fwd_kernel(
-    x_ptr, pos_ptr, y_ptr,
-    MP, P, C, H, W,
-    sxn, sxc, sxh, sxw,
-    spn, spp, spk,
-    syn, syc, syp,
-    IDX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    # Tile: BLOCK_P samples (flattened (n, p)) x BLOCK_C channels; y[n, c, p].
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs = _tile_offsets(pid_p, BLOCK_P, IDX64)  # int64 in the 64-bit build: N * P may pass 2**31
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs < MP
-    mask_c = offs_c < C
-    p = offs % P
-    n = offs // P
-    if x_ptr.dtype.element_ty == tl.float64:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    pos = _idx(n, IDX64) * spn + _idx(p, IDX64) * spp
-    py = tl.load(pos_ptr + pos, mask=mask_p, other=0.0).to(acc.dtype)
-    px = tl.load(pos_ptr + (pos + spk), mask=mask_p, other=0.0).to(acc.dtype)
-    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-    hy = 1.0 - ly
-    hx = 1.0 - lx
-    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-    xc = _idx(offs_c, IDX64)[None, :] * sxc
-    mc = mask_c[None, :]
-    acc += tl.load(x_ptr + (p00[:, None] + xc), mask=(mask_p & vy0 & vx0)[:, None] & mc,
-                   other=0.0).to(acc.dtype) * (hy * hx)[:, None]
-    acc += tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=(mask_p & vy0 & vx1)[:, None] & mc,
-                   other=0.0).to(acc.dtype) * (hy * lx)[:, None]
-    acc += tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=(mask_p & vy1 & vx0)[:, None] & mc,
-                   other=0.0).to(acc.dtype) * (ly * hx)[:, None]
-    acc += tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=(mask_p & vy1 & vx1)[:, None] & mc,
-                   other=0.0).to(acc.dtype) * (ly * lx)[:, None]
-    y_off = (_idx(n, IDX64) * syn + _idx(p, IDX64) * syp)[:, None] + _idx(offs_c, IDX64)[None, :] * syc
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mc)
-
-
-@triton.jit
-def _gather_bwd_kernel(
-    x_ptr, pos_ptr, gy_ptr, ws_ptr, gpos_ptr,
-    MP, P, C, H, W,
-    sxn, sxc, sxh, sxw,
-    spn, spp, spk,
-    sgn, sgc, sgp,
-    sin, sic, sih, siw,
-    sdn, sdp, sdk,
-    IDX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    # One program: BLOCK_P samples, looping over all channels: the position gradient is
-    # reduced in registers (deterministic); the feature gradient is scattered with atomic
-    # adds into the fp32 (fp64) workspace ws (strides sin..siw); grad positions: sdn..sdk.
-    pid_p = tl.program_id(0)
-    offs = _tile_offsets(pid_p, BLOCK_P, IDX64)
-    mask_p = offs < MP
-    p = offs % P
-    n = offs // P
-    if x_ptr.dtype.element_ty == tl.float64:
-        s00 = tl.zeros((BLOCK_P,), dtype=tl.float64)
-    else:
-        s00 = tl.zeros((BLOCK_P,), dtype=tl.float32)
-    s01 = tl.zeros_like(s00)
-    s10 = tl.zeros_like(s00)
-    s11 = tl.zeros_like(s00)
-    ftype = s00.dtype
-    pos = _idx(n, IDX64) * spn + _idx(p, IDX64) * spp
-    py = tl.load(pos_ptr + pos, mask=mask_p, other=0.0).to(ftype)
-    px = tl.load(pos_ptr + (pos + spk), mask=mask_p, other=0.0).to(ftype)
-    pass_y = (py >= -2.0) & (py <= H + 1.0)  # see _deform_bwd_data_kernel
-    pass_x = (px >= -2.0) & (px <= W + 1.0)
-    y0, x0, ly, lx, vy0, vy1, vx0, vx1 = _bilinear(py, px, H, W)
-    hy = 1.0 - ly
-    hx = 1.0 - lx
-    ok00 = (mask_p & vy0 & vx0)[:, None]
-    ok01 = (mask_p & vy0 & vx1)[:, None]
-    ok10 = (mask_p & vy1 & vx0)[:, None]
-    ok11 = (mask_p & vy1 & vx1)[:, None]
-    p00 = _idx(n, IDX64) * sxn + _idx(y0, IDX64) * sxh + _idx(x0, IDX64) * sxw
-    q00 = _idx(n, IDX64) * sin + _idx(y0, IDX64) * sih + _idx(x0, IDX64) * siw
-    g_pix = _idx(n, IDX64) * sgn + _idx(p, IDX64) * sgp
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mc = (offs_c < C)[None, :]
-        gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc,
-                     other=0.0).to(ftype)
-        xc = _idx(offs_c, IDX64)[None, :] * sxc
-        ic = _idx(offs_c, IDX64)[None, :] * sic
-        v = tl.load(x_ptr + (p00[:, None] + xc), mask=ok00 & mc, other=0.0).to(ftype)
-        s00 += tl.sum(gv * v, axis=1)
-        tl.atomic_add(ws_ptr + (q00[:, None] + ic), gv * (hy * hx)[:, None], mask=ok00 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxw)[:, None] + xc), mask=ok01 & mc, other=0.0).to(ftype)
-        s01 += tl.sum(gv * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + siw)[:, None] + ic), gv * (hy * lx)[:, None], mask=ok01 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxh)[:, None] + xc), mask=ok10 & mc, other=0.0).to(ftype)
-        s10 += tl.sum(gv * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + sih)[:, None] + ic), gv * (ly * hx)[:, None], mask=ok10 & mc, sem="relaxed")
-        v = tl.load(x_ptr + ((p00 + sxh + sxw)[:, None] + xc), mask=ok11 & mc, other=0.0).to(ftype)
-        s11 += tl.sum(gv * v, axis=1)
-        tl.atomic_add(ws_ptr + ((q00 + sih + siw)[:, None] + ic), gv * (ly * lx)[:, None], mask=ok11 & mc,
-                      sem="relaxed")
-    g_y = (s10 - s00) * hx + (s11 - s01) * lx
-    g_x = (s01 - s00) * hy + (s11 - s10) * ly
-    g_y = tl.where(pass_y, g_y, 0.0)
-    g_x = tl.where(pass_x, g_x, 0.0)
-    d_pos = _idx(n, IDX64) * sdn + _idx(p, IDX64) * sdp
-    tl.store(gpos_ptr + d_pos, g_y.to(gpos_ptr.dtype.element_ty), mask=mask_p)
-    tl.store(gpos_ptr + (d_pos + sdk), g_x.to(gpos_ptr.dtype.element_ty), mask=mask_p)
-
-
 # --------------------------------------------------------------------------- launchers
 _KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "SEG", "sxc"]
 _fwd_tuned = autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
@@ -568,8 +408,6 @@ _bwd_weight_tuned = autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + 
 # the data kernel accumulates into ws with atomics: reset_to_zero keeps autotuning trials from
 # adding up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
 _bwd_data_tuned = autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
-_gather_fwd_tuned = autotuned(_gather_fwd_kernel, GATHER_CONFIGS, ["MP", "C", "sxc"])
-_gather_bwd_tuned = autotuned(_gather_bwd_kernel, GATHER_BWD_CONFIGS, ["MP", "C", "sxc"], reset=["ws_ptr"])
 
 
 def _gcd(a, b):
@@ -761,46 +599,8 @@ def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride
     return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
 
 
-def bilinear_gather_forward(x, positions):
-    """x: (N, C, H, W); positions: (N, P, 2) as (y, x) pixel coordinates -> (N, C, P), contiguous."""
-    N, C, H, W = x.shape
-    P = positions.shape[1]
-    y = torch.empty((N, C, P), device=x.device, dtype=x.dtype)
-    if y.numel() == 0:
-        return y
-    MP = N * P
-    grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
-    i64 = needs_int64(x, positions, y, MP)
-    launch(_gather_fwd_tuned[config_class(_gather_fwd_tuned, x.dtype, idx64=i64)], _gather_fwd_kernel, grid,
-           GATHER_INTERPRET_CONFIG, x, positions, y, MP, P, C, H, W, *x.stride(), *positions.stride(), *y.stride(),
-           IDX64=i64)
-    return y
-
-
-def bilinear_gather_backward(grad_output, x, positions):
-    """Gradients of bilinear_gather: (grad input like x, grad positions (N, P, 2))."""
-    N, C, H, W = x.shape
-    P = positions.shape[1]
-    ws = zeroed_workspace(x, accumulator_dtype(x.dtype))
-    g_pos = torch.empty((N, P, 2), device=x.device, dtype=x.dtype)
-    MP = N * P
-    if MP == 0 or C == 0:
-        return ws.to(x.dtype), g_pos.zero_()
-    alert_nondeterministic("convlab::bilinear_gather_backward (grad input)")
-    grid = lambda meta: (cdiv(MP, meta["BLOCK_P"]),)
-    i64 = needs_int64(x, positions, grad_output, ws, MP)
-    launch(_gather_bwd_tuned[config_class(_gather_bwd_tuned, x.dtype, idx64=i64)], _gather_bwd_kernel, grid,
-           GATHER_INTERPRET_CONFIG,
-           x, positions, grad_output, ws, g_pos, MP, P, C, H, W,
-           *x.stride(), *positions.stride(), *grad_output.stride(), *ws.stride(), *g_pos.stride(),
-           IDX64=i64)
-    return ws.to(x.dtype), g_pos
-
-
 AOT_SPECS = [
     KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, gemm=True),
     KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, WEIGHT_CONFIGS, gemm=True),
     KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, gemm=True),
-    KernelSpec("bilinear_gather_fwd", _gather_fwd_kernel, GATHER_CONFIGS),
-    KernelSpec("bilinear_gather_bwd", _gather_bwd_kernel, GATHER_BWD_CONFIGS),
 ]

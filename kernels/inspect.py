@@ -118,7 +118,7 @@ def _run_problem(problem: str, dtype):
     launches are intercepted; outputs are only allocated)."""
     import torch
 
-    from kernels import conv2d, deform, depthwise, roi
+    from kernels import conv2d, deform, depthwise, gather, roi
 
     cl = problem == "nhwc"
     n, h = 2, (15 if problem == "odd" else 16)
@@ -154,8 +154,8 @@ def _run_problem(problem: str, dtype):
     deform.deform_conv2d_weight_grad(yf, x, off, mask, w.shape, stride, padding, dilation, split_k=4)
     # bilinear gather and deformable RoI pooling
     pos = t(n, 32, 2)
-    yg = deform.bilinear_gather_forward(x, pos)
-    deform.bilinear_gather_backward(yg, x, pos)
+    yg = gather.bilinear_gather_forward(x, pos)
+    gather.bilinear_gather_backward(yg, x, pos)
     rois = t(4, 5)
     roi_off = t(4, 2, 7, 7) if with_mask else None
     yr = roi.deform_roi_pool_forward(x, rois, roi_off, 0.0625, 7, 7, 2, 0.1)

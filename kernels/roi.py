@@ -15,10 +15,10 @@ bin: bin offset = GAMMA * offset * (roi_w, roi_h) as in the paper. Without an of
 exactly ``torchvision.ops.roi_align(..., aligned=False)`` (average of the samples of a bin).
 
 Sampling rule: torchvision's RoI Align rule, *not* the deformable-convolution rule of
-``kernels.deform._bilinear`` (which zero-pads every corner outside the map). RoI Align returns 0
+``kernels._sampling.deform_corners`` (which zero-pads every corner outside the map). RoI Align returns 0
 for a sample with y < -1, y > H, x < -1 or x > W, clamps y, x in [-1, 0) to 0, and samples the
-border row / column (replicated) for y >= H - 1 / x >= W - 1. ``_roi_bilinear`` below implements
-that rule; it also returns where the position is not clamped, so the offset gradient is the exact
+border row / column (replicated) for y >= H - 1 / x >= W - 1. ``kernels._sampling.roi_corners``
+implements that rule; it also returns where the position is not clamped, so the offset gradient is the exact
 derivative of the piecewise-bilinear function (0 where a coordinate is clamped).
 
 NaN: a NaN offset makes its bin's output NaN and reads no pixel (the bin's samples are moved to
@@ -32,10 +32,13 @@ output is 0 and it gets and gives no gradient (``layers.roi`` raises a ValueErro
 where checking costs no device sync).
 
 Kernels: forward, one program per (RoI, block of bins, block of channels), looping over the RoI's
-sampling grid (a runtime bound: adaptive grids differ per RoI). Backward, one program per (RoI,
-block of bins), looping over all channels: the offset gradient is reduced in registers
-(deterministic), the feature gradient is scattered with atomic adds into an fp32 (fp64) workspace.
-Boxes get no gradient. Accumulation in fp32 (fp64 for fp64).
+sampling grid (a runtime bound: adaptive grids differ per RoI). Backward in two kernels, so
+neither carries the other's registers (no build spills, triton 3.6 and 3.8): the grad input, the
+forward's transpose, one program per (RoI, block of bins, block of channels) scattering its
+grad-output tile to each sample's four corners with atomic adds into an fp32 (fp64) workspace;
+and, with an offset, the grad offset, one program per (RoI, block of bins) looping over the
+samples and, inside, over all channels, reducing the four corner dot products in registers
+(deterministic). Boxes get no gradient. Accumulation in fp32 (fp64 for fp64).
 
 Layouts: input any strides (channels_last included); rois (K, 5) any strides; offset
 (K, 2, PH, PW) any strides; output (K, C, PH, PW) contiguous. ``SCALE`` and ``GAMMA`` are
@@ -51,6 +54,7 @@ from ._common import (
     accumulator_dtype, alert_nondeterministic, autotuned, cdiv, config_class, _idx, KernelSpec, launch, needs_int64, with_index64,
     zeroed_workspace,
 )
+from ._sampling import corner_offsets, corner_scatter, corner_weights, position_grads, roi_corners
 
 
 def _cfg(bp, bc, warps):
@@ -58,24 +62,31 @@ def _cfg(bp, bc, warps):
 
 
 # 7 x 7 = 49 bins: one 64-bin block covers a RoI. The first config of each list is the default.
-# <= 8 tile elements per thread (fp64: 4): larger tiles spill on sm_80 (python -m kernels.inspect).
-_FWD = [_cfg(64, 16, 4), _cfg(32, 16, 4), _cfg(64, 32, 8), _cfg(32, 32, 4)]
-FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": _FWD, "fp64": [_cfg(32, 16, 4), _cfg(64, 16, 8), _cfg(32, 32, 8)]}
-# backward: per-element atomic scatters plus four corner dot products: <= 2 tile elements per thread
-_BWD = [_cfg(32, 16, 8), _cfg(16, 16, 4), _cfg(64, 8, 8), _cfg(16, 32, 8)]
-BWD_CONFIGS = {"fp16": _BWD, "bf16": _BWD, "fp32": [_cfg(32, 8, 8)] + _BWD, "fp64": [_cfg(16, 32, 8)] + _BWD}
+# Every config listed compiles without spills in every build, triton 3.6 and 3.8 (python -m kernels.inspect
+# --all-configs); the others tried spill (fp64 on sm_80 in any other tile).
+_FWD = [_cfg(64, 16, 4), _cfg(32, 16, 4), _cfg(32, 32, 4), _cfg(64, 32, 8)]
+FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": [_cfg(64, 16, 4), _cfg(32, 32, 4)], "fp64": [_cfg(32, 16, 4)]}
+# backward, grad input: the forward's tile, each element scattered to four corners with atomic adds
+_BWD = [_cfg(64, 16, 8), _cfg(32, 16, 4), _cfg(64, 16, 4), _cfg(32, 8, 4)]
+BWD_CONFIGS = {"fp16": _BWD, "bf16": _BWD, "fp32": _BWD, "fp64": [_cfg(64, 16, 8), _cfg(32, 16, 4)]}
+# backward, grad offset: four corner loads and dot products per sample, one tile element per thread:
+# the tiles free of spills in every build on both triton 3.6 and 3.8 (python -m kernels.inspect)
+_BWD_OFF = [_cfg(32, 4, 4)]
+BWD_OFFSET_CONFIGS = {"fp16": _BWD_OFF, "bf16": _BWD_OFF, "fp32": _BWD_OFF, "fp64": [_cfg(32, 4, 4), _cfg(64, 8, 8)]}
+BWD_OFFSET_CONFIGS = with_index64(BWD_OFFSET_CONFIGS, fp64=[_cfg(64, 8, 8)])
 # 64-bit index builds whose 32-bit default spills (python -m kernels.inspect)
 FWD_CONFIGS = with_index64(FWD_CONFIGS, fp16=[_cfg(64, 8, 8)], bf16=[_cfg(64, 8, 8)], fp32=[_cfg(64, 8, 8)],
                            fp64=[_cfg(32, 8, 8)])
-BWD_CONFIGS = with_index64(BWD_CONFIGS, bf16=[_cfg(64, 32, 8)], fp32=[_cfg(16, 8, 4)], fp64=[_cfg(64, 16, 8)])
 INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
 
 
 @triton.jit
 def _roi_bilinear(py, px, H, W):
-    """torchvision RoI Align sampling at (py, px): top-left corner (y0, x0) int32, the other
-    corner (y1, x1), fractional parts (ly, lx), validity of the sample, and whether y / x are
-    unclamped (their derivative passes)."""
+    """torchvision RoI Align sampling at (py, px) for the forward kernel: top-left corner (y0, x0)
+    int32, the other corner (y1, x1), fractional parts (ly, lx), validity of the sample, and whether
+    y / x are unclamped. The same rule as ``kernels._sampling.roi_corners`` (which the backward
+    kernels use); the forward keeps this form because with roi_corners' per-sample corner steps its
+    fp64 build spills on sm_80 (python -m kernels.inspect --all-configs)."""
     valid = (py >= -1.0) & (py <= H) & (px >= -1.0) & (px <= W)
     gy = (py >= 0.0) & valid
     gx = (px >= 0.0) & valid
@@ -217,19 +228,77 @@ def _roi_fwd_kernel(
 
 @triton.jit
 def _roi_bwd_kernel(
-    x_ptr, roi_ptr, off_ptr, gy_ptr, ws_ptr, goff_ptr,
+    # pointers
+    roi_ptr, off_ptr, gy_ptr, ws_ptr,
+    # shapes
     N, C, H, W, PH, PW, SR,
-    sxn, sxc, sxh, sxw,
+    # strides: rois, offset, grad output, grad-input workspace
     srk, src,
     sok, soc, soh, sow,
     sgk, sgc, sgh, sgw,
     sin, sic, sih, siw,
-    sdk, sdc, sdh, sdw,
+    # meta-parameters
     SCALE: tl.constexpr, GAMMA: tl.constexpr, HAS_OFFSET: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # One program: one RoI x BLOCK_P bins, all channels. Strides: x sx*, rois sr*, offset so*,
-    # grad output sg*, grad-input workspace si*, grad offset sd*.
+    # Grad input, the transpose of the forward: one program per (RoI, block of bins, block of
+    # channels) loads its grad-output tile once and scatters it, times each sample's four corner
+    # weights, into the fp32 (fp64) workspace with atomic adds. No channel loop and no reduction:
+    # the offset gradient is _roi_bwd_offset_kernel's, so neither kernel carries the other's
+    # registers (every build spill-free, python -m kernels.inspect, triton 3.6 and 3.8).
+    k = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    if ws_ptr.dtype.element_ty == tl.float64:
+        ftype: tl.constexpr = tl.float64
+    else:
+        ftype: tl.constexpr = tl.float32
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_p = offs_p < PH * PW
+    mc = offs_c < C
+    pw = offs_p % PW
+    ph = offs_p // PW
+    ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
+        roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
+        SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
+    inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
+    g_pix = _idx(k, IDX64) * sgk + _idx(ph, IDX64) * sgh + _idx(pw, IDX64) * sgw
+    gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc[None, :],
+                 other=0.0).to(ftype) * inv_count
+    w_img = _idx(b, IDX64) * sin
+    ic = _idx(offs_c, IDX64) * sic
+    for iy in range(0, gh):
+        py = ystart + (iy + 0.5) * step_h
+        for ix in range(0, gw):
+            px = xstart + (ix + 0.5) * step_w
+            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, gyok, gxok = roi_corners(py, px, H, W)
+            w00, w01, w10, w11 = corner_weights(ly, lx, 0.0, False)
+            q00, qx, qy = corner_offsets(w_img, y0, x0, ey, ex, sih, siw, IDX64)
+            corner_scatter(ws_ptr, q00, ic, mc, mask_p & ok00, w00, gv)
+            corner_scatter(ws_ptr, q00 + qx, ic, mc, mask_p & ok01, w01, gv)
+            corner_scatter(ws_ptr, q00 + qy, ic, mc, mask_p & ok10, w10, gv)
+            corner_scatter(ws_ptr, q00 + qy + qx, ic, mc, mask_p & ok11, w11, gv)
+
+
+@triton.jit
+def _roi_bwd_offset_kernel(
+    # pointers
+    x_ptr, roi_ptr, off_ptr, gy_ptr, goff_ptr,
+    # shapes
+    N, C, H, W, PH, PW, SR,
+    # strides: input, rois, offset, grad output, grad offset
+    sxn, sxc, sxh, sxw,
+    srk, src,
+    sok, soc, soh, sow,
+    sgk, sgc, sgh, sgw,
+    sdk, sdc, sdh, sdw,
+    # meta-parameters
+    SCALE: tl.constexpr, GAMMA: tl.constexpr, IDX64: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Grad offset: one program per (RoI, block of bins) loops over all channels and reduces, per
+    # sample, grad output against the four corners in registers (deterministic, no atomics).
     k = tl.program_id(0)
     pid_p = tl.program_id(1)
     if x_ptr.dtype.element_ty == tl.float64:
@@ -244,56 +313,44 @@ def _roi_bwd_kernel(
     ph = offs_p // PW
     ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
         roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
-        SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
-    inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
+        SCALE, GAMMA, True, IDX64, ftype)
     x_img = _idx(b, IDX64) * sxn
-    w_img = _idx(b, IDX64) * sin
     g_pix = _idx(k, IDX64) * sgk + _idx(ph, IDX64) * sgh + _idx(pw, IDX64) * sgw
-    for c_start in range(0, C, BLOCK_C):
-        offs_c = c_start + tl.arange(0, BLOCK_C)
-        mc = (offs_c < C)[None, :]
-        gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc,
-                     other=0.0).to(ftype) * inv_count
-        xc = _idx(offs_c, IDX64)[None, :] * sxc
-        ic = _idx(offs_c, IDX64)[None, :] * sic
-        for iy in range(0, gh):
-            py = ystart + (iy + 0.5) * step_h
-            for ix in range(0, gw):
-                px = xstart + (ix + 0.5) * step_w
-                y0, x0, y1_, x1_, ly, lx, valid, gyok, gxok = _roi_bilinear(py, px, H, W)
-                hy = 1.0 - ly
-                hx = 1.0 - lx
-                ok = (mask_p & valid)[:, None] & mc
-                r0 = _idx(y0, IDX64)
-                r1 = _idx(y1_, IDX64)
-                c0 = _idx(x0, IDX64)
-                c1 = _idx(x1_, IDX64)
-                tl.atomic_add(ws_ptr + ((w_img + r0 * sih + c0 * siw)[:, None] + ic), gv * (hy * hx)[:, None],
-                              mask=ok, sem="relaxed")
-                tl.atomic_add(ws_ptr + ((w_img + r0 * sih + c1 * siw)[:, None] + ic), gv * (hy * lx)[:, None],
-                              mask=ok, sem="relaxed")
-                tl.atomic_add(ws_ptr + ((w_img + r1 * sih + c0 * siw)[:, None] + ic), gv * (ly * hx)[:, None],
-                              mask=ok, sem="relaxed")
-                tl.atomic_add(ws_ptr + ((w_img + r1 * sih + c1 * siw)[:, None] + ic), gv * (ly * lx)[:, None],
-                              mask=ok, sem="relaxed")
-                if HAS_OFFSET:
-                    u00 = tl.sum(gv * tl.load(x_ptr + ((x_img + r0 * sxh + c0 * sxw)[:, None] + xc), mask=ok,
-                                              other=0.0).to(ftype), axis=1)
-                    u01 = tl.sum(gv * tl.load(x_ptr + ((x_img + r0 * sxh + c1 * sxw)[:, None] + xc), mask=ok,
-                                              other=0.0).to(ftype), axis=1)
-                    u10 = tl.sum(gv * tl.load(x_ptr + ((x_img + r1 * sxh + c0 * sxw)[:, None] + xc), mask=ok,
-                                              other=0.0).to(ftype), axis=1)
-                    u11 = tl.sum(gv * tl.load(x_ptr + ((x_img + r1 * sxh + c1 * sxw)[:, None] + xc), mask=ok,
-                                              other=0.0).to(ftype), axis=1)
-                    g_y += tl.where(gyok, (u10 - u00) * hx + (u11 - u01) * lx, 0.0)
-                    g_x += tl.where(gxok, (u01 - u00) * hy + (u11 - u10) * ly, 0.0)
-    if HAS_OFFSET:
-        # a NaN origin coordinate: NaN gradient for the other one where its derivative passes
-        g_y = tl.where(nx & _any_passes(ystart, step_h, gh, H), float("nan"), g_y)
-        g_x = tl.where(ny & _any_passes(xstart, step_w, gw, W), float("nan"), g_x)
-        d_pix = _idx(k, IDX64) * sdk + _idx(ph, IDX64) * sdh + _idx(pw, IDX64) * sdw
-        tl.store(goff_ptr + d_pix, (g_x * (GAMMA * roi_w)).to(goff_ptr.dtype.element_ty), mask=mask_p)
-        tl.store(goff_ptr + (d_pix + sdc), (g_y * (GAMMA * roi_h)).to(goff_ptr.dtype.element_ty), mask=mask_p)
+    # samples outer (one flat loop over the bin's grid), channels inner: each sample's corners
+    # once, the four corner dot products reduced over all channels in registers
+    for s in range(0, gh * gw):
+        iy = s // gw
+        ix = s - iy * gw
+        py = ystart + (iy + 0.5) * step_h
+        px = xstart + (ix + 0.5) * step_w
+        y0, x0, ey, ex, ly, lx, ok, ok01, ok10, ok11, gyok, gxok = roi_corners(py, px, H, W)
+        ok = mask_p & ok  # the RoI Align rule reads all four corners or none
+        p00, dx, dy = corner_offsets(x_img, y0, x0, ey, ex, sxh, sxw, IDX64)
+        u00 = tl.zeros_like(g_y)
+        u01 = tl.zeros_like(g_y)
+        u10 = tl.zeros_like(g_y)
+        u11 = tl.zeros_like(g_y)
+        for c_start in range(0, C, BLOCK_C):
+            offs_c = c_start + tl.arange(0, BLOCK_C)
+            okc = ok[:, None] & (offs_c < C)[None, :]
+            gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=okc,
+                         other=0.0).to(ftype)
+            xc = _idx(offs_c, IDX64)[None, :] * sxc
+            u00 += tl.sum(gv * tl.load(x_ptr + (p00[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
+            u01 += tl.sum(gv * tl.load(x_ptr + ((p00 + dx)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
+            u10 += tl.sum(gv * tl.load(x_ptr + ((p00 + dy)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
+            u11 += tl.sum(gv * tl.load(x_ptr + ((p00 + dy + dx)[:, None] + xc), mask=okc, other=0.0).to(ftype),
+                          axis=1)
+        d_y, d_x, _ = position_grads(u00, u01, u10, u11, ly, lx)
+        g_y += tl.where(gyok, d_y, 0.0)
+        g_x += tl.where(gxok, d_x, 0.0)
+    inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
+    # a NaN origin coordinate: NaN gradient for the other one where its derivative passes
+    g_y = tl.where(nx & _any_passes(ystart, step_h, gh, H), float("nan"), g_y * inv_count)
+    g_x = tl.where(ny & _any_passes(xstart, step_w, gw, W), float("nan"), g_x * inv_count)
+    d_pix = _idx(k, IDX64) * sdk + _idx(ph, IDX64) * sdh + _idx(pw, IDX64) * sdw
+    tl.store(goff_ptr + d_pix, (g_x * (GAMMA * roi_w)).to(goff_ptr.dtype.element_ty), mask=mask_p)
+    tl.store(goff_ptr + (d_pix + sdc), (g_y * (GAMMA * roi_h)).to(goff_ptr.dtype.element_ty), mask=mask_p)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -302,6 +359,7 @@ _fwd_tuned = autotuned(_roi_fwd_kernel, FWD_CONFIGS, _KEY)
 # the backward accumulates into ws with atomics: reset_to_zero keeps autotuning trials from adding
 # up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
 _bwd_tuned = autotuned(_roi_bwd_kernel, BWD_CONFIGS, _KEY, reset=["ws_ptr"])
+_bwd_off_tuned = autotuned(_roi_bwd_offset_kernel, BWD_OFFSET_CONFIGS, _KEY)
 
 
 def deform_roi_pool_forward(x, rois, offset, spatial_scale: float, pooled_h: int, pooled_w: int,
@@ -338,19 +396,25 @@ def deform_roi_pool_backward(grad_output, x, rois, offset, spatial_scale: float,
     alert_nondeterministic("convlab::deform_roi_pool_backward (grad input)")
     o_t = offset if offset is not None else rois
     o_strides = tuple(offset.stride()) if offset is not None else (0, 0, 0, 0)
-    d_t = g_off if offset is not None else rois
-    d_strides = tuple(g_off.stride()) if offset is not None else (0, 0, 0, 0)
-    grid = lambda meta: (K, cdiv(pooled_h * pooled_w, meta["BLOCK_P"]))
+    bins = pooled_h * pooled_w
     i64 = needs_int64(x, rois, offset, grad_output, ws)
+    grid = lambda meta: (K, cdiv(bins, meta["BLOCK_P"]), cdiv(C, meta["BLOCK_C"]))
     launch(_bwd_tuned[config_class(_bwd_tuned, x.dtype, idx64=i64)], _roi_bwd_kernel, grid, INTERPRET_CONFIG,
-           x, rois, o_t, grad_output, ws, d_t, N, C, H, W, pooled_h, pooled_w, sampling_ratio,
-           *x.stride(), *rois.stride(), *o_strides, *grad_output.stride(), *ws.stride(), *d_strides,
+           rois, o_t, grad_output, ws, N, C, H, W, pooled_h, pooled_w, sampling_ratio,
+           *rois.stride(), *o_strides, *grad_output.stride(), *ws.stride(),
            SCALE=float(spatial_scale), GAMMA=float(gamma), HAS_OFFSET=offset is not None,
            IDX64=i64)
+    if offset is not None:
+        grid = lambda meta: (K, cdiv(bins, meta["BLOCK_P"]))
+        launch(_bwd_off_tuned[config_class(_bwd_off_tuned, x.dtype, idx64=i64)], _roi_bwd_offset_kernel, grid,
+               INTERPRET_CONFIG, x, rois, offset, grad_output, g_off, N, C, H, W, pooled_h, pooled_w, sampling_ratio,
+               *x.stride(), *rois.stride(), *offset.stride(), *grad_output.stride(), *g_off.stride(),
+               SCALE=float(spatial_scale), GAMMA=float(gamma), IDX64=i64)
     return ws.to(x.dtype), g_off
 
 
 AOT_SPECS = [
     KernelSpec("deform_roi_pool_fwd", _roi_fwd_kernel, FWD_CONFIGS),
     KernelSpec("deform_roi_pool_bwd", _roi_bwd_kernel, BWD_CONFIGS),
+    KernelSpec("deform_roi_bwd_offset", _roi_bwd_offset_kernel, BWD_OFFSET_CONFIGS),
 ]

@@ -12,10 +12,6 @@ Shapes (torchvision's):
     mask   (N, offset_groups * KH * KW, OH, OW) or None (DCNv1)
     output (N, C_out, OH, OW), OH = (H + 2 * pad_h - dil_h * (KH - 1) - 1) // stride_h + 1
 
-``bilinear_gather(input, positions)``: input (N, C, H, W), positions (N, *, 2) as (y, x) in
-pixel coordinates -> (N, C, *). A corner outside the image contributes 0, so a sample with
-y <= -1, y >= H, x <= -1 or x >= W is 0 (torchvision's deform_conv2d rule).
-
 The ops run the Triton kernels (``torch.ops.convlab.*``) or a PyTorch reference, as
 ``layers.backend.resolve`` decides; the reference is torchvision's op (fp16 / bf16
 computed in fp32 and cast back), or a plain-PyTorch gather when torchvision is absent.
@@ -64,17 +60,6 @@ def _deform_weight_grad_op(grad_output: Tensor, input: Tensor, offset: Tensor, m
     return _k.deform_conv2d_weight_grad(grad_output, input, offset, mask, weight_size, stride, padding, dilation)
 
 
-@convlab_op("convlab::bilinear_gather")
-def _bilinear_gather_op(input: Tensor, positions: Tensor) -> Tensor:
-    """input (N, C, H, W), positions (N, P, 2) -> (N, C, P)."""
-    return _k.bilinear_gather_forward(input, positions)
-
-
-@convlab_op("convlab::bilinear_gather_backward")
-def _bilinear_gather_backward_op(grad_output: Tensor, input: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor]:
-    return _k.bilinear_gather_backward(grad_output, input, positions)
-
-
 def _deform_setup(ctx, inputs, output):
     input, offset, weight, bias, mask, stride, padding, dilation = inputs
     ctx.save_for_backward(input, offset, weight, mask)
@@ -103,19 +88,6 @@ def _deform_backward(ctx, grad_output):
 _deform_conv2d_op.register_autograd(_deform_backward, setup_context=_deform_setup)
 
 
-def _gather_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _gather_backward(ctx, grad_output):
-    input, positions = ctx.saved_tensors
-    gi, gp = torch.ops.convlab.bilinear_gather_backward(grad_output, input, positions)
-    return (gi if ctx.needs_input_grad[0] else None), (gp if ctx.needs_input_grad[1] else None)
-
-
-_bilinear_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
-
-
 # FLOPs: the GEMM (2 * N * OH * OW * C_out * C_in / groups * KH * KW) plus the bilinear
 # interpolation, counted as 7 FLOPs per sampled value (+1 with a mask) forward; the data
 # gradient counts 20 per sampled value (scatter weights, coordinate weights, mask dot).
@@ -142,16 +114,6 @@ def _deform_data_grad_flops(gy_shape, x_shape, off_shape, w_shape, mask_shape, *
 def _deform_weight_grad_flops(gy_shape, x_shape, off_shape, mask_shape, weight_size, *args, out_shape, **kwargs):
     gemm, samples = _deform_counts(x_shape, list(weight_size), gy_shape)
     return gemm + samples * (8 if mask_shape is not None else 7)
-
-
-@register_flop_formula(torch.ops.convlab.bilinear_gather)
-def _gather_flops(x_shape, pos_shape, *, out_shape, **kwargs):
-    return 7 * math.prod(out_shape)
-
-
-@register_flop_formula(torch.ops.convlab.bilinear_gather_backward)
-def _gather_backward_flops(gy_shape, x_shape, pos_shape, *, out_shape, **kwargs):
-    return 16 * math.prod(gy_shape)
 
 
 # --------------------------------------------------------------------------- references
@@ -321,32 +283,6 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
     return torch.ops.convlab.deform_conv2d(input, offset, weight, bias, mask, stride_, padding_, dilation_)
 
 
-def bilinear_gather(input: Tensor, positions: Tensor) -> Tensor:
-    """Sample ``input`` (N, C, H, W) bilinearly at ``positions`` (N, *, 2), given as (y, x) in
-    pixel coordinates (pixel (i, j) sits at (i, j)); returns (N, C, *). Corners outside the
-    image contribute 0 (a sample with y <= -1, y >= H, x <= -1 or x >= W is 0). Differentiable
-    in both arguments."""
-    if not isinstance(input, Tensor) or input.dim() != 4:
-        shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
-        raise ValueError(f"input must be a 4-D Tensor (N, C, H, W), got {shape}")
-    if input.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"input dtype must be one of float16, bfloat16, float32, float64, got {input.dtype}")
-    _check_tensor(positions, "positions", input, "(N, *, 2)")
-    if positions.dim() < 2 or positions.shape[0] != input.shape[0] or positions.shape[-1] != 2:
-        raise ValueError(f"positions must have shape (N, *, 2) = ({input.shape[0]}, ..., 2) as (y, x) pixel "
-                         f"coordinates, got {tuple(positions.shape)}")
-    N, C = input.shape[:2]
-    rest = positions.shape[1:-1]
-    pos = positions.reshape(N, math.prod(rest), 2)
-    if _backend.resolve(input.device) == "reference":
-        acc = accumulator_dtype(input.dtype)
-        out = _bilinear_reference(input.to(acc), pos[..., 0].to(acc).unsqueeze(1),
-                                  pos[..., 1].to(acc).unsqueeze(1)).to(input.dtype)
-    else:
-        out = torch.ops.convlab.bilinear_gather(input, pos)
-    return out.reshape(N, C, *rest)
-
-
 # --------------------------------------------------------------------------- modules
 class DeformConv2d(nn.Module):
     """``torchvision.ops.DeformConv2d`` (same arguments, parameters, init and state_dict) on
@@ -447,4 +383,4 @@ class OffsetDeformConv2d(nn.Module):
         return self.deform(input, offset, mask)
 
 
-__all__ = ["deform_conv2d", "bilinear_gather", "DeformConv2d", "OffsetDeformConv2d"]
+__all__ = ["deform_conv2d", "DeformConv2d", "OffsetDeformConv2d"]

@@ -21,7 +21,8 @@ offset makes its bin NaN (see ``kernels.roi``).
 ``DeformRoIPool2d(output_size, spatial_scale, sampling_ratio, gamma=0.1)`` wraps the functional
 (forward(input, rois, offset=None)); ``OffsetDeformRoIPool2d`` predicts the offsets itself as in
 the paper: RoI Align without offset -> fc layers (the last zero-initialised) -> normalised offsets
--> deformable RoI pooling. The op runs the Triton kernels (``torch.ops.convlab.deform_roi_pool``)
+-> deformable RoI pooling; ``ModulatedDeformRoIPool2d`` (DCNv2) adds a second fc branch whose sigmoid
+output scales each pooled bin. The op runs the Triton kernels (``torch.ops.convlab.deform_roi_pool``)
 or a plain-PyTorch reference, as ``layers.backend.resolve`` decides.
 """
 from __future__ import annotations
@@ -337,5 +338,50 @@ class OffsetDeformRoIPool2d(DeformRoIPool2d):
             offset = self.offset_fc(plain.flatten(1)).view(-1, 2, ph, pw)
         return super().forward(input, rois, offset)
 
+class ModulatedDeformRoIPool2d(OffsetDeformRoIPool2d):
+    """Modulated deformable RoI pooling (DCNv2, Zhu et al. 2019, section 3.1): as
+    :class:`OffsetDeformRoIPool2d`, plus a second fc branch on the same RoI Align features that
+    predicts a per-bin modulation scalar through a sigmoid, which multiplies the pooled bins:
 
-__all__ = ["deform_roi_pool", "DeformRoIPool2d", "OffsetDeformRoIPool2d", "boxes_to_rois"]
+        plain  = deform_roi_pool(input, rois, None)                       (K, C, PH, PW)
+        offset = offset_fc(plain.flatten(1)).view(K, 2, PH, PW)
+        mask   = sigmoid(mask_fc(plain.flatten(1))).view(K, 1, PH, PW)
+        output = deform_roi_pool(input, rois, offset) * mask              (K, C, PH, PW)
+
+    ``mask_fc`` has ``offset_fc``'s shape with PH * PW outputs; both last layers are
+    zero-initialised, so at init the module is RoI Align times 0.5 (as in DCNv2's reference code).
+    Arguments as :class:`OffsetDeformRoIPool2d`. ``forward(input, rois, offset=None, mask=None)``:
+    an ``offset`` (K, 2, PH, PW) or ``mask`` (K, 1, PH, PW) given is used instead of predicted."""
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, in_channels: int,
+                 gamma: float = 0.1, hidden_channels: int = 256):
+        super().__init__(output_size, spatial_scale, sampling_ratio, in_channels, gamma, hidden_channels)
+        ph, pw = self.output_size
+        n_in = in_channels * ph * pw
+        if hidden_channels and hidden_channels > 0:
+            self.mask_fc = nn.Sequential(nn.Linear(n_in, hidden_channels), nn.ReLU(inplace=True),
+                                         nn.Linear(hidden_channels, ph * pw))
+        else:
+            self.mask_fc = nn.Sequential(nn.Linear(n_in, ph * pw))
+        nn.init.zeros_(self.mask_fc[-1].weight)
+        nn.init.zeros_(self.mask_fc[-1].bias)
+
+    def forward(self, input: Tensor, rois: BoxesType, offset: Optional[Tensor] = None,
+                mask: Optional[Tensor] = None) -> Tensor:
+        ph, pw = self.output_size
+        if offset is None or mask is None:
+            rois = boxes_to_rois(rois, input) if isinstance(input, Tensor) else rois
+            plain = DeformRoIPool2d.forward(self, input, rois, None).flatten(1)
+            if offset is None:
+                offset = self.offset_fc(plain).view(-1, 2, ph, pw)
+            if mask is None:
+                mask = torch.sigmoid(self.mask_fc(plain)).view(-1, 1, ph, pw)
+        out = DeformRoIPool2d.forward(self, input, rois, offset)
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != (out.shape[0], 1, ph, pw):
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a Tensor of shape (K, 1, PH, PW) = {(out.shape[0], 1, ph, pw)}, "
+                             f"got {shape}")
+        return out * mask
+
+
+__all__ = ["deform_roi_pool", "DeformRoIPool2d", "OffsetDeformRoIPool2d", "ModulatedDeformRoIPool2d", "boxes_to_rois"]

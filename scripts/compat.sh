@@ -42,7 +42,7 @@ status=0
 if [ $aot_only = 0 ]; then
   echo "== kernel tests (interpreter)"
   "$PY" -m pytest -q -n "${COMPAT_WORKERS:-2}" -p no:cacheprovider -W ignore::DeprecationWarning \
-    tests/test_conv2d.py tests/test_deform.py tests/test_roi.py tests/test_factory.py tests/test_tf32.py \
+    tests/test_conv2d.py tests/test_deform.py tests/test_roi.py tests/test_gather.py tests/test_factory.py tests/test_tf32.py \
     tests/test_index64.py || status=1
 fi
 echo "== ahead-of-time compile check (sm_80, sm_90), triton 3.6"

@@ -26,11 +26,14 @@ def test_suite_builds_and_every_case_validates():
     layers_ = {c.layer for c in cases}
     models = {L.model for L in layers_}
     assert {"resnet50", "resnext50_32x4d", "mobilenet_v2", "convnext_t", "replknet31b", "deeplabv3",
-            "resnet50_dcn", "det_dcn"} <= models
+            "resnet50_dcn", "det_dcn", "faster_rcnn_r50_fpn"} <= models
     assert {31, 29, 27, 13} <= {L.k for L in layers_ if L.model == "replknet31b"}
     assert {2, 4, 12, 24, 36} <= {L.dilation for L in layers_ if L.family == "dilated"}
     assert {1, 2} == {L.stride for L in layers_ if L.model == "mobilenet_v2"}
     assert {"v1", "v2"} == {L.deform for L in layers_ if L.family == "deform"}
+    roi = [L for L in layers_ if L.family == "roi"]  # R50-FPN box head: RoI Align and deformable, P2-P5
+    assert {"", "v1"} == {L.deform for L in roi} and {4, 8, 16, 32} == {L.stride for L in roi}
+    assert all((L.rois, L.c_in, L.k, L.sampling_ratio) == (512, 256, 7, 2) for L in roi)
     assert all(L.groups == 32 for L in layers_ if L.family == "grouped")
     # every layer appears at both batches, all dtypes and both layouts
     assert len(cases) == len(layers_) * 2 * 4 * 2
@@ -121,6 +124,25 @@ def test_formulas_for_resnet50_layer():
     assert s["offset"][1] == 18 and s["mask"][1] == 9 and s["offset"][2:] == s["output"][2:]
 
 
+def test_roi_family_shapes_formulas_boxes_and_dry_run(monkeypatch, capsys):
+    case = next(c for c in build_suite(["roi"], ["bf16"], [1], ["nchw"]) if c.layer.name == "p3_100x152_r512_deform")
+    s = case.shapes()
+    assert s == {"input": (1, 256, 100, 152), "rois": (512, 5), "offset": (512, 2, 7, 7), "output": (512, 256, 7, 7)}
+    samples = 512 * 256 * 49 * 4  # sampling ratio 2: 4 samples per bin
+    assert case.flops("fwd") == 8 * samples and case.flops("fwd_bwd") == 3 * case.flops("fwd")
+    assert case.bytes_moved("fwd") == (4 * samples + 512 * 2 * 49 + 512 * 256 * 49) * 2
+    boxes = bench.roi_boxes(Case(case.layer, 2, "fp32", "nchw"), "cpu")
+    assert boxes.shape == (512, 5) and set(boxes[:, 0].tolist()) == {0.0, 1.0}
+    assert (boxes[:, 1:3] >= 0).all() and (boxes[:, 3] <= 1216).all() and (boxes[:, 4] <= 800).all()
+    assert (boxes[:, 3:] > boxes[:, 1:3]).all()
+    monkeypatch.setattr("kernels.inspect.run", _fake_compile(ok=True))
+    assert bench.dry_run([case]) == 0
+    out = capsys.readouterr().out
+    for name in ("deform_roi_pool_fwd", "deform_roi_pool_bwd", "deform_roi_bwd_offset"):
+        assert f"  {name} " in out
+    assert "peer: torchvision roi_align" in out
+
+
 def _synthetic_results(path):
     """SYNTHETIC fixture: made-up timings, for rendering tests only."""
     rows = []
@@ -177,13 +199,17 @@ def test_session_preset_order_covers_every_family_first():
     assert len(ids) == len(set(ids)) == len(build_suite())  # the whole suite, each case once
     assert all(i.startswith("deform/resnet50_dcn/") and "/b32/fp32/nchw" in i for i in ids[:6])
     assert all(i.startswith("deform/resnet50_dcn/") and "/b32/fp16/nchw" in i for i in ids[6:12])
-    assert {i.split("/")[0] for i in ids[:18]} == set(FAMILIES)  # every family against its peer, NCHW
+    assert {i.split("/")[0] for i in ids[:18]} == set(FAMILIES) - {"roi"}  # every family against its peer, NCHW
     assert {i.rsplit("/", 1)[1] for i in ids[18:36]} == {"cl"}  # then channels_last
     assert {"k3", "k7", "k31"} <= {i.split("/")[2].rsplit("_", 1)[1] for i in ids[:18] if i.startswith("depthwise")}
     cases = build_suite()
     for g in SESSION_PRIORITY:  # a glob matching nothing would silently drop its cases from the order
         assert any(match_case(c.id, [g]) is not None for c in cases), g
     assert len(_select("--preset", "session", "--match", *SESSION_CORE)) == 36
+    # low priority after the core: RoI pooling vs roi_align, R50-FPN P3, fp32 then bf16
+    assert [i.split("/")[2] + "/" + i.split("/")[4] for i in ids[36:40]] == [
+        "p3_100x152_r512_align/fp32", "p3_100x152_r512_deform/fp32", "p3_100x152_r512_align/bf16",
+        "p3_100x152_r512_deform/bf16"]
 
 
 def test_shards_partition_the_selection():

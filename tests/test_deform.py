@@ -1,4 +1,4 @@
-"""Deformable convolution (DCNv1 / v2) and bilinear gather: values, all gradients, layouts,
+"""Deformable convolution (DCNv1 / v2): values, all gradients, layouts,
 dtypes, boundaries, custom-op machinery (opcheck, torch.compile, FLOP counting), errors.
 
 References: torchvision.ops.deform_conv2d in float64 and ``_ref_deform_conv2d`` below, a
@@ -17,7 +17,7 @@ from torchvision.ops import deform_conv2d as tv_deform_conv2d  # noqa: E402
 
 from kernels import _common  # noqa: E402
 from layers.backend import use_backend  # noqa: E402
-from layers.deform import DeformConv2d, OffsetDeformConv2d, bilinear_gather, deform_conv2d  # noqa: E402
+from layers.deform import DeformConv2d, OffsetDeformConv2d, deform_conv2d  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -75,12 +75,6 @@ def _ref_deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
     cols = torch.cat(cols, 1).reshape(N, groups, Cg * KH * KW, OH * OW)
     out = torch.einsum("gok,ngkp->ngop", weight.reshape(groups, Co // groups, -1), cols).reshape(N, Co, OH, OW)
     return out if bias is None else out + bias[None, :, None, None]
-
-
-def _ref_gather(x, pos):
-    N, C = x.shape[:2]
-    p = pos.reshape(N, -1, 2)
-    return _ref_sample(x, p[..., 0], p[..., 1]).reshape(N, C, *pos.shape[1:-1])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -251,24 +245,19 @@ def test_opcheck(device):
     conf = ([1, 1], [0, 0], [1, 1])
     torch.library.opcheck(torch.ops.convlab.deform_conv2d_data_grad.default, (gy, x, off, w, m, *conf))
     torch.library.opcheck(torch.ops.convlab.deform_conv2d_weight_grad.default, (gy, x, off, None, [2, 2, 2, 2], *conf))
-    pos = torch.rand(1, 5, 2, dtype=x.dtype, device=device) * 4 - 1
-    torch.library.opcheck(torch.ops.convlab.bilinear_gather_backward.default,
-                          (torch.randn(1, 2, 5, dtype=x.dtype, device=device), x, pos))
-    torch.library.opcheck(torch.ops.convlab.bilinear_gather.default, (x.requires_grad_(), pos.requires_grad_()))
 
 
 @pytest.mark.slow
 def test_torch_compile(device):
     x, off, w, b, m = _make(device, N=1, C=2, H=4, W=4, Co=2, k=(2, 2), p=(0, 0))
 
-    def fn(x, off, w, b, m, pos):
-        return deform_conv2d(x, off, w, b, mask=m).sum() + bilinear_gather(x, pos).sum()
+    def fn(x, off, w, b, m):
+        return deform_conv2d(x, off, w, b, mask=m).sum()
 
     backend = "aot_eager" if device == "cpu" else "inductor"
     compiled = torch.compile(fn, fullgraph=True, backend=backend)
-    pos = torch.rand(1, 3, 2, dtype=x.dtype, device=device) * 4 - 1
-    ins = [t.detach().clone().requires_grad_() for t in (x, off, w, b, m, pos)]
-    ref_ins = [t.detach().clone().requires_grad_() for t in (x, off, w, b, m, pos)]
+    ins = [t.detach().clone().requires_grad_() for t in (x, off, w, b, m)]
+    ref_ins = [t.detach().clone().requires_grad_() for t in (x, off, w, b, m)]
     out = compiled(*ins)
     ref = fn(*ref_ins)
     torch.testing.assert_close(out, ref)
@@ -288,7 +277,6 @@ def test_flop_counter(device):
     assert counter.get_total_flops() == gemm + 8 * (1 * 2 * 4 * 9)
     with FlopCounterMode(display=False) as counter:
         y.sum().backward()
-        bilinear_gather(x, torch.zeros(1, 2, 2, dtype=x.dtype, device=device))
     assert counter.get_total_flops() > 2 * gemm
 
 
@@ -323,76 +311,6 @@ def test_argument_errors(device):
     for change, match in cases:
         with pytest.raises(ValueError, match=match):
             deform_conv2d(**dict(good, **change))
-    x = good["input"]
-    with pytest.raises(ValueError, match="positions"):
-        bilinear_gather(x, torch.zeros(2, 3, 3, device=device))
-    with pytest.raises(ValueError, match="positions"):
-        bilinear_gather(x, torch.zeros(1, 3, 2, device=device))
-    with pytest.raises(ValueError, match="positions dtype"):
-        bilinear_gather(x, torch.zeros(2, 3, 2, device=device, dtype=torch.float64))
-
-
-# --------------------------------------------------------------------------- bilinear_gather
-def test_bilinear_gather_boundary_rule(device):
-    H, W = 3, 4
-    x = torch.arange(1.0, 1 + 2 * H * W, dtype=torch.float64, device=device).reshape(1, 2, H, W)
-    pts = [(0, 0), (2, 3), (1, 2), (-1, 0), (0, -1), (H, 1), (1, W), (-1.5, 1), (1e10, 1), (1, -1e10),
-           (-0.5, 0), (H - 0.5, W - 0.5), (-0.999, 1), (1.5, 2.25)]
-    pos = torch.tensor([pts], dtype=torch.float64, device=device)
-    out = bilinear_gather(x, pos)
-    assert out.shape == (1, 2, len(pts))
-    torch.testing.assert_close(out[0, :, 0], x[0, :, 0, 0])
-    torch.testing.assert_close(out[0, :, 1], x[0, :, 2, 3])
-    torch.testing.assert_close(out[0, :, 2], x[0, :, 1, 2])
-    assert (out[0, :, 3:10] == 0).all()  # y <= -1, x <= -1, y >= H, x >= W, far away
-    torch.testing.assert_close(out[0, :, 10], 0.5 * x[0, :, 0, 0])
-    torch.testing.assert_close(out[0, :, 11], 0.25 * x[0, :, H - 1, W - 1])
-    torch.testing.assert_close(out, _ref_gather(x, pos))
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_bilinear_gather_gradients(device, channels_last):
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    pos = torch.rand(2, 3, 2, 2, dtype=torch.float64, device=device) * torch.tensor([6.0, 7.0], device=device) - 1.0
-    pos[0, 0, 0] = torch.tensor([2.0, 3.0])  # exactly on a pixel
-    pos[0, 0, 1] = torch.tensor([-1.0, 1.5])  # on the border
-    ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
-    ref_ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
-    out, ref = bilinear_gather(*ins), _ref_gather(*ref_ins)
-    assert out.shape == (2, 3, 3, 2)
-    torch.testing.assert_close(out, ref)
-    gy = torch.randn_like(out)
-    for a, e in zip(torch.autograd.grad(out, ins, gy), torch.autograd.grad(ref, ref_ins, gy)):
-        torch.testing.assert_close(a, e)
-    pos_gc = (torch.rand(1, 4, 2, dtype=torch.float64, device=device) * 5 - 1).requires_grad_()
-    assert torch.autograd.gradcheck(bilinear_gather, (x[:1].detach().requires_grad_(), pos_gc), fast_mode=True)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
-def test_bilinear_gather_dtypes(device, dtype):
-    x = torch.randn(1, 3, 4, 4, device=device).to(dtype)
-    pos = (torch.rand(1, 6, 2, device=device) * 5 - 1).to(dtype)
-    ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
-    out = bilinear_gather(*ins)
-    assert out.dtype == dtype
-    ref_ins = [x.double().requires_grad_(), pos.double().requires_grad_()]
-    ref = _ref_gather(*ref_ins)
-    gy = torch.randn_like(ref)
-    _assert_close(out, ref, TOL[dtype], what="gather output")
-    for a, e in zip(torch.autograd.grad(out, ins, gy.to(dtype)), torch.autograd.grad(ref, ref_ins, gy)):
-        _assert_close(a, e, TOL[dtype] * 2, what="gather grad")
-    with use_backend("reference"):
-        _assert_close(bilinear_gather(x, pos), ref, TOL[dtype], what="reference backend")
-
-
-def test_bilinear_gather_empty(device):
-    x = torch.randn(0, 2, 3, 3, device=device, requires_grad=True)
-    out = bilinear_gather(x, torch.zeros(0, 4, 2, device=device))
-    assert out.shape == (0, 2, 4)
-    out.sum().backward()
-    assert x.grad.shape == x.shape
 
 
 # --------------------------------------------------------------------------- modules
@@ -460,29 +378,6 @@ def test_deform_conv2d_nan_offsets(device, with_mask):
             torch.testing.assert_close(a, e, equal_nan=True, msg=lambda s: f"{backend} {name}: {s}")
 
 
-def test_bilinear_gather_nan_positions(device):
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=device)
-    pos = torch.rand(2, 7, 2, dtype=torch.float64, device=device) * torch.tensor([5.0, 6.0], device=device) - 1.0
-    pos[0, 0, 0] = NAN
-    pos[0, 1, 1] = NAN
-    pos[1, 2] = torch.tensor([NAN, NAN])
-    pos[1, 3] = torch.tensor([NAN, 1e6])
-    pos[1, 4] = torch.tensor([INF, NAN])
-    pos[0, 5] = torch.tensor([-INF, 2.0])
-    ref_ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
-    ref = _ref_gather(*ref_ins)
-    gy = torch.randn_like(ref)
-    g_ref = torch.autograd.grad(ref, ref_ins, gy)
-    assert ref[:, :, :5].isnan().sum() == 5 * 3 and not ref[:, :, 5:].isnan().any()
-    for backend in ("auto", "reference"):
-        ins = [x.clone().requires_grad_(), pos.clone().requires_grad_()]
-        with use_backend(backend):
-            out = bilinear_gather(*ins)
-        torch.testing.assert_close(out, ref, equal_nan=True)
-        for name, a, e in zip(("grad input", "grad positions"), torch.autograd.grad(out, ins, gy), g_ref):
-            torch.testing.assert_close(a, e, equal_nan=True, msg=lambda s: f"{backend} {name}: {s}")
-
-
 @pytest.fixture
 def deterministic():
     """set(on, warn_only=False) -> torch.use_deterministic_algorithms; restored afterwards."""
@@ -495,23 +390,19 @@ def test_deterministic_algorithms(device, deterministic):
     """grad input (atomic adds) raises under use_deterministic_algorithms(True), warns with
     warn_only=True; the forward and the weight gradient are deterministic and run."""
     x, off, w, b, m = _make(device, N=1, C=2, H=3, W=3, Co=2, k=(2, 2), p=(0, 0))
-    pos = torch.rand(1, 3, 2, dtype=x.dtype, device=device) * 3 - 1
-    ins = [t.clone().requires_grad_() for t in (x, off, w, m, pos)]
-    fwd = lambda: (deform_conv2d(ins[0], ins[1], ins[2], mask=ins[3]).sum(), bilinear_gather(ins[0], ins[4]).sum())
-    y, z = fwd()
-    expected = torch.autograd.grad(y, ins[:4]) + torch.autograd.grad(z, [ins[0], ins[4]])
+    ins = [t.clone().requires_grad_() for t in (x, off, w, m)]
+    fwd = lambda: deform_conv2d(ins[0], ins[1], ins[2], mask=ins[3]).sum()
+    y = fwd()
+    expected = torch.autograd.grad(y, ins)
     deterministic(True)
-    y, z = fwd()
+    y = fwd()
     w_only = ins[2].detach().requires_grad_()  # weight gradient only: no atomics
     torch.autograd.grad(deform_conv2d(x, off, w_only, mask=m).sum(), [w_only])
-    for out, wrt, op in ((y, ins[1], "deform_conv2d_data_grad"), (z, ins[0], "bilinear_gather_backward")):
-        with pytest.raises(RuntimeError, match=f"convlab::{op} .*does not have a deterministic implementation"):
-            torch.autograd.grad(out, [wrt], retain_graph=True)
+    with pytest.raises(RuntimeError, match="convlab::deform_conv2d_data_grad .*does not have a deterministic"):
+        torch.autograd.grad(y, [ins[1]], retain_graph=True)
     deterministic(True, warn_only=True)
     with pytest.warns(UserWarning, match="deform_conv2d_data_grad"):
-        got = torch.autograd.grad(y, ins[:4])
-    with pytest.warns(UserWarning, match="bilinear_gather_backward"):
-        got += torch.autograd.grad(z, [ins[0], ins[4]])
+        got = torch.autograd.grad(y, ins)
     for a, e in zip(got, expected):
         torch.testing.assert_close(a, e)
 
@@ -521,11 +412,10 @@ def test_backward_into_dirty_workspace(device, monkeypatch):
     import kernels._common as common
 
     x, off, w, b, m = _make(device, N=2, C=4, H=4, W=4, Co=4, og=2, k=(2, 2), p=(0, 0))
-    pos = torch.rand(2, 5, 2, dtype=x.dtype, device=device) * 4 - 1
 
     def grads():
-        ins = [t.clone().requires_grad_() for t in (x, off, w, m, pos)]
-        y = deform_conv2d(ins[0], ins[1], ins[2], mask=ins[3]).sum() + bilinear_gather(ins[0], ins[4]).square().sum()
+        ins = [t.clone().requires_grad_() for t in (x, off, w, m)]
+        y = deform_conv2d(ins[0], ins[1], ins[2], mask=ins[3]).sum()
         return torch.autograd.grad(y, ins)
 
     expected = grads()

@@ -10,7 +10,7 @@ torchvision = pytest.importorskip("torchvision")
 from torchvision.ops import roi_align  # noqa: E402
 
 from layers.backend import use_backend  # noqa: E402
-from layers.roi import DeformRoIPool2d, OffsetDeformRoIPool2d, deform_roi_pool  # noqa: E402
+from layers.roi import DeformRoIPool2d, ModulatedDeformRoIPool2d, OffsetDeformRoIPool2d, deform_roi_pool  # noqa: E402
 
 
 def _rois(device, dtype, H=6, W=7, scale=0.5):
@@ -244,3 +244,46 @@ def test_deterministic_algorithms_and_dirty_workspace(device, monkeypatch):
     monkeypatch.setattr(common, "empty_workspace", lambda like, dtype: torch.full_like(like, NAN, dtype=dtype))
     for a, e in zip(grads(), expected):
         torch.testing.assert_close(a, e)
+
+
+def _modulated_composition(mod, x, rois):
+    """ModulatedDeformRoIPool2d spelled out in plain PyTorch on the reference backend: RoI Align
+    features -> offset_fc / sigmoid(mask_fc) -> deform_roi_pool(offset) * mask."""
+    ph, pw = mod.output_size
+    args = (mod.output_size, mod.spatial_scale, mod.sampling_ratio, mod.gamma)
+    with use_backend("reference"):
+        plain = deform_roi_pool(x, rois, None, *args).flatten(1)
+        offset = mod.offset_fc(plain).view(-1, 2, ph, pw)
+        mask = torch.sigmoid(mod.mask_fc(plain)).view(-1, 1, ph, pw)
+        return deform_roi_pool(x, rois, offset, *args) * mask
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_modulated_module_matches_composition(device, hidden):
+    """Outputs and gradients (input, both fc branches) against the plain composition; at init the
+    module is RoI Align * 0.5 (zero-initialised last layers: offset 0, sigmoid(0))."""
+    x, rois, _ = _inputs(device, torch.float64)
+    mod = ModulatedDeformRoIPool2d((2, 3), 0.5, 2, in_channels=3, hidden_channels=hidden).double().to(device)
+    ref = roi_align(x, rois, (2, 3), spatial_scale=0.5, sampling_ratio=2, aligned=False)
+    torch.testing.assert_close(mod(x, rois), 0.5 * ref)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-trivial offsets and masks
+        for p in list(mod.offset_fc.parameters()) + list(mod.mask_fc.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = mod(xa, rois), _modulated_composition(mod, xb, rois)
+    assert out.shape == (rois.shape[0], 3, 2, 3)
+    torch.testing.assert_close(out, expected)
+    gy = torch.randn_like(out)
+    params = list(mod.offset_fc.parameters()) + list(mod.mask_fc.parameters())
+    got = torch.autograd.grad(out, [xa] + params, gy)
+    want = torch.autograd.grad(expected, [xb] + params, gy)
+    for name, a, e in zip(["input"] + [f"param {i}" for i in range(len(params))], got, want):
+        torch.testing.assert_close(a, e, msg=lambda s: f"{name}: {s}")
+    assert got[-1].abs().sum() > 0  # the mask branch learns
+    # given offset / mask are used as they are; a wrong mask shape is an error naming it
+    off = torch.zeros(rois.shape[0], 2, 2, 3, dtype=x.dtype, device=device)
+    torch.testing.assert_close(mod(x, rois, off, torch.ones(rois.shape[0], 1, 2, 3, dtype=x.dtype, device=device)),
+                               ref)
+    with pytest.raises(ValueError, match="mask must be a Tensor of shape"):
+        mod(x, rois, off, torch.ones(rois.shape[0], 2, 3, dtype=x.dtype, device=device))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import conv2d, deform
+from kernels import conv2d, deform, gather
 from kernels.inspect import _captured_launches
 
 CONV = ("_conv2d_fwd_kernel", "_conv2d_bwd_input_kernel", "_conv2d_bwd_weight_kernel")
@@ -68,7 +68,7 @@ def test_fp32_without_tf32_uses_its_own_configs(flags):
     torch.backends.cuda.matmul.allow_tf32 = False
     assert pick(deform._fwd_tuned, torch.float32, deform.allow_tf32(torch.float32, "matmul")) == "fp32_ieee"
     # no dot product, no TF32 table: the dtype's own; 64-bit builds take the "_i64" table
-    assert pick(deform._gather_fwd_tuned, torch.float32) == "fp32"
+    assert pick(gather._gather_fwd_tuned, torch.float32) == "fp32"
     assert pick(conv2d._fwd_tuned, torch.float16, idx64=True) == "fp16_i64"
 
 
@@ -95,9 +95,9 @@ def test_autotune_keys_name_every_build_constexpr():
     from kernels import depthwise, roi
 
     tables = [conv2d._fwd_tuned, conv2d._bwd_input_tuned, conv2d._bwd_weight_tuned, deform._fwd_tuned,
-              deform._bwd_weight_tuned, deform._bwd_data_tuned, deform._gather_fwd_tuned, deform._gather_bwd_tuned,
+              deform._bwd_weight_tuned, deform._bwd_data_tuned, gather._gather_fwd_tuned, gather._gather_bwd_tuned,
               depthwise._fwd_tuned, depthwise._bwd_input_tuned, depthwise._bwd_weight_tuned, roi._fwd_tuned,
-              roi._bwd_tuned]
+              roi._bwd_tuned, roi._bwd_off_tuned]
     for table in tables:
         for tuner in table.values():
             names = tuner.fn.arg_names
