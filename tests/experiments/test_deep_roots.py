@@ -14,7 +14,7 @@ from experiments.classification.models.nin import PAPER, NiN, conv_macs, root_gr
 from experiments.roots import (CovarianceAccumulator, block_diagonality, correlation_matrix, correlations,
                                zca_matrix)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
 

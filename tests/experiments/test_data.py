@@ -14,7 +14,7 @@ from experiments.classification.data import CIFAR10DataModule, CorruptImage
 from experiments.classification.data.synthetic import make_synthetic
 from experiments.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
 

@@ -14,7 +14,7 @@ import experiments  # noqa: F401  (registers the config resolvers)
 from experiments.detection.data import VOCDataModule, collate, hflip, parse_voc_xml, resize, write_voc_folder
 from experiments.train import train
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from experiments.classification.data.tensors import TensorBatchLoader, random_cr
 from experiments.train import train
 from experiments.utils import choose_wandb_mode
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 VARIANTS = sorted(p.stem for p in (CONF / "conv").glob("*.yaml"))
 # tiny and fast: synthetic data, 4-channel ResNet-8, CSV logs, the PyTorch reference backend

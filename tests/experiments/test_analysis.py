@@ -14,7 +14,7 @@ import experiments  # noqa: F401  (registers the config resolvers)
 from experiments.reports import analysis
 from experiments.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 FAST = ["experiment=smoke", "backend=reference", "cpu_threads=null", "model.net.width=4", "model.net.depth=8",
         "data.synthetic_train_size=48", "data.synthetic_val_size=32", "data.batch_size=16",
