@@ -55,10 +55,10 @@ def load_images(source: str, n: int, size: int = 32, seed: int = 0) -> Tuple[tor
     "synthetic"."""
     per_class = math.ceil(n / 10)
     if source == "synthetic":
-        from experiments.data.synthetic import make_synthetic
+        from experiments.classification.data.synthetic import make_synthetic
 
         x, y = make_synthetic(n, seed=seed, size=size)
-        return x, y, {"name": "synthetic", "synthetic": "procedurally generated shapes (experiments/data/synthetic.py)"}
+        return x, y, {"name": "synthetic", "synthetic": "procedurally generated shapes (experiments/classification/data/synthetic.py)"}
     path = Path(source)
     picked: dict = {}
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
@@ -72,7 +72,7 @@ def load_images(source: str, n: int, size: int = 32, seed: int = 0) -> Tuple[tor
                     files.append(_decode_jpeg_bytes(tar.extractfile(m).read()))
         desc = {"name": "cifar10", "source": f"archive {path.name}"}
     elif path.is_dir():
-        from experiments.data.cifar import _decode, _scan_imagefolder, find_local_copy
+        from experiments.classification.data.cifar import _decode, _scan_imagefolder, find_local_copy
 
         found = find_local_copy(path)
         if found is None or found[0] != "imagefolder":
@@ -103,8 +103,8 @@ def train_run(variant: str, backend: str, images: torch.Tensor, labels: torch.Te
               warmup_steps: int, batch: int, depth: int, width: int, device: str, seed: int = 0) -> dict:
     """Train one model for ``warmup_steps + steps`` steps; see the module docstring for what is recorded."""
     import layers
-    from experiments.data.tensors import normalize, random_crop_flip
-    from experiments.models.resnet import CifarResNet
+    from experiments.classification.data.tensors import normalize, random_crop_flip
+    from experiments.classification.models.resnet import CifarResNet
 
     torch.manual_seed(seed)
     model = CifarResNet(depth=depth, width=width, conv={"variant": variant}).to(device)

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import utils
+from experiments.callbacks import ProgressBar
 from experiments.train import (_backend_setting, _finish_wandb, _instantiate_model, _label_run, _label_run_dir,
                                _setup_loggers, _versions, setup_threads)
 
@@ -135,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.logger.wandb.job_type = "eval"
     loggers, wandb_mode = _setup_loggers(cfg, None)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[utils.ProgressBar()])
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[ProgressBar()])
     wandb_id = cfg.logger.wandb.get("id") if "wandb" in (cfg.get("logger") or {}) else None
 
     config_dict = utils.config_to_dict(cfg)

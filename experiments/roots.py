@@ -308,7 +308,7 @@ def check_conv(conv) -> None:
 
 def _training_images(datamodule, n: int, device: torch.device, seed: int = 0) -> Tensor:
     """``n`` training images (no augmentation), normalised like the training batches."""
-    from experiments.data.tensors import normalize
+    from experiments.classification.data.tensors import normalize
 
     x = datamodule.train_x
     g = torch.Generator().manual_seed(seed)
@@ -379,7 +379,7 @@ class DeepRootsAnalysis(L.Callback):
                   "correlations": str(out_dir / "correlations.pt"),
                   "heatmaps": {k: str(p) for k, p in paths.items()}}
         if net_root is not None:
-            from experiments.models.nin import conv_macs
+            from experiments.classification.models.nin import conv_macs
 
             macs = conv_macs(net)
             extras.update(root=net_root, conv_groups=list(getattr(net, "groups", [])), macs=macs["total"],

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import utils
+from experiments.callbacks import BudgetTimer, ExceptionRecorder, ValidateAtMaxSteps
 
 log = logging.getLogger(__name__)
 
@@ -233,17 +234,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("model <%s> with conv variant %r", cfg.model._target_, cfg.conv.variant)
     model: L.LightningModule = _instantiate_model(cfg)
     callbacks = utils.instantiate_group(cfg.get("callbacks"), "callback")
-    recorder = utils.ExceptionRecorder(output_dir / "checkpoints")
+    recorder = ExceptionRecorder(output_dir / "checkpoints")
     callbacks.append(recorder)
     timer = None
     if cfg.trainer.get("max_time"):
-        timer = utils.BudgetTimer(duration=cfg.trainer.max_time)  # replaces Lightning's Timer
+        timer = BudgetTimer(duration=cfg.trainer.max_time)  # replaces Lightning's Timer
         callbacks.append(timer)
-    callbacks.append(utils.ValidateAtMaxSteps())
+    callbacks.append(ValidateAtMaxSteps())
     loggers, wandb_mode = _setup_loggers(cfg, (previous.get("wandb") or {}).get("id") if ckpt_path else None)
     if ckpt_path:
         _keep_csv_history(loggers, ckpt_path)
-        # the data module resumes mid-epoch itself (experiments/data/cifar.py), which Lightning cannot see
+        # the data module resumes mid-epoch itself (experiments/classification/data/cifar.py), which Lightning cannot see
         warnings.filterwarnings("ignore", message=".*checkpoint that ended before the epoch ended.*")
     log.info("trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

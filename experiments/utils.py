@@ -1,4 +1,7 @@
-"""Run plumbing: W&B online/offline detection, CPU threads, instantiating lists, summary.json."""
+"""Run bookkeeping: W&B online/offline detection, CPU threads and machine load, console logging,
+instantiating config lists, and what summary.json records (epochs completed, metrics as floats, the
+device, the resolved config). The Lightning callbacks are in experiments/callbacks.py, the optimiser and
+LR schedule in experiments/optim.py."""
 from __future__ import annotations
 
 import json
@@ -8,14 +11,11 @@ import netrc
 import os
 import platform
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar, Timer
-from lightning.pytorch.callbacks import ModelSummary as _LightningModelSummary
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def choose_wandb_mode(timeout: float = 3.0) -> str:
     if not wandb_api_key_present():
         reason = "no W&B login found (WANDB_API_KEY unset, no ~/.netrc entry)"
     else:
-        from experiments.data.cifar import host_reachable
+        from experiments.classification.data.cifar import host_reachable
 
         url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
         if not host_reachable(url, timeout):
@@ -161,55 +161,7 @@ def instantiate_group(cfg: DictConfig | None, what: str) -> list:
     return objects
 
 
-# -------------------------------------------------------------------------------------- callbacks
-
-
-class BudgetTimer(Timer):
-    """``trainer.max_time`` as a safety net, per invocation: runs are budgeted in steps and epochs,
-    and this cap only stops one that runs far longer than planned (a loaded or slow machine). When it
-    stops fitting early, ``capped`` is set: the run's status is then ``time-capped``, not ``finished``
-    (Lightning validates once more before it stops, so the run still has a validation metric).
-
-    A resumed run gets the whole cap again (Lightning's own Timer restores the time already spent from
-    the checkpoint, so a run resumed after hitting the cap stopped at once and trained nothing)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.capped = False
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        spent = state_dict.get("time_elapsed", {}).get("train", 0)
-        log.info("max_time is a budget per invocation: the %.0f s trained before the checkpoint do not count", spent)
-
-    def _check_time_remaining(self, trainer) -> None:
-        stopping = trainer.should_stop
-        super()._check_time_remaining(trainer)
-        if trainer.should_stop and not stopping and not _budget_spent(trainer):
-            self.capped = True
-            log.warning("time cap trainer.max_time=%s reached at epoch %d, step %d, before the step/epoch budget: "
-                        "the run is marked time-capped", self._duration and timedelta(seconds=int(self._duration)),
-                        trainer.current_epoch, trainer.global_step)
-
-
-def _budget_spent(trainer) -> bool:
-    """Fitting has done all the steps its max_steps / max_epochs plan."""
-    if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
-        return True
-    try:
-        planned = trainer.estimated_stepping_batches
-    except Exception:  # noqa: BLE001 - e.g. an iterable data set without a length
-        return False
-    return math.isfinite(planned) and trainer.global_step >= planned
-
-
-class ValidateAtMaxSteps(Callback):
-    """Ends fitting at ``trainer.max_steps`` with a validation. Lightning stops at max_steps without
-    validating when the step falls inside an epoch (a quick sweep's ``trainer.max_steps=20`` then
-    leaves no val/acc); asking it to stop instead makes it validate first, as early stopping does."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
-            trainer.should_stop = True
+# ---------------------------------------------------------------------------------------- summary
 
 
 def epochs_completed(trainer) -> int:
@@ -220,97 +172,6 @@ def epochs_completed(trainer) -> int:
         return trainer.current_epoch
     steps_per_epoch = max(1, math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)))
     return min(trainer.current_epoch, trainer.global_step // steps_per_epoch)
-
-
-class ModelSummary(_LightningModelSummary):
-    """Lightning's model summary without its FLOPs column and "Total Flops" line: Lightning counts FLOPs only for a
-    module with ``example_input_array`` and prints 0 otherwise; the module logs its own count
-    (``model/flops``, experiments/flops.py) on the line after the table."""
-
-    @staticmethod
-    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
-                  total_flops, **summarize_kwargs) -> None:
-        from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
-
-        if not total_flops:  # and its per-layer FLOPs column, all 0 for the same reason
-            summary_data = [col for col in summary_data if col[0] != "FLOPs"]
-        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
-                                      total_flops, *summary_data)
-        lines = table.splitlines()
-        if not total_flops and lines and lines[-1].endswith("Total Flops"):
-            lines = lines[:-1]
-        log.info("\n" + "\n".join(lines))
-
-
-class ProgressBar(TQDMProgressBar):
-    """Lightning's TQDM bar without ``v_num``: it shows the last 4 characters of a string logger
-    version, here the run name's ("etic" of "...-synthetic"). The run name is in the log above."""
-
-    def get_metrics(self, trainer, pl_module):
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        return items
-
-
-class ExceptionRecorder(Callback):
-    """On an exception or Ctrl-C during fitting: keeps the exception (Lightning turns Ctrl-C into
-    ``SystemExit(1)``) and saves ``<dirpath>/interrupted.ckpt`` to resume from (unless no step ran in
-    this invocation)."""
-
-    def __init__(self, dirpath: str | os.PathLike):
-        self.dirpath = Path(dirpath)
-        self.exception: BaseException | None = None
-        self.checkpoint: str | None = None
-        self.steps_trained = 0  # training batches finished in this invocation
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.steps_trained += 1
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self.exception = exception
-        if self.steps_trained == 0:  # nothing new to keep
-            return
-        path = self.dirpath / "interrupted.ckpt"
-        # Lightning adds 1 to this logging step counter when it resumes mid-epoch (right for its own
-        # checkpoints, saved after a batch's counters moved on); saved mid-batch, it is one ahead
-        loop = trainer.fit_loop.epoch_loop
-        loop._batches_that_stepped -= 1
-        try:
-            trainer.save_checkpoint(path)
-        except Exception as err:  # noqa: BLE001 - the original error matters more
-            log.warning("could not save %s: %s", path, err)
-            return
-        finally:
-            loop._batches_that_stepped += 1
-        self.checkpoint = str(path)
-        log.warning("%s at epoch %d, step %d: saved %s; resume with ckpt_path=%s", type(exception).__name__,
-                    trainer.current_epoch, trainer.global_step, path, path)
-
-
-# ---------------------------------------------------------------------------------------- summary
-
-
-def sgd_with_warmup_cosine(net: torch.nn.Module, optimizer_factory, scheduler: str, warmup_fraction: float,
-                           total_steps: int):
-    """Lightning ``configure_optimizers`` result: ``optimizer_factory(params=...)`` with no weight decay
-    on 1-d parameters (biases, norms), and for ``scheduler="cosine"`` a per-step schedule, linear
-    warm-up over ``warmup_fraction`` of ``total_steps`` then cosine decay to 0."""
-    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = optimizer_factory(params=[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
-    if scheduler == "none":
-        return optimizer
-    total = max(1, int(total_steps))
-    warmup = int(warmup_fraction * total)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
 
 
 def to_float(value: Any) -> Any:

@@ -42,8 +42,8 @@ status=0
 if [ $aot_only = 0 ]; then
   echo "== kernel tests (interpreter)"
   "$PY" -m pytest -q -n "${COMPAT_WORKERS:-2}" -p no:cacheprovider -W ignore::DeprecationWarning \
-    tests/test_conv2d.py tests/test_deform.py tests/test_roi.py tests/test_gather.py tests/test_factory.py tests/test_tf32.py \
-    tests/test_index64.py || status=1
+    tests/ops/test_conv2d.py tests/ops/test_deform.py tests/ops/test_roi.py tests/ops/test_gather.py tests/ops/test_factory.py tests/ops/test_tf32.py \
+    tests/ops/test_index64.py || status=1
 fi
 echo "== ahead-of-time compile check (sm_80, sm_90), triton 3.6"
 "$PY" -m kernels.inspect --problems-only || status=1

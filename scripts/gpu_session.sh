@@ -19,7 +19,7 @@
 #   env.txt session.log tests.log bench.json bench.csv bench.md train.json train.log
 #
 # CONVLAB_SESSION_REHEARSAL=1 runs the same phases on the CPU through Triton's interpreter with tiny
-# sizes and a fake device name (tests/test_gpu_session.py), so the script cannot rot between GPU
+# sizes and a fake device name (tests/tools/test_gpu_session.py), so the script cannot rot between GPU
 # sessions. Other knobs: CONVLAB_SESSION_BUDGET, CONVLAB_SESSION_TESTS (pytest arguments, or "skip"),
 # CONVLAB_SESSION_WORKERS, CONVLAB_SESSION_WARM (warm-up processes), CONVLAB_SESSION_WHEELS (wheel
 # folder, "skip" for none), CONVLAB_SESSION_DATA (training data: archive, folder or "synthetic"),
@@ -42,7 +42,7 @@ if [ "$REHEARSAL" = 1 ]; then
     BUDGET=${CONVLAB_SESSION_BUDGET:-240}  # caps below sum to 180 s; the rest is slack for a loaded CI machine
     export TRITON_INTERPRET=1 CONVLAB_FAKE_DEVICE=${CONVLAB_FAKE_DEVICE:-rehearsal-fake-gpu}
     DEVICE=cpu
-    TESTS=${CONVLAB_SESSION_TESTS:-tests/test_factory.py::test_registry_has_every_variant tests/test_factory.py::test_unknown_variant_lists_valid_names}
+    TESTS=${CONVLAB_SESSION_TESTS:-tests/ops/test_factory.py::test_registry_has_every_variant tests/ops/test_factory.py::test_unknown_variant_lists_valid_names}
     WORKERS=${CONVLAB_SESSION_WORKERS:-0}
     WARM=${CONVLAB_SESSION_WARM:-1}
     WHEELS=${CONVLAB_SESSION_WHEELS:-skip}
@@ -56,7 +56,7 @@ else
     BUDGET=${CONVLAB_SESSION_BUDGET:-360}
     unset TRITON_INTERPRET
     DEVICE=cuda
-    TESTS=${CONVLAB_SESSION_TESTS:-tests/test_conv2d.py tests/test_deform.py tests/test_roi.py tests/test_gather.py tests/test_factory.py tests/test_tf32.py tests/test_index64.py}
+    TESTS=${CONVLAB_SESSION_TESTS:-tests/ops/test_conv2d.py tests/ops/test_deform.py tests/ops/test_roi.py tests/ops/test_gather.py tests/ops/test_factory.py tests/ops/test_tf32.py tests/ops/test_index64.py}
     WORKERS=${CONVLAB_SESSION_WORKERS:-8}
     WARM=${CONVLAB_SESSION_WARM:-4}
     WHEELS=${CONVLAB_SESSION_WHEELS:-.whl}

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from experiments.data.cifar import DataUnavailable
+from experiments.classification.data.cifar import DataUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _decode(path: Path) -> torch.Tensor:
             with Image.open(path) as img:
                 return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
         except Exception as err:  # noqa: BLE001 - name the file (decoder errors do not)
-            from experiments.data.cifar import CorruptImage
+            from experiments.classification.data.cifar import CorruptImage
 
             raise CorruptImage(f"cannot decode image {path}: {type(err).__name__}: {err}") from err
 

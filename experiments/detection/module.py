@@ -29,7 +29,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from experiments import utils
+from experiments import optim
 from experiments.flops import count_flops, count_params
 from experiments.timing import StepTimingMixin
 
@@ -193,7 +193,7 @@ class DetectionModule(StepTimingMixin, L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):
-        return utils.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
+        return optim.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
                                             self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches)
 
 

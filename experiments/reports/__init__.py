@@ -1,7 +1,14 @@
-"""One module per study report (``main(argv) -> int``), run by ``python -m experiments.report NAME``."""
+"""Reports rendered from runs' ``summary.json`` files, one module per study (``main(argv) -> int``):
+``python -m experiments.reports NAME [args...]`` (alias ``python -m experiments.report NAME``; run it
+with ``NAME --help`` for a study's arguments, with no arguments for the list of studies).
+``analysis`` is the generic table of any sweep (alias ``python -m experiments.analysis``);
+``deep_roots`` and ``detection`` are the studies' own reports.
+"""
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,3 +59,26 @@ def report_inputs(study: str, doc: str, argv: list[str] | None) -> tuple[list[di
     out = args.out or args.runs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     return runs, out
+
+
+_USAGE = """Render a study's report from its runs: python -m experiments.reports NAME [args...]
+(alias: python -m experiments.report NAME [args...]). Run NAME --help for its arguments."""
+
+
+def studies() -> list[str]:
+    """The report modules of this package (the names ``main`` accepts), sorted."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = studies()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_USAGE)
+        print("studies:", ", ".join(names) or "(none)")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in names:
+        print(f"unknown study {name!r}; available: {', '.join(names) or '(none)'}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(f"experiments.reports.{name}").main(rest) or 0)

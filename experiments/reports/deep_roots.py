@@ -21,7 +21,7 @@ from typing import Any
 
 from experiments.reports import load_finished_runs, report_inputs
 
-from experiments.models.nin import PAPER
+from experiments.classification.models.nin import PAPER
 
 INDEX_KEYS = ("inter_raw", "inter_whitened", "intra_raw", "intra_whitened")
 

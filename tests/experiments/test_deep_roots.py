@@ -10,11 +10,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import experiments  # noqa: F401  (registers the config resolvers)
-from experiments.models.nin import PAPER, NiN, conv_macs, root_groups
+from experiments.classification.models.nin import PAPER, NiN, conv_macs, root_groups
 from experiments.roots import (CovarianceAccumulator, block_diagonality, correlation_matrix, correlations,
                                zca_matrix)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
 
@@ -130,7 +130,7 @@ def test_config_composes():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=deep_roots", "model.net.root=8"],
                       return_hydra_config=True)
-    assert cfg.model.net._target_ == "experiments.models.nin.NiN" and cfg.model.net.root == 8
+    assert cfg.model.net._target_ == "experiments.classification.models.nin.NiN" and cfg.model.net.root == 8
     assert cfg.run_name == "nin-root8-s0" and cfg.callbacks.deep_roots.layers == ["conv2c", "conv3a"]
     if not torch.cuda.is_available():
         assert cfg.trainer.limit_train_batches <= 20 and cfg.callbacks.deep_roots.num_images == 512

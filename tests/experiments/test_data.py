@@ -10,11 +10,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import experiments  # noqa: F401  (registers the config resolvers)
-from experiments.data import CIFAR10DataModule, CorruptImage
-from experiments.data.synthetic import make_synthetic
+from experiments.classification.data import CIFAR10DataModule, CorruptImage
+from experiments.classification.data.synthetic import make_synthetic
 from experiments.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
 

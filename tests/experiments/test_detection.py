@@ -14,7 +14,7 @@ import experiments  # noqa: F401  (registers the config resolvers)
 from experiments.detection.data import VOCDataModule, collate, hflip, parse_voc_xml, resize, write_voc_folder
 from experiments.train import train
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_datamodule_split_classes_and_collate(tmp_path):
 
 
 def test_voc2007_offline_is_a_clear_error(tmp_path):
-    from experiments.data import DataUnavailable
+    from experiments.classification.data import DataUnavailable
 
     dm = VOCDataModule(source="voc2007", download_dir=str(tmp_path), download=False)
     with pytest.raises(DataUnavailable, match="Pascal VOC 2007"):

@@ -16,13 +16,13 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
 import experiments  # noqa: F401  (registers the config resolvers)
-from experiments.data import CIFAR10DataModule, DataUnavailable, find_local_copy, make_synthetic
-from experiments.data.cifar import host_reachable, load_imagefolder
-from experiments.data.tensors import TensorBatchLoader, random_crop_flip
+from experiments.classification.data import CIFAR10DataModule, DataUnavailable, find_local_copy, make_synthetic
+from experiments.classification.data.cifar import host_reachable, load_imagefolder
+from experiments.classification.data.tensors import TensorBatchLoader, random_crop_flip
 from experiments.train import train
 from experiments.utils import choose_wandb_mode
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 VARIANTS = sorted(p.stem for p in (CONF / "conv").glob("*.yaml"))
 # tiny and fast: synthetic data, 4-channel ResNet-8, CSV logs, the PyTorch reference backend
@@ -254,7 +254,7 @@ def test_last_checkpoint_is_every_epoch_even_without_improvement(tmp_path):
 
 def _record_batches(monkeypatch, fail_at_step: int | None = None, error: type[BaseException] = RuntimeError):
     """Patch the training step to record (epoch, batch_idx, labels) and raise ``error`` at a global step."""
-    from experiments.module import ClassifierModule
+    from experiments.classification.module import ClassifierModule
 
     seen, step = [], ClassifierModule.training_step
 
@@ -600,7 +600,7 @@ def test_quick_sweep_ends_with_validation_and_groups_wandb(tmp_path, wandb_offli
         assert s["status"] == "finished" and s["global_step"] == 3  # 4 batches per epoch: stopped inside it
         assert s["epochs_completed"] == 0 and s["metrics"]["val/acc"] is not None
     assert (sweep / "multirun.yaml").is_file()
-    from experiments.analysis import load_summaries, table
+    from experiments.reports.analysis import load_summaries, table
 
     rows = table(load_summaries([sweep]))
     assert sorted(r["variant"] for r in rows) == ["dilated", "standard"] and all(r["runs"] == 1 for r in rows)
@@ -621,7 +621,7 @@ def test_quick_sweep_ends_with_validation_and_groups_wandb(tmp_path, wandb_offli
 
 def test_resnet20_size_and_swap_stages():
     from experiments.flops import count_flops, count_params
-    from experiments.models import CifarResNet
+    from experiments.classification.models import CifarResNet
 
     net = CifarResNet(depth=20, width=16, conv={"variant": "standard"})
     assert count_params(net) == 272_474  # ResNet-20's 0.27M (He et al. 2016, option B shortcuts)
@@ -695,7 +695,7 @@ def test_cpu_preset_is_a_step_budget_with_fixed_threads():
 
 def _slow_steps(monkeypatch, seconds: float) -> None:
     """Every training step sleeps ``seconds`` first: a loaded machine, as the run sees it."""
-    from experiments.module import ClassifierModule
+    from experiments.classification.module import ClassifierModule
 
     step = ClassifierModule.training_step
 

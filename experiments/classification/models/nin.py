@@ -14,7 +14,7 @@ and ``max(1, r // 2)`` in conv3a (root-2: (2, 1), root-4: (4, 2), ..., root-32: 
 
 Multiply-adds of the convolutions (BN, bias, ReLU and pooling not counted), one 3x32x32 image:
 NiN 222.5M, root-2 163.5M, root-4 123.4M, root-8 103.3M, root-16 93.3M, root-32 88.3M, the paper's
-numbers (tests/test_deep_roots.py checks them); see :func:`conv_macs`.
+numbers (tests/experiments/test_deep_roots.py checks them); see :func:`conv_macs`.
 
 All convolutions are the project's ``layers.Conv2d`` built by ``layers.factory.make_conv``
 ("grouped" for the grouped ones, "standard" otherwise).

@@ -15,9 +15,9 @@ import experiments  # noqa: F401  (registers the config resolvers)
 from experiments.eval import evaluate
 from experiments.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-# the model and data of tests/test_experiments.py's FAST runs, without experiment=smoke (train only)
+# the model and data of tests/experiments/test_experiments.py's FAST runs, without experiment=smoke (train only)
 TINY = ["data=synthetic", "logger=csv", "trainer=cpu", "backend=reference", "cpu_threads=null",
         "model.net.width=4", "model.net.depth=8", "data.synthetic_train_size=64", "data.synthetic_val_size=32",
         "data.batch_size=16", "data.eval_batch_size=32", "trainer.limit_val_batches=1"]
@@ -65,7 +65,7 @@ def test_eval_py_validates_and_tests_a_checkpoint(trained, tmp_path):
     assert 0.0 <= s["metrics"]["test/acc"] <= 1.0 and "val/acc_best" not in s["metrics"]
     assert s["dataset"]["synthetic"] is True and s["model"]["params"] > 0 and s["model"]["flops"] > 0
     assert "evaluated" in proc.stdout.strip().splitlines()[-1]
-    from test_experiments import _wandb_run_info  # pytest puts tests/ on sys.path
+    from test_experiments import _wandb_run_info  # pytest puts this folder (tests/experiments/) on sys.path
 
     (wandb_run,) = out.glob("wandb/offline-run-*")
     run = _wandb_run_info(wandb_run)

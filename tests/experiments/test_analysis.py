@@ -1,4 +1,4 @@
-"""experiments.analysis on real tiny runs (composed Hydra config, synthetic data, CSV logs): the chosen
+"""experiments.reports.analysis on real tiny runs (composed Hydra config, synthetic data, CSV logs): the chosen
 metric and its direction, one row per run length, unfinished runs listed, std of one run shown as "-",
 a missing path is an error, learning curves and the accuracy-vs-throughput plot are written."""
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import experiments  # noqa: F401  (registers the config resolvers)
-from experiments import analysis
+from experiments.reports import analysis
 from experiments.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 FAST = ["experiment=smoke", "backend=reference", "cpu_threads=null", "model.net.width=4", "model.net.depth=8",
         "data.synthetic_train_size=48", "data.synthetic_val_size=32", "data.batch_size=16",
@@ -145,3 +145,25 @@ def test_learning_curves_from_wandb_offline_run(tmp_path, monkeypatch):
     for f in (tmp_path / "run" / "csv").rglob("metrics.csv"):
         f.unlink()
     assert analysis.run_history(summary)["val/acc"] == from_wandb["val/acc"]  # the fallback
+
+
+def test_documented_commands_are_aliases_of_reports(sweep):
+    """``python -m experiments.analysis`` (README), ``python -m experiments.report analysis`` and
+    ``python -m experiments.reports analysis`` run the same report over the same runs; the dispatcher
+    lists every report module."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    outs = []
+    for cmd in (["experiments.analysis"], ["experiments.report", "analysis"], ["experiments.reports", "analysis"]):
+        proc = subprocess.run([sys.executable, "-m", *cmd, str(sweep)], capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(proc.stdout)
+    assert "| standard" in outs[0] and outs[0] == outs[1] == outs[2]
+    proc = subprocess.run([sys.executable, "-m", "experiments.report"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 2
+    assert "studies: analysis, deep_roots, detection" in proc.stdout

@@ -29,9 +29,9 @@ from urllib.parse import urlparse
 import lightning.pytorch as L
 import torch
 
-from experiments.data.synthetic import CLASSES as SYNTHETIC_CLASSES
-from experiments.data.synthetic import make_synthetic
-from experiments.data.tensors import TensorBatchLoader, normalize, random_crop_flip
+from experiments.classification.data.synthetic import CLASSES as SYNTHETIC_CLASSES
+from experiments.classification.data.synthetic import make_synthetic
+from experiments.classification.data.tensors import TensorBatchLoader, normalize, random_crop_flip
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.train_x, self.train_y = make_synthetic(self.synthetic_train_size, seed=10_000 + self.seed)
         self.val_x, self.val_y = make_synthetic(self.synthetic_val_size, seed=20_000 + self.seed)
         self.info = {"name": "synthetic", "synthetic": True, "fallback": reason is not None,
-                     "fallback_reason": reason, "source": "experiments.data.synthetic (procedural)",
+                     "fallback_reason": reason, "source": "experiments.classification.data.synthetic (procedural)",
                      "classes": list(SYNTHETIC_CLASSES)}
         self._finish_info()
 

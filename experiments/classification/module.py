@@ -18,7 +18,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from experiments import utils
+from experiments import optim
 from experiments.flops import count_flops, count_params
 from experiments.timing import StepTimingMixin
 
@@ -123,5 +123,5 @@ class ClassifierModule(StepTimingMixin, L.LightningModule):
             rank_zero_warn(f"resuming with a learning-rate schedule over {self._schedule_steps} steps; the "
                            f"checkpoint's run planned {restored} (max_epochs or limit_train_batches changed), so the "
                            "learning rate jumps to the new schedule")
-        return utils.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
+        return optim.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
                                             self.hparams.warmup_fraction, self._schedule_steps)

@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_session.sh")
 FAKE = "rehearsal-fake-H200"
 FILES = {"env.txt", "session.log", "tests.log", "bench.json", "bench.csv", "bench.md", "train.json", "train.log"}

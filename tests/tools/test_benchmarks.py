@@ -13,7 +13,7 @@ import torch
 from benchmarks import bench, report
 from benchmarks.suite import FAMILIES, Case, Layer, build_suite, validate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_suite_builds_and_every_case_validates():

@@ -1,0 +1,3 @@
+from experiments.classification.models.resnet import CifarResNet
+
+__all__ = ["CifarResNet"]

@@ -1,3 +1,0 @@
-from experiments.models.resnet import CifarResNet
-
-__all__ = ["CifarResNet"]
