@@ -112,7 +112,10 @@ FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32=[_fcfg(64, 16, 8, 2)], fp32_ieee=[_
                            fp64=[_fcfg(64, 16, 8, 1)])
 DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_cfg(64, 16, 32, 8, 1)], bf16=[_cfg(64, 16, 32, 8, 1)],
                             fp32=[_cfg(64, 16, 32, 8, 2)], fp32_ieee=[_cfg(64, 16, 32, 8, 1)],
-                            fp64=[_cfg(64, 16, 16, 8, 1)])
+                            # fp64 + 64-bit index: triton 3.6's ptxas spills 172-200 B at any larger tile and at
+                            # its own register cap (128 at 4 warps); with .maxnreg this tile spills in no build.
+                            fp64=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=4,
+                                                num_stages=1, maxnreg=255)])
 INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}  # data gradient
 FWD_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_K": 16}
 WEIGHT_INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
