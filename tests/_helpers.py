@@ -19,13 +19,19 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfl
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str,
                  tol: dict | None = None) -> None:
-    """Shape, dtype and max error relative to the reference's magnitude, within ``TOL[dtype]``."""
+    """Shape, dtype and max error relative to the reference's magnitude, within ``TOL[dtype]``; a
+    failure names the worst element and both values."""
     tol = TOL if tol is None else tol
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    err = (actual.double() - expected.double()).abs().max().item() if expected.numel() else 0.0
-    assert err <= tol[dtype] * scale, f"{what}: max error {err:.3g} > {tol[dtype] * scale:.3g}"
+    if expected.numel() == 0:
+        return
+    scale = max(1.0, expected.abs().max().item())
+    err = (actual.double() - expected.double()).abs()
+    worst = err.argmax().item()
+    assert err.max().item() <= tol[dtype] * scale, (
+        f"{what}: max error {err.max().item():.3g} > {tol[dtype] * scale:.3g} at flat index {worst} "
+        f"(ours {actual.flatten()[worst].item():.6g}, reference {expected.flatten()[worst].item():.6g})")
 
 
 @contextlib.contextmanager
@@ -38,6 +44,26 @@ def no_tf32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def ref_bilinear_sample(img: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """Plain-PyTorch bilinear sampling, torchvision deform_conv2d's rule: img (B, C, H, W); py, px (B, L)
+    pixel coordinates -> (B, C, L); corners outside the image give 0. A NaN coordinate: every corner
+    outside (index -2, a defined integer) and a NaN weight, so the sample is NaN and, through
+    torch.where, the image gets no gradient from it. Differentiable in img, py and px."""
+    B, C, H, W = img.shape
+    py, px = py.clamp(-2, H + 1), px.clamp(-2, W + 1)  # far samples: all corners outside either way
+    y0, x0 = torch.floor(py.detach()).nan_to_num(-2.0), torch.floor(px.detach()).nan_to_num(-2.0)
+    ly, lx = py - y0, px - x0
+    y0, x0 = y0.long(), x0.long()
+    flat = img.reshape(B, C, H * W)
+    out = torch.zeros(B, C, py.shape[1], dtype=img.dtype, device=img.device)
+    for dy, dx, wgt in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx), (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
+        yy, xx = y0 + dy, x0 + dx
+        inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1))[:, None, :].expand(B, C, -1)
+        out = out + torch.where(inside[:, None, :], torch.gather(flat, 2, idx), 0.0) * wgt[:, None, :]
+    return out
 
 
 def conv_configs() -> dict[str, dict]:

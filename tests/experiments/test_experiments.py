@@ -19,6 +19,7 @@ import experiments  # noqa: F401  (registers the config resolvers)
 from experiments.classification.data import CIFAR10DataModule, DataUnavailable, find_local_copy, make_synthetic
 from experiments.classification.data.cifar import host_reachable, load_imagefolder
 from experiments.classification.data.tensors import TensorBatchLoader, random_crop_flip
+from experiments.reports.analysis import wandb_records
 from experiments.train import train
 from experiments.utils import choose_wandb_mode
 
@@ -322,33 +323,6 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert lrs[-1] == pytest.approx(0.0)
 
 
-def _wandb_records(path: Path) -> list:
-    """The protobuf records of a W&B offline run file (``run-<id>.wandb``): a LevelDB-style log, a 7-byte
-    file header, then 32 KiB blocks of chunks, each with a 7-byte header: crc32 (4 bytes), length (2),
-    type (1: full record, 2: first part, 3: middle, 4: last)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", path
-    pos, block, pending, records = 7, 32768, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0 and length == 0:
-            break
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
-
-
 def _wandb_runs(run_dir: Path, timeout: float = 60.0) -> list[tuple[str, list[int]]]:
     """(run id, exit codes) of each W&B offline run under ``run_dir``, oldest first. W&B's service process
     writes the files in the background: it is shut down first, and the files are read until each holds
@@ -360,7 +334,7 @@ def _wandb_runs(run_dir: Path, timeout: float = 60.0) -> list[tuple[str, list[in
     while True:
         out = []
         for f in sorted(Path(run_dir, "wandb").glob("offline-run-*/run-*.wandb")):
-            records = _wandb_records(f)
+            records = wandb_records(f)
             ids = {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}
             exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
             out.append((ids.pop() if len(ids) == 1 else ids, exits))
@@ -568,7 +542,7 @@ def _wandb_run_info(offline_run: Path) -> dict:
     """Group, tags, job type, top-level config keys, summary and exit codes of a W&B offline run."""
     (f,) = offline_run.glob("run-*.wandb")
     info = {"config": {}, "summary": {}, "exits": []}
-    for r in _wandb_records(f):
+    for r in wandb_records(f):
         kind = r.WhichOneof("record_type")
         if kind == "run":
             info.update(group=r.run.run_group, tags=list(r.run.tags), job_type=r.run.job_type, id=r.run.run_id)

@@ -2,19 +2,17 @@
 gradients, over stride / padding / dilation / groups / batch / layout / dtype.
 
 References are computed in float64 from the same (rounded) inputs; tolerances scale with the
-reference's magnitude and are stated per dtype in TOL.
+reference's magnitude and are stated per dtype in _helpers.TOL.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 import layers
+from _helpers import assert_close
 from kernels import _common
 from kernels import conv2d as gemm_kernels
 from kernels import depthwise as dw_kernels
-
-# max |ours - reference| / max(1, max |reference|)
-TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +24,6 @@ def _exact_fp32():
     with layers.use_backend("triton"):
         yield
     torch.backends.cudnn.allow_tf32 = previous
-
-
-def assert_close(actual, expected, dtype, what):
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    err = (actual.double() - expected).abs().max().item() if expected.numel() else 0.0
-    assert err <= TOL[dtype] * scale, f"{what}: max error {err:.3g} > {TOL[dtype] * scale:.3g}"
 
 
 def check_conv(device, dtype, N, C_in, C_out, H, W, kernel, stride=1, padding=0, dilation=1, groups=1,

@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 torchvision = pytest.importorskip("torchvision")
 from torchvision.ops import deform_conv2d as tv_deform_conv2d  # noqa: E402
 
+from _helpers import ref_bilinear_sample  # noqa: E402
 from kernels import _common  # noqa: E402
 from layers.backend import use_backend  # noqa: E402
 from layers.deform import DeformConv2d, OffsetDeformConv2d, deform_conv2d  # noqa: E402
@@ -30,26 +31,6 @@ def _no_tf32():
 
 
 # --------------------------------------------------------------------------- plain references
-def _ref_sample(img, py, px):
-    """img (B, C, H, W); py, px (B, L) pixel coordinates -> (B, C, L); outside corners give 0.
-    A NaN coordinate: every corner outside (index -2, a defined integer) and a NaN weight, so the
-    sample is NaN and, through torch.where, the image gets no gradient from it."""
-    B, C, H, W = img.shape
-    py, px = py.clamp(-2, H + 1), px.clamp(-2, W + 1)  # far samples: all corners outside either way
-    y0, x0 = torch.floor(py.detach()).nan_to_num(-2.0), torch.floor(px.detach()).nan_to_num(-2.0)
-    ly, lx = py - y0, px - x0
-    y0, x0 = y0.long(), x0.long()
-    flat = img.reshape(B, C, H * W)
-    out = torch.zeros(B, C, py.shape[1], dtype=img.dtype, device=img.device)
-    for dy, dx, wgt in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx), (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
-        yy, xx = y0 + dy, x0 + dx
-        inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1))[:, None, :].expand(B, C, -1)
-        val = torch.where(inside[:, None, :], torch.gather(flat, 2, idx), 0.0)
-        out = out + val * wgt[:, None, :]
-    return out
-
-
 def _ref_deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask):
     N, C, H, W = x.shape
     Co, Cg, KH, KW = weight.shape
@@ -67,7 +48,7 @@ def _ref_deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
                 ox = torch.arange(OW, dtype=x.dtype, device=x.device) * stride[1] - padding[1] + kw * dilation[1]
                 py = oy[:, None] + offset[:, c_og * 2 * KH * KW + 2 * t]
                 px = ox[None, :] + offset[:, c_og * 2 * KH * KW + 2 * t + 1]
-                v = _ref_sample(img, py.reshape(N, -1), px.reshape(N, -1)).reshape(N, cpog, OH, OW)
+                v = ref_bilinear_sample(img, py.reshape(N, -1), px.reshape(N, -1)).reshape(N, cpog, OH, OW)
                 if mask is not None:
                     v = v * mask[:, c_og * KH * KW + t][:, None]
                 taps.append(v)

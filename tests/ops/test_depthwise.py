@@ -4,37 +4,22 @@ stride, padding, dilation, channel multiplier, layout (NCHW, channels_last, non-
 batch 0, every dtype; float64 gradcheck; the 64-bit index build; the weight gradient's splits.
 
 References are computed in float64 from the same (rounded) inputs; tolerances scale with the
-reference's magnitude and are stated per dtype in TOL. Shapes are tiny (CPU interpreter).
+reference's magnitude and are stated per dtype in _helpers.TOL. Shapes are tiny (CPU interpreter).
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 import layers
+from _helpers import assert_close
 from kernels import _common
 from kernels import depthwise as dw
-
-# max |ours - reference| / max(1, max |reference|)
-TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 
 
 @pytest.fixture(autouse=True)
 def _triton_backend():
     with layers.use_backend("triton"):
         yield
-
-
-def assert_close(actual, expected, dtype, what):
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
-    if expected.numel() == 0:
-        return
-    scale = max(1.0, expected.abs().max().item())
-    err = (actual.double() - expected).abs()
-    worst = err.argmax().item()
-    assert err.max().item() <= TOL[dtype] * scale, (
-        f"{what}: max error {err.max().item():.3g} > {TOL[dtype] * scale:.3g} at flat index {worst} "
-        f"(ours {actual.flatten()[worst].item():.6g}, reference {expected.flatten()[worst].item():.6g})")
 
 
 def make_inputs(N, C, mult, H, W, k, dtype, layout, device="cpu"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _helpers import ref_bilinear_sample
 from layers import bilinear_gather
 from layers.backend import use_backend
 
@@ -20,20 +21,9 @@ def _ref_gather(x, pos):
     """x (N, C, H, W), pos (N, *, 2) as (y, x) -> (N, C, *); corners outside the image give 0. A
     NaN coordinate: every corner outside (index -2) and a NaN weight, so the sample is NaN and,
     through torch.where, the image gets no gradient from it."""
-    N, C, H, W = x.shape
+    N, C = x.shape[:2]
     p = pos.reshape(N, -1, 2)
-    py, px = p[..., 0].clamp(-2, H + 1), p[..., 1].clamp(-2, W + 1)
-    y0, x0 = torch.floor(py.detach()).nan_to_num(-2.0), torch.floor(px.detach()).nan_to_num(-2.0)
-    ly, lx = py - y0, px - x0
-    y0, x0 = y0.long(), x0.long()
-    flat = x.reshape(N, C, H * W)
-    out = torch.zeros(N, C, p.shape[1], dtype=x.dtype, device=x.device)
-    for dy, dx, wgt in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx), (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
-        yy, xx = y0 + dy, x0 + dx
-        inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        idx = (yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1))[:, None, :].expand(N, C, -1)
-        out = out + torch.where(inside[:, None, :], torch.gather(flat, 2, idx), 0.0) * wgt[:, None, :]
-    return out.reshape(N, C, *pos.shape[1:-1])
+    return ref_bilinear_sample(x, p[..., 0], p[..., 1]).reshape(N, C, *pos.shape[1:-1])
 
 
 def _assert_close(actual, expected, rtol, what=""):
