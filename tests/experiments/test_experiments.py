@@ -48,17 +48,6 @@ def read_summary(cfg) -> dict:
     return json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
 
 
-def _deform_available() -> bool:
-    try:
-        from layers import OffsetDeformConv2d  # noqa: F401
-    except ImportError:
-        try:
-            from layers.deform import OffsetDeformConv2d  # noqa: F401
-        except ImportError:
-            return False
-    return True
-
-
 # --------------------------------------------------------------------------------------- configs
 
 
@@ -139,8 +128,6 @@ def test_nin_without_the_experiment_trains(tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fast_dev_run_every_variant(tmp_path, variant):
-    if variant.startswith("deformable") and not _deform_available():
-        pytest.skip("layers.OffsetDeformConv2d not available yet")
     cfg = make_cfg(tmp_path, f"conv={variant}", "trainer.fast_dev_run=true")
     metrics = train(cfg)
     assert 0.0 <= metrics["val/acc"] <= 1.0
@@ -609,8 +596,6 @@ def test_resnet20_size_and_swap_stages():
 
 
 def test_deformable_flops_formula():
-    if not _deform_available():
-        pytest.skip("layers.OffsetDeformConv2d not available yet")
     from experiments.flops import count_flops
     from layers.factory import make_conv
 
