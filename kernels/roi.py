@@ -81,6 +81,31 @@ INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
 
 
 @triton.jit
+def _roi_bilinear(py, px, H, W):
+    """torchvision RoI Align sampling at (py, px) for the forward kernel: top-left corner (y0, x0)
+    int32, the other corner (y1, x1), fractional parts (ly, lx), validity of the sample, and whether
+    y / x are unclamped. The same rule as ``kernels._sampling.roi_corners`` (which the backward
+    kernels use); the forward keeps this form because with roi_corners' per-sample corner steps its
+    fp64 build spills on sm_80 (python -m kernels.inspect --all-configs)."""
+    valid = (py >= -1.0) & (py <= H) & (px >= -1.0) & (px <= W)
+    gy = (py >= 0.0) & valid
+    gx = (px >= 0.0) & valid
+    py = tl.minimum(tl.maximum(py, 0.0), H + 1.0)  # upper clamp: only invalid samples, safe int cast
+    px = tl.minimum(tl.maximum(px, 0.0), W + 1.0)
+    y0 = py.to(tl.int32)
+    x0 = px.to(tl.int32)
+    top_y = y0 >= H - 1
+    top_x = x0 >= W - 1
+    y0 = tl.where(top_y, H - 1, y0)
+    x0 = tl.where(top_x, W - 1, x0)
+    y1 = tl.where(top_y, H - 1, y0 + 1)
+    x1 = tl.where(top_x, W - 1, x0 + 1)
+    ly = tl.where(top_y, 0.0, py - y0.to(py.dtype))
+    lx = tl.where(top_x, 0.0, px - x0.to(px.dtype))
+    return y0, x0, y1, x1, ly, lx, valid, gy, gx
+
+
+@triton.jit
 def _any_passes(start, step, n, L):
     """Per bin: whether autograd through the reference passes a derivative to the coordinate at
     any of its n samples start + (i + 0.5) * step (an axis of length L): inside the clamp [0, L + 1]
@@ -181,16 +206,14 @@ def _roi_fwd_kernel(
         py = ystart + (iy + 0.5) * step_h
         for ix in range(0, gw):
             px = xstart + (ix + 0.5) * step_w
-            # roi_corners' corner steps ey / ex turned into the second row / column here: with
-            # per-sample steps kept as strides (corner_offsets) the fp64 build spills on sm_80
-            y0, x0, ey, ex, ly, lx, valid, _, _, _, _, _ = roi_corners(py, px, H, W)
+            y0, x0, y1_, x1_, ly, lx, valid, gy, gx = _roi_bilinear(py, px, H, W)
             hy = 1.0 - ly
             hx = 1.0 - lx
             ok = (mask_p & valid)[:, None] & mc
             r0 = x_img + _idx(y0, IDX64) * sxh
-            r1 = x_img + _idx(y0 + ey, IDX64) * sxh
+            r1 = x_img + _idx(y1_, IDX64) * sxh
             c0 = _idx(x0, IDX64) * sxw
-            c1 = _idx(x0 + ex, IDX64) * sxw
+            c1 = _idx(x1_, IDX64) * sxw
             acc += tl.load(x_ptr + ((r0 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * hx)[:, None]
             acc += tl.load(x_ptr + ((r0 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * lx)[:, None]
             acc += tl.load(x_ptr + ((r1 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * hx)[:, None]
