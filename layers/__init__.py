@@ -10,11 +10,13 @@ from .conv import (
 )
 from .deform import DeformConv2d, OffsetDeformConv2d, deform_conv2d
 from .gather import bilinear_gather
+from .upsample import SubPixelConv2d, icnr_, make_upsample, subpixel_conv2d
 from .roi import DeformRoIPool2d, ModulatedDeformRoIPool2d, OffsetDeformRoIPool2d, deform_roi_pool
 
 __all__ = [
     "conv2d", "conv_transpose2d", "Conv2d", "ConvTranspose2d", "DepthwiseSeparableConv2d",
     "SpatiallySeparableConv2d", "deform_conv2d", "bilinear_gather", "DeformConv2d", "OffsetDeformConv2d",
     "deform_roi_pool", "DeformRoIPool2d", "OffsetDeformRoIPool2d", "ModulatedDeformRoIPool2d",
+    "SubPixelConv2d", "subpixel_conv2d", "icnr_", "make_upsample",
     "get_backend", "set_backend", "use_backend", "resolve",
 ]
