@@ -362,7 +362,8 @@ def validate(case: Case) -> str:
         return f"channels ({L.c_in}, {L.c_out}) not divisible by groups {L.groups}"
     if L.family == "depthwise" and not (L.groups == L.c_in == L.c_out):
         return "depthwise layer must have groups == c_in == c_out"
-    if L.family != "depthwise" and L.c_in // L.groups == 1:
+    if L.family != "depthwise" and layers.backend.conv2d_kernel(L.c_in, (L.c_out, L.c_in // L.groups), L.groups) \
+            == "depthwise":
         return "non-depthwise family would dispatch to the depthwise kernels"
     if L.rois or L.sampling_ratio:
         return f"rois / sampling_ratio are for family roi, not {L.family}"

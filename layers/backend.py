@@ -66,3 +66,12 @@ def resolve(device: torch.device) -> str:
                 f"importing convlab; got {device.type} tensors. Use backend 'auto' or 'reference'.")
         return "triton"
     return "triton" if triton_ok else "reference"
+
+
+def conv2d_kernel(in_channels: int, weight_shape, groups: int) -> str:
+    """Which Triton kernel family computes a conv2d (and both of its gradients): "depthwise"
+    (kernels.depthwise: one input channel per group, any channel multiplier, i.e. groups ==
+    in_channels and weight (C_in * multiplier, 1, KH, KW)) or "gemm" (kernels.conv2d, the implicit
+    GEMM, which packs other narrow groups itself). The one place this is decided: the custom ops
+    and the benchmark suite ask it. ``weight_shape`` is conv2d's (C_out, C_in / groups, KH, KW)."""
+    return "depthwise" if weight_shape[1] == 1 and in_channels == groups else "gemm"

@@ -9,7 +9,7 @@ channels_last output.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -22,27 +22,11 @@ from kernels import depthwise as _dw
 from kernels._common import SUPPORTED_DTYPES
 
 from . import backend as _backend
+from ._checks import IntPair, pair, positive_int
 from ._op import convlab_op
-
-IntPair = Union[int, Sequence[int]]
 
 
 # --------------------------------------------------------------------------- argument checks
-def _pair(value: IntPair, name: str, minimum: int) -> List[int]:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        pair = [value, value]
-    elif isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(isinstance(v, int) for v in value):
-        pair = [value[0], value[-1]]
-    else:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        bound = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{name} must be {bound} (>= {minimum}), got {value!r}")
-    return pair
-
-
 def _check_common(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, transposed: bool):
     """Checks shared by conv2d and conv_transpose2d; returns (batched input, was_unbatched)."""
     if not isinstance(input, Tensor):
@@ -57,8 +41,7 @@ def _check_common(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups:
     w_layout = "(C_in, C_out / groups, KH, KW)" if transposed else "(C_out, C_in / groups, KH, KW)"
     if weight.dim() != 4:
         raise ValueError(f"weight must be 4-D {w_layout}, got shape {tuple(weight.shape)}")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    positive_int(groups, "groups")
     if input.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"input dtype must be one of float16, bfloat16, float32, float64, got {input.dtype}")
     if weight.dtype != input.dtype:
@@ -102,7 +85,7 @@ def _same_padding(weight: Tensor, stride, dilation):
 @convlab_op("convlab::conv2d")
 def _conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
                dilation: List[int], groups: int) -> Tensor:
-    if weight.shape[1] == 1:
+    if _backend.conv2d_kernel(input.shape[1], weight.shape, groups) == "depthwise":
         return _dw.depthwise_forward(input, weight, bias, stride, padding, dilation)
     return _gemm.conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
 
@@ -111,7 +94,7 @@ def _conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Li
 def _conv2d_input_grad_op(grad_output: Tensor, weight: Tensor, bias: Optional[Tensor], input_size: List[int],
                           stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
     """dL/dinput of conv2d; with ``bias`` (C_in,) this is conv_transpose2d(grad_output, weight, bias)."""
-    if weight.shape[1] == 1 and input_size[1] == groups:
+    if _backend.conv2d_kernel(input_size[1], weight.shape, groups) == "depthwise":
         return _dw.depthwise_input_grad(grad_output, weight, input_size, stride, padding, dilation, bias)
     return _gemm.conv2d_input_grad(grad_output, weight, input_size, stride, padding, dilation, groups, bias)
 
@@ -119,7 +102,7 @@ def _conv2d_input_grad_op(grad_output: Tensor, weight: Tensor, bias: Optional[Te
 @convlab_op("convlab::conv2d_weight_grad")
 def _conv2d_weight_grad_op(input: Tensor, grad_output: Tensor, weight_size: List[int], stride: List[int],
                            padding: List[int], dilation: List[int], groups: int) -> Tensor:
-    if weight_size[1] == 1 and input.shape[1] == groups:
+    if _backend.conv2d_kernel(input.shape[1], weight_size, groups) == "depthwise":
         return _dw.depthwise_weight_grad(input, grad_output, weight_size, stride, padding, dilation)
     return _gemm.conv2d_weight_grad(input, grad_output, weight_size, stride, padding, dilation, groups)
 
@@ -241,7 +224,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     Depthwise weights (C_in / groups == 1, any channel multiplier) use the depthwise kernels.
     """
     input, unbatched = _check_common(input, weight, bias, groups, transposed=False)
-    stride_, dilation_ = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)
+    stride_, dilation_ = pair(stride, "stride", 1), pair(dilation, "dilation", 1)
     extra = [0, 0]
     if isinstance(padding, str):
         if padding == "valid":
@@ -251,7 +234,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
         else:
             raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
-        padding_ = _pair(padding, "padding", 0)
+        padding_ = pair(padding, "padding", 0)
     if any(extra):  # PyTorch pads 'same' asymmetrically: the extra row/column goes last
         input = F.pad(input, (0, extra[1], 0, extra[0]))
     H, W = input.shape[-2:]
@@ -277,8 +260,8 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     Computed as the input gradient of the conv2d with the same weight.
     """
     input, unbatched = _check_common(input, weight, bias, groups, transposed=True)
-    stride_, dilation_ = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)
-    padding_, out_pad = _pair(padding, "padding", 0), _pair(output_padding, "output_padding", 0)
+    stride_, dilation_ = pair(stride, "stride", 1), pair(dilation, "dilation", 1)
+    padding_, out_pad = pair(padding, "padding", 0), pair(output_padding, "output_padding", 0)
     for op_, s, d, axis in zip(out_pad, stride_, dilation_, ("height", "width")):
         if op_ >= max(s, d):
             raise ValueError(f"output_padding ({op_}) must be smaller than stride or dilation in {axis}, got "
@@ -335,8 +318,7 @@ class DepthwiseSeparableConv2d(nn.Module):
                  padding: Union[IntPair, str] = 0, dilation: IntPair = 1, bias: bool = True,
                  depth_multiplier: int = 1, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
-        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier < 1:
-            raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
+        positive_int(depth_multiplier, "depth_multiplier")
         mid = in_channels * depth_multiplier
         self.depthwise = Conv2d(in_channels, mid, kernel_size, stride, padding, dilation, groups=in_channels,
                                 bias=False, padding_mode=padding_mode, device=device, dtype=dtype)
@@ -358,9 +340,9 @@ class SpatiallySeparableConv2d(nn.Module):
                  padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, bias: bool = True,
                  mid_channels: Optional[int] = None, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
-        (kh, kw) = _pair(kernel_size, "kernel_size", 1)
-        (sh, sw), (ph, pw) = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
-        (dh, dw) = _pair(dilation, "dilation", 1)
+        (kh, kw) = pair(kernel_size, "kernel_size", 1)
+        (sh, sw), (ph, pw) = pair(stride, "stride", 1), pair(padding, "padding", 0)
+        (dh, dw) = pair(dilation, "dilation", 1)
         mid = out_channels if mid_channels is None else mid_channels
         self.vertical = Conv2d(in_channels, mid, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=groups, bias=False,
                                padding_mode=padding_mode, device=device, dtype=dtype)

@@ -19,7 +19,7 @@ computed in fp32 and cast back), or a plain-PyTorch gather when torchvision is a
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,9 +31,8 @@ from kernels import deform as _k
 from kernels._common import SUPPORTED_DTYPES, accumulator_dtype
 
 from . import backend as _backend
+from ._checks import IntPair, pair, positive_int
 from ._op import convlab_op
-
-IntPair = Union[int, Sequence[int]]
 
 
 # --------------------------------------------------------------------------- custom ops
@@ -191,21 +190,6 @@ def _deform_conv2d_reference(input, offset, weight, bias, mask, stride, padding,
 
 
 # --------------------------------------------------------------------------- argument checks
-def _pair(value: IntPair, name: str, minimum: int) -> List[int]:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        pair = [value, value]
-    elif isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
-        pair = [value[0], value[-1]]
-    else:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return pair
-
-
 def _check_tensor(t, name: str, ref: Tensor, layout: str) -> None:
     if not isinstance(t, Tensor):
         raise ValueError(f"{name} must be a Tensor of shape {layout}, got {type(t).__name__}")
@@ -235,8 +219,8 @@ def _check_deform_args(input, offset, weight, bias, mask, stride, padding, dilat
     if C_out % groups:
         raise ValueError(f"weight.shape[0] (output channels {C_out}) must be divisible by groups ({groups} = "
                          f"C_in {C_in} / weight.shape[1] {cin_g})")
-    stride_, padding_, dilation_ = _pair(stride, "stride", 1), _pair(padding, "padding", 0), \
-        _pair(dilation, "dilation", 1)
+    stride_, padding_, dilation_ = pair(stride, "stride", 1), pair(padding, "padding", 0), \
+        pair(dilation, "dilation", 1)
     OH = (H + 2 * padding_[0] - dilation_[0] * (KH - 1) - 1) // stride_[0] + 1
     OW = (W + 2 * padding_[1] - dilation_[1] * (KW - 1) - 1) // stride_[1] + 1
     if OH <= 0 or OW <= 0:
@@ -297,10 +281,10 @@ class DeformConv2d(nn.Module):
             raise ValueError("out_channels must be divisible by groups")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = tuple(_pair(kernel_size, "kernel_size", 1))
-        self.stride = tuple(_pair(stride, "stride", 1))
-        self.padding = tuple(_pair(padding, "padding", 0))
-        self.dilation = tuple(_pair(dilation, "dilation", 1))
+        self.kernel_size = tuple(pair(kernel_size, "kernel_size", 1))
+        self.stride = tuple(pair(stride, "stride", 1))
+        self.padding = tuple(pair(padding, "padding", 0))
+        self.dilation = tuple(pair(dilation, "dilation", 1))
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         if bias:
@@ -348,8 +332,7 @@ class OffsetDeformConv2d(nn.Module):
                  padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, offset_groups: int = 1,
                  bias: bool = True, modulated: bool = False):
         super().__init__()
-        if isinstance(offset_groups, bool) or not isinstance(offset_groups, int) or offset_groups < 1:
-            raise ValueError(f"offset_groups must be a positive int, got {offset_groups!r}")
+        positive_int(offset_groups, "offset_groups")
         if in_channels % offset_groups:
             raise ValueError(f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})")
         from .conv import Conv2d

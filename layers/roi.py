@@ -39,6 +39,7 @@ from kernels import roi as _k
 from kernels._common import SUPPORTED_DTYPES, accumulator_dtype
 
 from . import backend as _backend
+from ._checks import pair
 from ._op import convlab_op
 
 BoxesType = Union[Tensor, List[Tensor], Tuple[Tensor, ...]]
@@ -199,16 +200,7 @@ def _check_batch_index(rois: Tensor, N: int) -> None:
 
 
 def _output_size(output_size) -> Tuple[int, int]:
-    if isinstance(output_size, int) and not isinstance(output_size, bool):
-        size = (output_size, output_size)
-    elif isinstance(output_size, (tuple, list)) and len(output_size) in (1, 2) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in output_size):
-        size = (output_size[0], output_size[-1])
-    else:
-        raise ValueError(f"output_size must be an int or a pair of ints (PH, PW), got {output_size!r}")
-    if min(size) < 1:
-        raise ValueError(f"output_size must be positive, got {output_size!r}")
-    return size
+    return tuple(pair(output_size, "output_size", 1, form=" (PH, PW)"))
 
 
 def boxes_to_rois(boxes: BoxesType, input: Tensor) -> Tensor:
