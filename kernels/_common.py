@@ -343,3 +343,43 @@ class KernelSpec:
 
 def cdiv(a: int, b: int) -> int:
     return triton.cdiv(a, b)
+
+
+# --------------------------------------------------------------------------- config builders
+def block_config(num_warps: int, num_stages: int = 1, maxnreg: int | None = None, **blocks) -> triton.Config:
+    """One autotune config: block sizes by name (``BLOCK_P=64, BLOCK_C=32``), warps, pipeline stages
+    and an optional register cap (``maxnreg``: ptxas then allocates what a loop nest needs instead of
+    aiming at an occupancy step and spilling to get there). The one builder every kernel's config
+    table is made of; a kernel file keeps a short positional wrapper for its own block names."""
+    extra = {} if maxnreg is None else {"maxnreg": maxnreg}
+    return triton.Config(dict(blocks), num_warps=num_warps, num_stages=num_stages, **extra)
+
+
+def gemm_config(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
+    """A GEMM tile config: BLOCK_M x BLOCK_N output tile, BLOCK_K-deep reduction steps."""
+    return block_config(warps, stages, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+
+
+# --------------------------------------------------------------------------- split-K
+def sm_count(device: torch.device) -> int:
+    """The streaming multiprocessors of a CUDA ``device``; 0 for any other device (the CPU
+    interpreter gains nothing from splitting a reduction)."""
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_k(length: int, tiles: int, sms: int, *, min_chunk: int, programs_per_sm: int = 2,
+            max_splits: int = 64) -> int:
+    """How many ways a launch splits a reduction of ``length`` (output pixels, rows) whose output
+    has ``tiles`` programs' worth of tiles, so that ``tiles * splits`` fills ``sms`` streaming
+    multiprocessors with about ``programs_per_sm`` programs each.
+
+    ``splits = max(1, min(programs_per_sm * sms // tiles, ceil(length / min_chunk), max_splits))``:
+    no split runs fewer than about ``min_chunk`` reduction steps' elements (below that the partial
+    tile each split writes and the launcher sums costs more than it saves), and ``max_splits`` bounds
+    the partial workspace (``splits`` times the output, fp32) and the grid axis the splits share.
+    ``sms == 0`` (no GPU) gives 1. The launchers sum the partials in a fixed order: deterministic."""
+    if sms < 1 or length < 1:
+        return 1
+    return max(1, min(programs_per_sm * sms // max(tiles, 1), cdiv(length, min_chunk), max_splits))

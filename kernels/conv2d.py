@@ -48,13 +48,12 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, fit_blocks, _idx, KernelSpec, launch, like_layout, _mma,
-    needs_int64, pair, _tile_offsets, _unflatten, with_index64,
+    accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, fit_blocks, gemm_config, _idx, KernelSpec, launch,
+    like_layout, _mma, needs_int64, pair, sm_count, split_k as _split_k_rule, _tile_offsets, _unflatten, with_index64,
 )
 
 
-def _cfg(bm, bn, bk, warps, stages):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+_cfg = gemm_config  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 
 
 # Autotune configs per config class (kernels._common.config_class); the first of each list is the
@@ -457,10 +456,7 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
 
 def _split_k(M: int, tiles: int, device: torch.device) -> int:
     """Split the pixel reduction so that small weight tensors still fill the GPU."""
-    if device.type != "cuda":
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(2 * sms // max(tiles, 1), cdiv(M, 2048), 64))
+    return _split_k_rule(M, tiles, sm_count(device), min_chunk=2048)
 
 
 def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, groups, split_k=None):

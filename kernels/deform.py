@@ -54,22 +54,22 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, alert_nondeterministic, allow_tf32, autotuned, cdiv, config_class, _idx, INTERPRET, KernelSpec,
-    launch, like_layout, _mma, needs_int64, _tile_offsets, _unflatten, with_index64, zeroed_workspace,
+    accumulator_dtype, alert_nondeterministic, allow_tf32, autotuned, block_config, cdiv, config_class, gemm_config,
+    _idx, INTERPRET, KernelSpec, launch, like_layout, _mma, needs_int64, sm_count, split_k as _split_k_rule,
+    _tile_offsets, _unflatten, with_index64, zeroed_workspace,
 )
 from ._sampling import bilinear_load, corner_dot_scatter, corner_offsets, corner_weights, deform_corners, position_grads
 
 
-def _cfg(bm, bn, bk, warps, stages):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+_cfg = gemm_config  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 
 
 def _fcfg(bm, bk, warps, stages):  # forward: BLOCK_N (output channels) is set by the launcher
-    return triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+    return block_config(warps, stages, BLOCK_M=bm, BLOCK_K=bk)
 
 
 def _wcfg(bn, bk, warps, stages):  # weight grad: BLOCK_M (output channels) is set by the launcher
-    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+    return block_config(warps, stages, BLOCK_N=bn, BLOCK_K=bk)
 
 
 # The forward's BLOCK_N and the weight gradient's BLOCK_M span the weight group's output channels,
@@ -114,8 +114,7 @@ DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_cfg(64, 16, 32, 8, 1)], bf16=[_
                             fp32=[_cfg(64, 16, 32, 8, 2)], fp32_ieee=[_cfg(64, 16, 32, 8, 1)],
                             # fp64 + 64-bit index: triton 3.6's ptxas spills 172-200 B at any larger tile and at
                             # its own register cap (128 at 4 warps); with .maxnreg this tile spills in no build.
-                            fp64=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=4,
-                                                num_stages=1, maxnreg=255)])
+                            fp64=[block_config(4, 1, maxnreg=255, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)])
 INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}  # data gradient
 FWD_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_K": 16}
 WEIGHT_INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
@@ -128,12 +127,13 @@ def _deform_fwd_kernel(
     x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr, cnt_ptr,
     # shapes
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
-    # strides
+    # strides: input (sx*), offset (so*), mask (sm*), weight (sw*), output (sy*)
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
     smn, smc, smh, smw,
     swo, swi, swh, sww,
     syn, syc, syh, syw,
+    # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # meta-parameters
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
@@ -214,10 +214,12 @@ def _deform_bwd_weight_kernel(
     x_ptr, off_ptr, msk_ptr, gy_ptr, ws_ptr, cnt_ptr,
     # shapes
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG, M_PER_SPLIT, N_SPLIT,
+    # strides: input (sx*), offset (so*), mask (sm*), grad output (sg*)
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
     smn, smc, smh, smw,
     sgn, sgc, sgh, sgw,
+    # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # meta-parameters
     HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, COUNT: tl.constexpr,
@@ -296,6 +298,8 @@ def _deform_bwd_data_kernel(
     x_ptr, off_ptr, msk_ptr, w_ptr, gy_ptr, ws_ptr, goff_ptr, gmsk_ptr, cnt_ptr,
     # shapes
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
+    # strides: input (sx*), offset (so*), mask (sm*), weight (sw*), grad output (sg*), grad-input
+    # workspace (si*), grad offset (sd*), grad mask (se*)
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
     smn, smc, smh, smw,
@@ -304,6 +308,7 @@ def _deform_bwd_data_kernel(
     sin, sic, sih, siw,
     sdn, sdc, sdh, sdw,
     sen, sec, seh, sew,
+    # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # meta-parameters
     HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, COUNT: tl.constexpr,
@@ -561,10 +566,8 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
 
 
 def _split_k(M: int, tiles: int, device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(2 * sms // max(tiles, 1), cdiv(M, 2048), 64))
+    """Split the pixel reduction of the weight gradient so that small weights still fill the GPU."""
+    return _split_k_rule(M, tiles, sm_count(device), min_chunk=2048)
 
 
 def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride, padding, dilation, split_k=None):

@@ -46,8 +46,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, autotuned, cdiv, config_class, _idx, KernelSpec, launch, like_layout, needs_int64, pair,
-    _unflatten, with_index64,
+    accumulator_dtype, autotuned, block_config, cdiv, config_class, _idx, KernelSpec, launch, like_layout,
+    needs_int64, pair, sm_count, split_k as _split_k_rule, _unflatten, with_index64,
 )
 
 #: input segments start at a multiple of this many elements (16 bytes of fp16 / bf16)
@@ -58,8 +58,7 @@ def _cfg(bh, bc, bw, biw, warps):
     # maxnreg: without a cap, ptxas (12.9) aims these loop nests at an occupancy step (64-80
     # registers) and spills a few loop-invariant values to get there; with .maxnreg it allocates
     # what the loop needs (no spills, ~90-130 registers)
-    return triton.Config({"BLOCK_H": bh, "BLOCK_C": bc, "BLOCK_W": bw, "BLOCK_IW": biw}, num_warps=warps,
-                         num_stages=1, maxnreg=255)
+    return block_config(warps, 1, maxnreg=255, BLOCK_H=bh, BLOCK_C=bc, BLOCK_W=bw, BLOCK_IW=biw)
 
 
 # Autotune configs per config class (kernels._common.config_class); the first of each list is the
@@ -372,12 +371,10 @@ def depthwise_weight_grad(x, grad_output, weight_shape, stride, padding, dilatio
     if rows == 0 or OW == 0 or C_out == 0:
         return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
     if split_k is None:
-        split_k = 1
-        if x.device.type == "cuda":
-            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-            # ~4 programs per SM, each at least 8 rows; the workspace stays <= 64 MiB of fp32
-            cap = max(1, (64 << 20) // (4 * KH * KW * C_out))
-            split_k = max(1, min(4 * sms // cdiv(C_out, 16), cdiv(rows, 8), cap, 65535))
+        # ~4 programs per SM, each at least 8 rows; the workspace stays <= 64 MiB of fp32
+        cap = max(1, (64 << 20) // (4 * KH * KW * C_out))
+        split_k = _split_k_rule(rows, cdiv(C_out, 16), sm_count(x.device), min_chunk=8, programs_per_sm=4,
+                                max_splits=min(cap, 65535))
     rows_per_split = cdiv(rows, split_k)
     split_k = cdiv(rows, rows_per_split)
     ws = torch.zeros((split_k, KH * KW, C_out), device=x.device, dtype=accumulator_dtype(x.dtype))

@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, alert_nondeterministic, autotuned, cdiv, config_class, _idx, KernelSpec, launch, needs_int64,
-    _tile_offsets, with_index64, zeroed_workspace,
+    accumulator_dtype, alert_nondeterministic, autotuned, block_config, cdiv, config_class, _idx, KernelSpec, launch,
+    needs_int64, _tile_offsets, with_index64, zeroed_workspace,
 )
 from ._sampling import (
     bilinear_load, corner_dot_scatter, corner_offsets, corner_weights, deform_corners, position_grads,
@@ -33,7 +33,7 @@ from ._sampling import (
 
 
 def _gcfg(bp, bc, warps):
-    return triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
+    return block_config(warps, 1, BLOCK_P=bp, BLOCK_C=bc)
 
 
 _GATHER_FWD = [_gcfg(64, 32, 4), _gcfg(128, 16, 4), _gcfg(32, 64, 4), _gcfg(128, 32, 8)]
@@ -52,11 +52,15 @@ GATHER_INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
 
 @triton.jit
 def _gather_fwd_kernel(
+    # pointers
     x_ptr, pos_ptr, y_ptr,
+    # shapes
     MP, P, C, H, W,
+    # strides: input (sx*), positions (sp*), output (sy*)
     sxn, sxc, sxh, sxw,
     spn, spp, spk,
     syn, syc, syp,
+    # meta-parameters
     IDX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # Tile: BLOCK_P samples (flattened (n, p)) x BLOCK_C channels; y[n, c, p].
@@ -87,13 +91,18 @@ def _gather_fwd_kernel(
 
 @triton.jit
 def _gather_bwd_kernel(
+    # pointers
     x_ptr, pos_ptr, gy_ptr, ws_ptr, gpos_ptr,
+    # shapes
     MP, P, C, H, W,
+    # strides: input (sx*), positions (sp*), grad output (sg*), grad-input workspace (si*),
+    # grad positions (sd*)
     sxn, sxc, sxh, sxw,
     spn, spp, spk,
     sgn, sgc, sgp,
     sin, sic, sih, siw,
     sdn, sdp, sdk,
+    # meta-parameters
     IDX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # One program: BLOCK_P samples, looping over all channels: the position gradient is

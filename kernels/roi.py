@@ -51,14 +51,14 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, alert_nondeterministic, autotuned, cdiv, config_class, _idx, KernelSpec, launch, needs_int64, with_index64,
-    zeroed_workspace,
+    accumulator_dtype, alert_nondeterministic, autotuned, block_config, cdiv, config_class, _idx, KernelSpec, launch,
+    needs_int64, with_index64, zeroed_workspace,
 )
 from ._sampling import corner_offsets, corner_scatter, corner_weights, position_grads, roi_corners
 
 
 def _cfg(bp, bc, warps):
-    return triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=warps, num_stages=1)
+    return block_config(warps, 1, BLOCK_P=bp, BLOCK_C=bc)
 
 
 # 7 x 7 = 49 bins: one 64-bin block covers a RoI. The first config of each list is the default.
@@ -173,12 +173,16 @@ def _bin_grid(roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow,
 
 @triton.jit
 def _roi_fwd_kernel(
+    # pointers
     x_ptr, roi_ptr, off_ptr, y_ptr,
+    # shapes
     N, C, H, W, PH, PW, SR,
+    # strides: input, rois, offset, output
     sxn, sxc, sxh, sxw,
     srk, src,
     sok, soc, soh, sow,
     syk, syc, syh, syw,
+    # meta-parameters
     SCALE: tl.constexpr, GAMMA: tl.constexpr, HAS_OFFSET: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
