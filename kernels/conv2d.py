@@ -232,7 +232,7 @@ def _conv2d_bwd_input_kernel(
 @triton.jit
 def _conv2d_bwd_weight_kernel(
     # pointers: x (N, C_in, H, W) and dY (N, C_out, OH, OW), both with channel stride 1;
-    # workspace (N_SPLIT, C_out, CIN_G, KH, KW) contiguous, fp32 / fp64
+    # workspace (N_SPLIT, G, KH * KW, COUT_G, CIN_G) contiguous, fp32 / fp64
     x_ptr, gy_ptr, ws_ptr,
     # shapes (M = N * OH * OW, reduced in N_SPLIT splits of M_PER_SPLIT; M_KEY: autotune key, unused)
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, M_PER_SPLIT, N_SPLIT, M_KEY,
@@ -248,7 +248,7 @@ def _conv2d_bwd_weight_kernel(
     # Tile: BLOCK_M output channels x BLOCK_N input channels of one tap (axis 1 =
     # tap * n_tiles + tile). The reduction over output pixels is split N_SPLIT ways
     # (axis 2 = g * N_SPLIT + split) into a contiguous fp32/fp64 workspace
-    # ws[split, co, ci, kh, kw] that the launcher sums: deterministic, no atomics.
+    # ws[split, g, tap, co, ci] that the launcher sums: deterministic, no atomics.
     # Both operands are read along channels (stride 1): dY^T tiles [co, pixel] and X tiles [pixel, ci].
     pid_m = tl.program_id(0)
     pid_t = tl.program_id(1)
@@ -285,11 +285,11 @@ def _conv2d_bwd_weight_kernel(
         b = tl.load(x_ptr + (x_pix[:, None] + _idx(g * CIN_G + offs_ci, IDX64)[None, :]),
                     mask=ok[:, None] & mask_ci[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32)
-    taps = KH * KW
-    per_split = _idx(tl.num_programs(2) // N_SPLIT, IDX64) * COUT_G * CIN_G * taps
-    ws_off = (_idx(split, IDX64) * per_split
-              + _idx(co, IDX64)[:, None] * (CIN_G * taps)
-              + _idx(offs_ci, IDX64)[None, :] * taps + tap)
+    # The partial tile is stored contiguously along ci (a [co, ci] slab of ws[split, g, tap]), so its
+    # stores are vectorised; the launcher moves the taps last after summing the splits.
+    n_groups = tl.num_programs(2) // N_SPLIT
+    slab = ((_idx(split, IDX64) * n_groups + g) * (KH * KW) + tap) * COUT_G * CIN_G
+    ws_off = slab + _idx(offs_co, IDX64)[:, None] * CIN_G + _idx(offs_ci, IDX64)[None, :]
     tl.store(ws_ptr + ws_off, acc, mask=mask_co[:, None] & mask_ci[None, :])
 
 
@@ -454,9 +454,50 @@ def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
     return gx
 
 
-def _split_k(M: int, tiles: int, device: torch.device) -> int:
-    """Split the pixel reduction so that small weight tensors still fill the GPU."""
-    return _split_k_rule(M, tiles, sm_count(device), min_chunk=2048)
+#: weight-gradient split-K: programs per SM the splits aim at, the largest share of a split's memory
+#: traffic its fp32 partial tile may take, and the cap on the partials' workspace (bytes)
+_WG_PROGRAMS_PER_SM = 2
+_WG_PARTIAL_SHARE = 1 / 8
+_WG_WORKSPACE_CAP = 64 << 20
+
+
+def _weight_grad_split(M: int, cout_g: int, cin_g: int, KH: int, KW: int, groups: int, dtype: torch.dtype,
+                       sms: int) -> int:
+    """How many ways the weight gradient splits its reduction over the M = N * OH * OW output pixels.
+
+    The gradient has ``tiles = ceil(COUT_G / BLOCK_M) * ceil(CIN_G / BLOCK_N) * KH * KW * groups``
+    output tiles (block sizes: the default config of the dtype's table, cut to the channel counts as
+    the autotuner's pruner cuts them). With M huge and the channel counts small, ``tiles`` is far
+    below the GPU's SM count and an unsplit launch leaves most SMs idle, so the reduction is split
+    until ``tiles * splits`` reaches ``_WG_PROGRAMS_PER_SM`` programs per SM
+    (``splits = 2 * sms // tiles``). Each split costs a partial tile: BLOCK_M * BLOCK_N fp32 values
+    stored and read back by the sum, 2 * BM * BN * 4 bytes, against the chunk * (BM + BN) * e
+    operand bytes (e: element size) its ``chunk`` pixels load; a split gets at least
+    ``chunk = 2 * BM * BN * 4 / ((BM + BN) * e * share)`` pixels, so the partials stay within
+    ``share`` = 1/8 of its traffic (64 x 64 fp16: 1024 pixels = 16 K steps of 64). The workspace
+    holds splits x the weight in fp32, at most 2 * sms tiles' worth (132 SMs, 128 x 64 tiles: 8.7 MB);
+    it is capped at 64 MiB and the grid's axis 2 (groups * splits) at 65535 all the same. On an
+    H100 / H200 (132 SMs), fp16:
+
+    * 1x1, 64 -> 64 channels, N 32 at 56 x 56 (M = 100352): 1 tile; 98 splits (M / 1024).
+    * 3x3, 256 -> 256, N 32 at 14 x 14 (M = 6272): 128 x 64 tiles, 2 * 4 * 9 = 72; 3 splits, 216
+      programs.
+    * 7x7 stem, 3 -> 64, N 32 at 112 x 112 (M = 401408): 64 x 16 tiles, 49; 5 splits, 245 programs.
+    * 1x1, 16 -> 16, N 32 at 112 x 112 (M = 401408): 1 tile; 264 splits (two per SM).
+
+    ``sms == 0`` (no GPU) gives 1. The splits are summed in a fixed order: deterministic.
+    """
+    cls = config_class(WEIGHT_GRAD_CONFIGS, dtype, allow_tf32(dtype))
+    blocks = _bwd_weight_prune(WEIGHT_GRAD_CONFIGS[cls][:1], {"COUT_G": cout_g, "CIN_G": cin_g})[0].kwargs
+    bm, bn = blocks["BLOCK_M"], blocks["BLOCK_N"]
+    tiles = cdiv(cout_g, bm) * cdiv(cin_g, bn) * KH * KW * groups
+    acc_bytes = accumulator_dtype(dtype).itemsize
+    elem = dtype.itemsize
+    chunk = math.ceil(2 * bm * bn * acc_bytes / ((bm + bn) * elem * _WG_PARTIAL_SHARE))
+    weight_bytes = groups * cout_g * cin_g * KH * KW * acc_bytes
+    max_splits = max(1, min(65535 // groups, _WG_WORKSPACE_CAP // max(weight_bytes, 1)))
+    return _split_k_rule(M, tiles, sms, min_chunk=chunk, programs_per_sm=_WG_PROGRAMS_PER_SM,
+                         max_splits=max_splits)
 
 
 def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, groups, split_k=None):
@@ -479,11 +520,11 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
         blocks = dw.reshape(groups // pack, pack, cout_g, pack, cin_g, KH, KW).diagonal(dim1=1, dim2=3)
         return blocks.permute(0, 5, 1, 2, 3, 4).reshape(weight_shape)
     if split_k is None:
-        split_k = _split_k(M, cdiv(cout_g, 64) * cdiv(cin_g, 64) * KH * KW * groups, x.device)
+        split_k = _weight_grad_split(M, cout_g, cin_g, KH, KW, groups, x.dtype, sm_count(x.device))
     m_per_split = cdiv(M, split_k)
     split_k = cdiv(M, m_per_split)
     xc, gy = _channels_inner(x), _channels_inner(grad_output)
-    ws = torch.empty((split_k, C_out, cin_g, KH, KW), device=x.device, dtype=acc_dtype)
+    ws = torch.empty((split_k, groups, KH * KW, cout_g, cin_g), device=x.device, dtype=acc_dtype)
     grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]) * KH * KW, groups * split_k)
     tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, gy, ws, split_k * m_per_split)
     launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, tf32, i64)], _conv2d_bwd_weight_kernel, grid,
@@ -493,7 +534,10 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
            xc.stride(0), xc.stride(2), xc.stride(3), gy.stride(0), gy.stride(2), gy.stride(3),
            sh, sw, ph, pw, dh, dw,
            ALLOW_TF32=tf32, IDX64=i64)
-    return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
+    partial = ws.sum(0) if split_k > 1 else ws[0]  # (G, taps, COUT_G, CIN_G), splits summed in order
+    dw = torch.empty(weight_shape, device=x.device, dtype=x.dtype)
+    dw.view(groups, cout_g, cin_g, KH * KW).copy_(partial.permute(0, 2, 3, 1))  # taps last, cast: one pass
+    return dw
 
 
 AOT_SPECS = [

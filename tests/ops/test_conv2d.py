@@ -133,6 +133,19 @@ def test_weight_grad_split_k(device, which):
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_weight_grad_split_rule():
+    """The split-K rule of the weight gradient (kernels.conv2d._weight_grad_split) on a 132-SM GPU:
+    splits until two programs per SM, no split under its minimum chunk of pixels, 1 without a GPU."""
+    split = gemm_kernels._weight_grad_split
+    f16 = torch.float16
+    assert split(100352, 64, 64, 1, 1, 1, f16, 132) == 98  # 1 tile; M / 1024-pixel chunks
+    assert split(6272, 256, 256, 3, 3, 1, f16, 132) == 3  # 72 tiles of 128 x 64 -> 216 programs
+    assert split(401408, 64, 3, 7, 7, 1, f16, 132) == 5  # stem: 49 tiles -> 245 programs
+    assert split(401408, 16, 16, 1, 1, 1, f16, 132) == 264  # 1 tile, two programs per SM
+    assert split(401408, 16, 16, 1, 1, 1, f16, 0) == 1  # no GPU
+    assert split(4096, 512, 512, 3, 3, 1, f16, 132) == 1  # 144 tiles already fill the GPU
+
+
 # (C_in, C_out, H, W, kernel, stride, padding, dilation, groups): phases without taps (stride 3 >
 # kernel 2; stride 2 with dilation 2 puts every tap in phase 0), rows of a phase that stop short
 # (H not a multiple of the stride), stride > kernel extent
