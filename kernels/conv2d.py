@@ -61,6 +61,10 @@ _cfg = gemm_config  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 # ptxas of triton 3.8 and of triton 3.6). 16-bit types take 64-deep K steps (128-byte rows).
 # "fp32_ieee" (TF32 off) runs on CUDA-core FMAs: its operand fragments take more registers than
 # tensor-core fragments, so its tiles are smaller and its K steps shorter.
+# The 128 x 128 and 128 x 256 16-bit tiles run 8 warps: on sm_90 two warp groups issue wgmma on
+# 64-row halves. python -m kernels.aot --problems wide --all-configs (256 channels, so these tiles are
+# not pruned) compiles them without spills for sm_80 and sm_90 on triton 3.8 and 3.6; a 256 x 128
+# tile spills on sm_80 with triton 3.6 (72-84 B), so it is not shipped.
 GEMM_CONFIGS = {
     "fp16": [_cfg(128, 64, 64, 4, 3), _cfg(128, 128, 64, 8, 3), _cfg(64, 128, 64, 4, 3), _cfg(64, 64, 64, 4, 4),
              _cfg(128, 256, 64, 8, 3), _cfg(32, 64, 32, 2, 4)],

@@ -46,6 +46,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 PROBLEMS = ("nchw", "nhwc", "odd")
+#: problems compiled only when asked for (--problems wide): 256 channels, so the wide (128 / 256)
+#: tiles that the typical problems' 64 channels prune away are compiled too (--all-configs)
+EXTRA_PROBLEMS = ("wide",)
 
 
 @dataclass
@@ -120,9 +123,9 @@ def _run_problem(problem: str, dtype):
 
     from kernels import conv2d, deform, depthwise, gather, roi
 
-    cl = problem == "nhwc"
+    cl = problem in ("nhwc", "wide")
     n, h = 2, (15 if problem == "odd" else 16)
-    c_in, c_out = (3, 5) if problem == "odd" else (64, 64)
+    c_in, c_out = {"odd": (3, 5), "wide": (256, 256)}.get(problem, (64, 64))
     c_dw = 5 if problem == "odd" else 64
     stride = (2, 2) if cl else (1, 1)
     padding = (0, 0) if problem == "odd" else (1, 1)
@@ -383,7 +386,7 @@ def main(argv=None) -> int:
     ap.add_argument("--all-configs", action="store_true", help="every shipped autotune config, not only defaults")
     ap.add_argument("--kernels", nargs="+", help="restrict to these kernel names")
     ap.add_argument("--dtypes", nargs="+", choices=["fp16", "bf16", "fp32", "fp64"], help="restrict to these dtypes")
-    ap.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS),
+    ap.add_argument("--problems", nargs="+", choices=PROBLEMS + EXTRA_PROBLEMS, default=list(PROBLEMS),
                     help="typical problems whose launch specialisations are compiled")
     ap.add_argument("--problems-only", action="store_true", help="print only the builds with a problem")
     ap.add_argument("--workers", type=int, default=None)
