@@ -117,6 +117,9 @@ def render_markdown(data: dict, plots: List[str], expected: Optional[List[str]] 
             "torchvision.ops.deform_conv2d for deform, torchvision.ops.roi_align for roi. Geometric means over "
             "cases with both timings.", "",
             f"Bytes model: {env.get('bytes_model', '-')}. FLOPs model: {env.get('flops_model', '-')}.", "",
+            f"Roofline: {env.get('roofline_model', '-')}; peaks of {env.get('roofline_gpu', '-')}. \"bound\" uses "
+            "the compulsory bytes, \"tiled\" the bytes the kernels' tiles move; % of roofline = bound / convlab "
+            "median (100 % = at the bound).", "",
             "## Geometric-mean ratio per op family", "",
             "| family | cases | fwd | bwd | fwd+bwd |", "|---|---:|---:|---:|---:|"]
     for fam in sorted(s["family"]):
@@ -139,20 +142,24 @@ def render_markdown(data: dict, plots: List[str], expected: Optional[List[str]] 
                 out.append(f"- ... and {len(missing) - max_missing} more")
     out += ["", "## All cases", "",
             "| case | mode | convlab ms (p20-p80) | peer ms (p20-p80) | ratio | convlab GB/s | convlab TFLOP/s "
-            "| convlab / peer peak MiB | note |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+            "| convlab / peer peak MiB | FLOP/B | bound ms (tiled) | % of roofline convlab / peer | note |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r.get("mode") not in MODES:
-            out.append(f"| {r.get('id')} | - | - | - | - | - | - | - | {r.get('error', '')} |")
+            out.append(f"| {r.get('id')} | - | - | - | - | - | - | - | - | - | - | {r.get('error', '')} |")
             continue
         ours = f"{_fmt(r.get('ours_median_ms'), '.4f')} ({_fmt(r.get('ours_p20_ms'), '.4f')}-{_fmt(r.get('ours_p80_ms'), '.4f')})"
         peer = f"{_fmt(r.get('peer_median_ms'), '.4f')} ({_fmt(r.get('peer_p20_ms'), '.4f')}-{_fmt(r.get('peer_p80_ms'), '.4f')})"
         note = " ".join(x for x in (r.get("peer_note", ""), r.get("error", "")) if x).replace("|", "/")
         out.append(f"| {r['id']} | {r['mode']} | {ours} | {peer} | {_fmt(r.get('ratio'))} | "
                    f"{_fmt(r.get('ours_gbps'), '.0f')} | {_fmt(r.get('ours_tflops'), '.1f')} | "
-                   f"{_fmt(r.get('ours_peak_mb'), '.1f')} / {_fmt(r.get('peer_peak_mb'), '.1f')} | {note} |")
+                   f"{_fmt(r.get('ours_peak_mb'), '.1f')} / {_fmt(r.get('peer_peak_mb'), '.1f')} | "
+                   f"{_fmt(r.get('intensity'), '.1f')} | {_fmt(r.get('bound_ms'), '.4f')} "
+                   f"({_fmt(r.get('tiled_bound_ms'), '.4f')}) | {_fmt(r.get('pct_roofline'), '.0f')} / "
+                   f"{_fmt(r.get('peer_pct_roofline'), '.0f')} | {note} |")
     if expected is not None:
         _, missing = coverage(rows, expected)
-        out += [f"| {cid} | - | - | - | - | - | - | - | not yet measured |" for cid in missing[:max_missing]]
+        out += [f"| {cid} | - | - | - | - | - | - | - | - | - | - | not yet measured |" for cid in missing[:max_missing]]
     if plots:
         out += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     return "\n".join(out) + "\n"

@@ -199,7 +199,8 @@ def test_session_preset_order_covers_every_family_first():
     assert len(ids) == len(set(ids)) == len(build_suite())  # the whole suite, each case once
     assert all(i.startswith("deform/resnet50_dcn/") and "/b32/fp32/nchw" in i for i in ids[:6])
     assert all(i.startswith("deform/resnet50_dcn/") and "/b32/fp16/nchw" in i for i in ids[6:12])
-    assert {i.split("/")[0] for i in ids[:18]} == set(FAMILIES) - {"roi"}  # every family against its peer, NCHW
+    newer = {"conv3d", "depthwise3d", "subpixel"}  # added after the core list (issue 17)
+    assert {i.split("/")[0] for i in ids[:18]} == set(FAMILIES) - {"roi"} - newer  # every family vs its peer, NCHW
     assert {i.rsplit("/", 1)[1] for i in ids[18:36]} == {"cl"}  # then channels_last
     assert {"k3", "k7", "k31"} <= {i.split("/")[2].rsplit("_", 1)[1] for i in ids[:18] if i.startswith("depthwise")}
     cases = build_suite()
@@ -210,6 +211,9 @@ def test_session_preset_order_covers_every_family_first():
     assert [i.split("/")[2] + "/" + i.split("/")[4] for i in ids[36:40]] == [
         "p3_100x152_r512_align/fp32", "p3_100x152_r512_deform/fp32", "p3_100x152_r512_align/bf16",
         "p3_100x152_r512_deform/bf16"]
+    # then a few cases of each newer family, before the rest of the suite
+    assert {i.split("/")[0] for i in ids[40:53]} == newer and ids[53].split("/")[0] not in newer
+    assert "conv3d/unet3d/up2_c128_32/b1/bf16/cl" in ids[40:53] and "subpixel/espcn/x3_c32_360x640/b32/bf16/cl" in ids
 
 
 def test_shards_partition_the_selection():
@@ -315,7 +319,7 @@ def test_report_merges_partial_files_and_lists_unmeasured(tmp_path):
     ratios = {r["id"]: r["ratio"] for r in merged["results"] if r["mode"] == "fwd"}
     assert ratios == {core[0].id: 2.0, core[1].id: 4.0, core[2].id: 4.0}
     assert "**Not yet measured**: 33 of the 36 expected cases" in md
-    assert f"| {core[3].id} | - | - | - | - | - | - | - | not yet measured |" in md
+    assert f"| {core[3].id} | - | - | - | - | - | - | - | - | - | - | not yet measured |" in md
     assert f"- {core[0].id}\n" not in md
     with pytest.raises(ValueError):
         report.readme_table(merged)  # synthetic: not a measurement
