@@ -374,7 +374,7 @@ def bench_case(case: Case, warmup: int = 25, rep: int = 100, device: str = "cuda
 
     why = unavailable(case)
     if why:  # the op is not in this tree: one row that says so, measured again by a later run
-        return [dict(case.as_dict(), mode="all", error=why, skipped=True, measured_at=_now())]
+        return [dict(case.as_dict(), mode="all", error=f"skipped: {why}", skipped=True, measured_at=_now())]
     rows = []
     prev = _set_tf32(case.dtype == "tf32")
     try:
@@ -418,7 +418,7 @@ def warm_case(case: Case, device: str = "cuda") -> str:
 
     why = unavailable(case)
     if why:
-        return why
+        return f"skipped: {why}"
     prev = _set_tf32(case.dtype == "tf32")
     try:
         t = make_inputs(case, device)

@@ -49,6 +49,15 @@ def summarize(rows: List[dict]) -> dict:
     return {"family": fam, "family_dtype": fam_dt, "counts": counts}
 
 
+def roofline_summary(rows: List[dict]) -> dict:
+    """{family: {mode: geometric mean of convlab's % of roofline}} over rows that have one."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("mode") in MODES and r.get("pct_roofline"):
+            by[r["family"]][r["mode"]].append(r["pct_roofline"])
+    return {f: {m: geomean(v) for m, v in d.items()} for f, d in by.items()}
+
+
 def merge(datas: Sequence[Tuple[str, dict]]) -> dict:
     """Merge results files [(name, {"environment", "results"})] into one: rows keyed by (id, mode),
     later files win; each row records its ``source`` file. Returns {"sources": [(name, env, n_rows)],
@@ -125,6 +134,11 @@ def render_markdown(data: dict, plots: List[str], expected: Optional[List[str]] 
     for fam in sorted(s["family"]):
         g = s["family"][fam]
         out.append(f"| {fam} | {s['counts'].get(fam, 0)} | " + " | ".join(_fmt(g.get(m)) for m in MODES) + " |")
+    roof = roofline_summary(rows)
+    if roof:
+        out += ["", "## Convlab's median as % of the roofline bound (geometric mean)", "",
+                "| family | fwd | bwd | fwd+bwd |", "|---|---:|---:|---:|"]
+        out += [f"| {fam} | " + " | ".join(_fmt(roof[fam].get(m), ".0f") for m in MODES) + " |" for fam in sorted(roof)]
     out += ["", "## Per family and dtype", "", "| family | dtype | fwd | bwd | fwd+bwd |", "|---|---|---:|---:|---:|"]
     for (fam, dt) in sorted(s["family_dtype"]):
         g = s["family_dtype"][(fam, dt)]

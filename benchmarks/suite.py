@@ -497,7 +497,7 @@ def unavailable(case: Case) -> str:
     if case.layer.transposed:
         op = "conv_transpose3d"
     if op and not callable(getattr(layers, op, None)):
-        return f"skipped: layers.{op} is not available in this tree (its family's op has not landed yet)"
+        return f"layers.{op} is not available in this tree (the op has not landed yet)"
     return ""
 
 
