@@ -134,7 +134,7 @@ def environment(device: str = "cuda") -> dict:
         "bytes_model": "each of input, weight, output (+offset, mask) read/written once; bwd reads grad_output, "
                        "input, weight(, offset, mask) and writes grad_input, grad_weight(, grad_offset, grad_mask); "
                        "roi: the 4 corners of every sample (R*C*PH*PW*SR^2*4) read (bwd: added into), output "
-                       "(, offset) once",
+                       "(, offset) once; subpixel: input, weight, shuffled output (the conv output is an intermediate)",
         "flops_model": "2*N*OH*OW*Cout*Cin/g*KH*KW per pass (3-D: *OD*KD); fwd 1, bwd 2, fwd_bwd 3 passes; roi: 8 per "
                        "sample and channel per pass",
         "roofline_model": "bound_ms = max(flops / peak, bytes / HBM bandwidth) on roofline_gpu (benchmarks.roofline.GPUS, "

@@ -18,7 +18,9 @@ Per case and mode (``fwd``, ``bwd``, ``fwd_bwd``):
                      assumed to share their input rows (the gather of one program reads each input
                      element it touches once). Masked-off lanes at tile edges are counted as loaded.
                      The 32-bit index build's configs are used. ``None`` where no kernel config is
-                     known (a family whose kernels have not landed).
+                     known (a family whose kernels have not landed: conv3d is modelled as conv2d's
+                     implicit GEMM once kernels.conv3d defines GEMM_CONFIGS, INPUT_GRAD_CONFIGS and
+                     WEIGHT_GRAD_CONFIGS; depthwise3d has no tiling model yet).
 * ``intensity``      flops / bytes (FLOP per byte); ``tiled_intensity`` flops / tiled_bytes.
 * ``bound_ms``       max(flops / peak, bytes / bandwidth): no kernel can beat it on that GPU.
   ``tiled_bound_ms`` the same with tiled_bytes: what the kernel's tiling allows at best.
@@ -298,7 +300,12 @@ def tiled_bytes(case: Case, mode: str, sms: int = 132) -> Optional[int]:
         p = depthwise_passes(case, sms)
     elif fam == "deform":
         p = deform_passes(case, sms)
-    else:  # standard, grouped, dilated, conv3d, subpixel: implicit GEMM
+    elif case.layer.d:  # conv3d: the 2-D implicit-GEMM model with kernels.conv3d's default configs, when
+        try:            # it has conv2d's three tables; None when it is missing or tiles differently
+            p = implicit_gemm_passes(case, sms)
+        except (KeyError, AttributeError, TypeError, ValueError):
+            p = None
+    else:  # standard, grouped, dilated, subpixel: implicit GEMM (kernels.conv2d)
         p = implicit_gemm_passes(case, sms)
         if p is not None and fam == "subpixel":  # pixel shuffle: a copy of the conv output each way
             s = case.shapes()
