@@ -49,6 +49,30 @@ def summarize(rows: List[dict]) -> dict:
     return {"family": fam, "family_dtype": fam_dt, "counts": counts}
 
 
+def fill_roofline(data: dict) -> dict:
+    """Add the roofline fields (``benchmarks.roofline``) to timed rows that lack them (files written
+    before the model existed), for cases still in the suite; the GPU table is the one of the row's
+    source file's device when known, else the default. Returns ``data`` (rows updated in place)."""
+    from . import roofline
+    from .bench import add_percentages
+    from .suite import SUITES, build_suite
+
+    todo = [r for r in data["results"] if r.get("mode") in MODES and "bound_ms" not in r]
+    if not todo:
+        return data
+    by_id = {c.id: c for suite in SUITES for c in build_suite(suite=suite)}
+    devices = {name: env.get("device") for name, env, _ in data.get("sources", [])}
+    for r in todo:
+        case = by_id.get(r.get("id"))
+        if case is None:
+            continue
+        dev = devices.get(r.get("source")) or (next(iter(devices.values())) if len(devices) == 1 else None)
+        gpu = roofline.gpu_for_device(dev) or roofline.DEFAULT_GPU
+        r.update(roofline.model(case, r["mode"], gpu))
+        add_percentages(r)
+    return data
+
+
 def roofline_summary(rows: List[dict]) -> dict:
     """{family: {mode: geometric mean of convlab's % of roofline}} over rows that have one."""
     by = defaultdict(lambda: defaultdict(list))
@@ -264,6 +288,7 @@ def main(argv=None) -> int:
         return 2
     stem = args.out or os.path.splitext(args.results[0])[0]
     expected = expected_ids(args.expect) if args.expect is None or args.expect else None
+    fill_roofline(data)
     plots = [] if args.no_plots else render_plots(data["results"], stem)
     with open(stem + ".md", "w") as f:
         f.write(render_markdown(data, plots, expected))
