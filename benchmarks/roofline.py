@@ -216,22 +216,24 @@ def depthwise_passes(case: Case, sms: int) -> Optional[Dict[str, int]]:
 
     L = case.layer
     e, acc = ELEMENT_BYTES[case.dtype], 4
-    cfg = DW = dwk.DW_CONFIGS[config_class(dwk.DW_CONFIGS, KERNEL_DTYPES[case.dtype])][0].kwargs
+    cfg = dwk.DW_CONFIGS[config_class(dwk.DW_CONFIGS, KERNEL_DTYPES[case.dtype])][0].kwargs  # the default
     BH, BC, BW, BIW = cfg["BLOCK_H"], cfg["BLOCK_C"], cfg["BLOCK_W"], cfg["BLOCK_IW"]
     N, C, H, W, K = case.batch, L.c_out, L.h, L.w, L.k
     OH, OW = case.out_hw
     s, d = L.stride, L.dilation
     x_el, y_el, taps = N * C * H * W, N * C * OH * OW, K * K
     # forward (the KC formulas are the kernels' own: see _dw_fwd_kernel / _dw_bwd_input_kernel)
-    cols = dwk.out_cols(DW, s)
+    cols = dwk.out_cols(cfg, s)
     kc = (BIW - 8 - (cols - 1) * s) // d + 1
-    progs = dwk.spatial_tiles(DW, N, OH, OW, s) * cdiv(C, BC)
+    progs = dwk.spatial_tiles(cfg, N, OH, OW, s) * cdiv(C, BC)
     fwd = progs * K * cdiv(K, kc) * BH * BC * BIW + progs * taps * BC + y_el
     # input gradient: programs tile the input; segments of dy
     kcb = (s * (BIW - 8) - (BW - 1)) // d + 1
-    progs_b = dwk.spatial_tiles(DW, N, H, W, out_tile=False) * cdiv(C, BC)
+    progs_b = dwk.spatial_tiles(cfg, N, H, W, out_tile=False) * cdiv(C, BC)
     bin_ = progs_b * K * cdiv(K, kcb) * BH * BC * BIW + progs_b * taps * BC + x_el
-    # weight gradient: split over the N * OH rows (the launcher's split rule, GPU branch)
+    # weight gradient: split over the N * OH rows (a copy of depthwise_weight_grad's split rule, GPU
+    # branch: it is inline there); per (row tile, column tile) dy once and the input segments per
+    # filter row; fp32 workspace: zero fill, a read-modify-write per tile and tap, the split sum
     rows = N * OH
     cap = max(1, (64 << 20) // (4 * taps * C))
     split = max(1, min(4 * sms // cdiv(C, 16), cdiv(rows, 8), cap, 65535))
