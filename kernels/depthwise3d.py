@@ -49,7 +49,10 @@ from .depthwise import _cfg, _out_cols, _rows_channels, _tap_major, out_cols, sp
 # per block of 16-byte vectors' worth and many rows.
 _DW3 = [_cfg(8, 4, 32, 64, 4), _cfg(4, 8, 32, 64, 4), _cfg(2, 16, 32, 64, 4), _cfg(1, 32, 32, 64, 4),
         _cfg(4, 8, 32, 64, 8), _cfg(8, 8, 16, 32, 4), _cfg(4, 16, 64, 128, 8)]
-DW3_CONFIGS = with_index64({"fp16": _DW3, "bf16": _DW3, "fp32": _DW3, "fp64": _DW3})
+# fp64 with 64-bit indices: the default's weight gradient spills (255 registers, 16-176 B on
+# sm_90 / sm_80, kernels.aot); half the columns per tile fit
+_DW3_FP64_I64 = [_cfg(8, 4, 16, 32, 4), _cfg(4, 8, 16, 32, 4)]
+DW3_CONFIGS = with_index64({"fp16": _DW3, "bf16": _DW3, "fp32": _DW3, "fp64": _DW3}, fp64=_DW3_FP64_I64)
 # interpreter: many rows per program (fewer interpreted programs; the tests' volumes are tiny)
 INTERPRET_CONFIG = {"BLOCK_H": 16, "BLOCK_C": 4, "BLOCK_W": 16, "BLOCK_IW": 32}
 
@@ -74,7 +77,11 @@ def _dw3_fwd_kernel(
 ):
     # axis 0 = (n, (d, h)-row tile, column tile) folded (axes 1 and 2 stop at 65535); axis 1 = channel block
     OWT = _out_cols(stride_w, BLOCK_W, BLOCK_IW)
-    ROWS = _idx(OD, IDX64) * OH  # flattened (od, oh) rows of one image
+    # flattened (od, oh) rows of one image (tl.cast, not _idx: OD == 1 arrives as a constant)
+    if IDX64:
+        ROWS = tl.cast(OD, tl.int64) * OH
+    else:
+        ROWS = OD * OH
     n, th, tw = _unflatten(_idx(tl.program_id(0), IDX64), tl.cdiv(ROWS, BLOCK_H), tl.cdiv(OW, OWT))
     r, c = _rows_channels(th * BLOCK_H, tl.program_id(1) * BLOCK_C, BLOCK_H, BLOCK_C)
     od = r // OH
@@ -140,7 +147,10 @@ def _dw3_bwd_input_kernel(
     BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_IW: tl.constexpr,
 ):
     # axis 0 = (n, (d, h)-row tile, column tile) of dx; axis 1 = input-channel block
-    ROWS = _idx(D, IDX64) * H
+    if IDX64:  # flattened (d, h) rows of one image
+        ROWS = tl.cast(D, tl.int64) * H
+    else:
+        ROWS = D * H
     n, th, tw = _unflatten(_idx(tl.program_id(0), IDX64), tl.cdiv(ROWS, BLOCK_H), tl.cdiv(W, BLOCK_W))
     r, ci = _rows_channels(th * BLOCK_H, tl.program_id(1) * BLOCK_C, BLOCK_H, BLOCK_C)
     i_d = r // H
