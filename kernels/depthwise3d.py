@@ -53,8 +53,9 @@ _DW3 = [_cfg(8, 4, 32, 64, 4), _cfg(4, 8, 32, 64, 4), _cfg(2, 16, 32, 64, 4), _c
 # sm_90 / sm_80, kernels.aot); half the columns per tile fit
 _DW3_FP64_I64 = [_cfg(8, 4, 16, 32, 4), _cfg(4, 8, 16, 32, 4)]
 DW3_CONFIGS = with_index64({"fp16": _DW3, "bf16": _DW3, "fp32": _DW3, "fp64": _DW3}, fp64=_DW3_FP64_I64)
-# interpreter: many rows per program (fewer interpreted programs; the tests' volumes are tiny)
-INTERPRET_CONFIG = {"BLOCK_H": 16, "BLOCK_C": 4, "BLOCK_W": 16, "BLOCK_IW": 32}
+# interpreter: many (d, h) rows per program, since the interpreter's cost is per program and op,
+# not per element (tests/ops/test_depthwise3d.py also runs small tiles, to cross tile edges)
+INTERPRET_CONFIG = {"BLOCK_H": 64, "BLOCK_C": 4, "BLOCK_W": 8, "BLOCK_IW": 32}
 
 
 # ------------------------------------------------------------------------------------- kernels
@@ -443,7 +444,7 @@ def depthwise3d_weight_grad(x, grad_output, weight_shape, stride, padding, dilat
            *x.stride(), *grad_output.stride(),
            sd, sh, sw, pd, ph, pw, dd, dh, dw, IDX64=i64)
     # splits summed in a fixed order: deterministic
-    return ws.sum(0).t().reshape(weight_shape).to(x.dtype)
+    return ws.sum(0).t().reshape(weight_shape).to(x.dtype).contiguous()
 
 
 AOT_SPECS = [
