@@ -4,9 +4,10 @@ KD x KH x KW filters, the memory-bound path of the conv3d family.
 Each output channel ``c`` reads one input channel ``c // MULT`` and one KD x KH x KW filter, so
 there is no channel reduction for a tensor core to exploit:
 
-    forward      y[n, c, od, oh, ow]       = sum_taps x[n, c // MULT, id, ih, iw] * w[c, 0, kd, kh, kw]
-    input grad   dx[n, ci, id, ih, iw]     = sum_{m < MULT} sum_taps dy[n, ci*MULT+m, od, oh, ow] * w[ci*MULT+m, 0, kd, kh, kw]
-    weight grad  dw[c, 0, kd, kh, kw]      = sum_{n, od, oh, ow} dy[n, c, od, oh, ow] * x[n, c // MULT, id, ih, iw]
+    forward      y[n, c, od, oh, ow]   = sum_taps x[n, c // MULT, id, ih, iw] * w[c, 0, kd, kh, kw]
+    input grad   dx[n, ci, id, ih, iw] = sum_{m < MULT} sum_taps dy[n, ci*MULT+m, od, oh, ow]
+                                                                 * w[ci*MULT+m, 0, kd, kh, kw]
+    weight grad  dw[c, 0, kd, kh, kw]  = sum_{n, od, oh, ow} dy[n, c, od, oh, ow] * x[n, c // MULT, id, ih, iw]
     with id = od*s_d - p_d + kd*d_d, ih = oh*s_h - p_h + kh*d_h, iw = ow*s_w - p_w + kw*d_w
 
 The kernels are those of the 2-D depthwise path (kernels/depthwise.py, whose docstring explains
