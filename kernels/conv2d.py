@@ -466,7 +466,7 @@ _WG_WORKSPACE_CAP = 64 << 20
 
 
 def _weight_grad_split(M: int, cout_g: int, cin_g: int, KH: int, KW: int, groups: int, dtype: torch.dtype,
-                       sms: int) -> int:
+                       sms: int, tf32: bool | None = None) -> int:
     """How many ways the weight gradient splits its reduction over the M = N * OH * OW output pixels.
 
     The gradient has ``tiles = ceil(COUT_G / BLOCK_M) * ceil(CIN_G / BLOCK_N) * KH * KW * groups``
@@ -489,9 +489,10 @@ def _weight_grad_split(M: int, cout_g: int, cin_g: int, KH: int, KW: int, groups
     * 7x7 stem, 3 -> 64, N 32 at 112 x 112 (M = 401408): 64 x 16 tiles, 49; 5 splits, 245 programs.
     * 1x1, 16 -> 16, N 32 at 112 x 112 (M = 401408): 1 tile; 264 splits (two per SM).
 
-    ``sms == 0`` (no GPU) gives 1. The splits are summed in a fixed order: deterministic.
+    ``sms == 0`` (no GPU) gives 1. The splits are summed in a fixed order: deterministic. ``tf32``
+    (default: as the launch, ``allow_tf32``) picks the fp32 table, for callers modelling a launch.
     """
-    cls = config_class(WEIGHT_GRAD_CONFIGS, dtype, allow_tf32(dtype))
+    cls = config_class(WEIGHT_GRAD_CONFIGS, dtype, allow_tf32(dtype) if tf32 is None else tf32)
     blocks = _bwd_weight_prune(WEIGHT_GRAD_CONFIGS[cls][:1], {"COUT_G": cout_g, "CIN_G": cin_g})[0].kwargs
     bm, bn = blocks["BLOCK_M"], blocks["BLOCK_N"]
     tiles = cdiv(cout_g, bm) * cdiv(cin_g, bn) * KH * KW * groups

@@ -360,6 +360,14 @@ def depthwise_input_grad(grad_output, weight, input_shape, stride, padding, dila
     return gx
 
 
+def weight_grad_split(rows: int, c_out: int, taps: int, sms: int) -> int:
+    """How many programs share the ``rows`` output rows of a channel block in the weight gradient
+    (2-D and 3-D): about 4 programs per SM over the ceil(c_out / 16) channel blocks, each at least
+    8 rows; the fp32 workspace (splits x taps x c_out) stays <= 64 MiB. 1 without a GPU (sms 0)."""
+    cap = max(1, (64 << 20) // (4 * taps * c_out))
+    return _split_k_rule(rows, cdiv(c_out, 16), sms, min_chunk=8, programs_per_sm=4, max_splits=min(cap, 65535))
+
+
 def depthwise_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, split_k=None):
     """dL/dweight (C_in * MULT, 1, KH, KW), contiguous. ``split_k``: how many programs share the
     N * OH output rows of a channel block (default: enough to fill the GPU; 1 on CPU)."""
@@ -371,10 +379,7 @@ def depthwise_weight_grad(x, grad_output, weight_shape, stride, padding, dilatio
     if rows == 0 or OW == 0 or C_out == 0:
         return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
     if split_k is None:
-        # ~4 programs per SM, each at least 8 rows; the workspace stays <= 64 MiB of fp32
-        cap = max(1, (64 << 20) // (4 * KH * KW * C_out))
-        split_k = _split_k_rule(rows, cdiv(C_out, 16), sm_count(x.device), min_chunk=8, programs_per_sm=4,
-                                max_splits=min(cap, 65535))
+        split_k = weight_grad_split(rows, C_out, KH * KW, sm_count(x.device))
     rows_per_split = cdiv(rows, split_k)
     split_k = cdiv(rows, rows_per_split)
     ws = torch.zeros((split_k, KH * KW, C_out), device=x.device, dtype=accumulator_dtype(x.dtype))

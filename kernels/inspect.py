@@ -163,6 +163,29 @@ def _run_problem(problem: str, dtype):
     roi_off = t(4, 2, 7, 7) if with_mask else None
     yr = roi.deform_roi_pool_forward(x, rois, roi_off, 0.0625, 7, 7, 2, 0.1)
     roi.deform_roi_pool_backward(yr, x, rois, roi_off, 0.0625, 7, 7, 2, 0.1)
+    _run_problem_depthwise3d(problem, dtype)
+
+
+def _run_problem_depthwise3d(problem: str, dtype):
+    """The 3-D depthwise launchers on ``problem``'s video analogue (X3D's channelwise 3x3x3):
+    nchw: NCDHW, 64 channels, 4x16x16, stride 1 pad 1, bias; nhwc: channels_last_3d, 3x3x3
+    stride (1, 2, 2) pad 1, bias; odd: NCDHW, 5 channels, 5x15x15, dilation 2, no bias."""
+    import torch
+
+    from kernels import depthwise3d
+
+    c = 5 if problem == "odd" else 64
+    d, h = (5, 15) if problem == "odd" else (4, 16)
+    stride = [1, 2, 2] if problem == "nhwc" else [1, 1, 1]
+    padding = [0, 0, 0] if problem == "odd" else [1, 1, 1]
+    dilation = [2, 2, 2] if problem == "odd" else [1, 1, 1]
+    fmt = torch.channels_last_3d if problem == "nhwc" else torch.contiguous_format
+    x = torch.zeros(2, c, d, h, h, dtype=dtype).contiguous(memory_format=fmt)
+    w = torch.zeros(c, 1, 3, 3, 3, dtype=dtype)
+    b = None if problem == "odd" else torch.zeros(c, dtype=dtype)
+    y = depthwise3d.depthwise3d_forward(x, w, b, stride, padding, dilation)
+    depthwise3d.depthwise3d_input_grad(y, w, x.shape, stride, padding, dilation)
+    depthwise3d.depthwise3d_weight_grad(x, y, w.shape, stride, padding, dilation, split_k=4)
 
 
 def capture(problems=PROBLEMS, dtypes=("fp32", "fp16", "bf16", "fp64")) -> dict:
