@@ -31,10 +31,18 @@ and corners once per pixel tile) -> channel block (gather, ``tl.dot``).
 Weight gradient: one program per (tap, segment, input-channel block, weight group, split) with
 BLOCK_M spanning the group's output channels likewise; its pixel reduction is split into a
 workspace summed by the launcher (deterministic).
-Data gradient: one program per (64-pixel tile, offset group, tap) computes a [pixels x channels]
-tile of ``dC`` with ``tl.dot`` and, in registers, reduces it into grad offset (dy, dx) and grad
-mask (deterministic: one program owns each output element) and scatters it into grad input with
-atomic adds on an fp32 (fp64) workspace. Accumulation is fp32 (fp64 for fp64).
+Data gradient: one program per (pixel tile, offset group, tap) (a flat grid, taps fastest) computes
+[pixels x channels] tiles of ``dC`` with ``tl.dot`` and, in registers, reduces them into grad
+offset (dy, dx) and grad mask (deterministic: one program owns each output element) and scatters
+them into grad input with atomic adds along channels on an fp32 (fp64) workspace. Its operands
+are laid out for vector loads: grad_output channels innermost (one channels_last copy if it is
+NCHW), the weight repacked K-major as (KH, KW, C_in / groups, C_out). Where the offset group lies
+in one weight group and one K block covers C_out / groups (up to ``DATA_K``: 128 in 16 bit), the
+program loads its grad_output tile once and holds it across the channel blocks: grad_output is
+read taps * offset_groups times in all (from L2: the taps of a pixel tile run side by side), where
+the previous kernel read it taps * C_in / BLOCK_N times (144 at 3x3, C_in = 256, BLOCK_N = 16).
+The scatter stays atomic: a gather-form backward would need the inverse of data-dependent
+sampling positions. Accumulation is fp32 (fp64 for fp64).
 
 The kernels read x (and the data gradient accumulates grad input) in channels_last: the launchers
 copy an input with another layout once per op (``_channels_last``), so the corner loads and the
@@ -98,8 +106,11 @@ WEIGHT_CONFIGS = {
 # Data gradient: BLOCK_M pixels x BLOCK_N channels; the launcher sets BLOCK_K (the reduction over
 # output channels) to next_pow2(C_out / groups), at least 16 and at most DATA_K[class], so that the
 # grad_output tile of a weight group is loaded once per program (GY_RESIDENT) up to that width.
-# Its four masked per-element atomic scatters need many registers per tile element, so
-# tiles stay at <= 8 elements per thread.
+# Its four masked per-element atomic scatters need many registers per tile element, so tiles
+# stay at <= 8 elements per thread, except the 16-bit default: 128 pixels x 16 channels on 4 warps,
+# one pixel row per thread, whose channel runs load (x, grad_output, weight) and scatter as
+# 16-byte vectors (98% of load bytes vectorised on sm_80 / sm_90, no spills); ``_data_prune``
+# keeps it to launches whose channel runs are 16-element aligned (elsewhere it spills).
 DATA_K = {"fp16": 128, "bf16": 128, "fp32": 64, "fp32_ieee": 64, "fp64": 32}
 DATA_CONFIGS = {
     "fp16": [_dcfg(128, 16, 4, 2), _dcfg(64, 16, 8, 2), _dcfg(64, 16, 4, 2), _dcfg(128, 16, 8, 2), _dcfg(64, 32, 8, 2)],
@@ -327,6 +338,9 @@ def _deform_bwd_data_kernel(
     # GY_RESIDENT (the launcher's choice: the offset group lies in one weight group and BLOCK_K
     # covers its output channels): the [BLOCK_M x BLOCK_K] grad_output tile is loaded once and
     # held across every channel block, instead of once per channel block.
+    # grad_output re-read factor (elements read / elements): taps * offset_groups with GY_RESIDENT
+    # (9 at 3x3, one offset group), else taps * C_in / BLOCK_N as before this layout (144 at 3x3,
+    # C_in = 256, BLOCK_N = 16); count_samples' "data_gy" counts it under the interpreter.
     pid = tl.program_id(0)
     pid_m = pid // N_TAPS_OG
     pid_t = pid % N_TAPS_OG
@@ -375,6 +389,8 @@ def _deform_bwd_data_kernel(
         co_res = _idx(((og * CPOG) // CIN_G) * COUT_G + offs_k, IDX64)
         a_res = tl.load(gy_ptr + (gy_pix[:, None] + co_res[None, :] * sgc), mask=mask_m[:, None] & mask_k[None, :],
                         other=0.0)
+        if COUNT:  # grad_output elements read (count_samples' "data_gy")
+            tl.atomic_add(cnt_ptr + 1, tl.sum(tl.sum((mask_m[:, None] & mask_k[None, :]).to(tl.int32), 1), 0))
     n_seg = CPOG // SEG
     n_cb = tl.cdiv(SEG, BLOCK_N)
     for it in range(0, n_seg * n_cb):
@@ -396,6 +412,8 @@ def _deform_bwd_data_kernel(
                 co = _idx((g * COUT_G + offs_co), IDX64)
                 a = tl.load(gy_ptr + (gy_pix[:, None] + co[None, :] * sgc), mask=mask_m[:, None] & mask_co[None, :],
                             other=0.0)
+                if COUNT:
+                    tl.atomic_add(cnt_ptr + 1, tl.sum(tl.sum((mask_m[:, None] & mask_co[None, :]).to(tl.int32), 1), 0))
                 b = tl.load(w_ptr + (co[:, None] * swo + w_col[None, :]), mask=mask_co[:, None] & mask_c[None, :],
                             other=0.0)
                 gc = _mma(a, b, gc, ALLOW_TF32)
@@ -485,7 +503,9 @@ def count_samples():
     the yielded dict adds up, per kernel ("fwd", "weight", "data"), the (pixel, channel) bilinear
     samples each one gathers, one per output position, tap and input channel when every sample is
     computed once per weight group (the forward and weight gradient would count it again for
-    every block of output channels). Compiled launches never count (``COUNT=False``)."""
+    every block of output channels). "data_gy" adds up the grad_output elements the data gradient
+    reads: N * OH * OW * C_out times its re-read factor (see ``_deform_bwd_data_kernel``).
+    Compiled launches never count (``COUNT=False``)."""
     global _SAMPLE_COUNTS
     before, _SAMPLE_COUNTS = _SAMPLE_COUNTS, {}
     try:
@@ -495,16 +515,18 @@ def count_samples():
 
 
 def _counter(like):
-    """(counter tensor, COUNT) for a launch: an int32 [1] tensor while count_samples is active
-    under the interpreter, else ``like`` as an unused pointer."""
+    """(counter tensor, COUNT) for a launch: an int32 [2] tensor (samples, grad_output elements
+    read) while count_samples is active under the interpreter, else ``like`` as an unused pointer."""
     if INTERPRET and _SAMPLE_COUNTS is not None:
-        return torch.zeros(1, dtype=torch.int32, device=like.device), True
+        return torch.zeros(2, dtype=torch.int32, device=like.device), True
     return like, False
 
 
 def _record(name, cnt, on):
     if on:
-        _SAMPLE_COUNTS[name] = _SAMPLE_COUNTS.get(name, 0) + int(cnt.item())
+        _SAMPLE_COUNTS[name] = _SAMPLE_COUNTS.get(name, 0) + int(cnt[0].item())
+        if name == "data":
+            _SAMPLE_COUNTS["data_gy"] = _SAMPLE_COUNTS.get("data_gy", 0) + int(cnt[1].item())
 
 
 def _wide_block(cout_g, cls: str, caps=None) -> int:
