@@ -111,7 +111,10 @@ WEIGHT_CONFIGS = {
 # one pixel row per thread, whose channel runs load (x, grad_output, weight) and scatter as
 # 16-byte vectors (98% of load bytes vectorised on sm_80 / sm_90, no spills); ``_data_prune``
 # keeps it to launches whose channel runs are 16-element aligned (elsewhere it spills).
+# Without a resident tile (wider groups, or an offset group spanning weight groups) BLOCK_K is at
+# most DATA_K_STEP (checked at C_out / groups = 128 and 256 with the kernels.aot builds: wider steps spill).
 DATA_K = {"fp16": 128, "bf16": 128, "fp32": 64, "fp32_ieee": 64, "fp64": 32}
+DATA_K_STEP = 32
 DATA_CONFIGS = {
     "fp16": [_dcfg(128, 16, 4, 2), _dcfg(64, 16, 8, 2), _dcfg(64, 16, 4, 2), _dcfg(128, 16, 8, 2), _dcfg(64, 32, 8, 2)],
     "fp32": [_dcfg(64, 16, 8, 2), _dcfg(128, 16, 8, 2), _dcfg(32, 32, 8, 1), _dcfg(32, 16, 4, 1)],
@@ -452,15 +455,16 @@ _bwd_weight_tuned = autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + 
 # the data kernel accumulates into ws with atomics: reset_to_zero keeps autotuning trials from
 # adding up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
 def _data_prune(configs, named_args):
-    """Configs the data-gradient autotuner tries: tiles of more than 8 elements per thread (the
+    """Configs the data-gradient autotuner tries: tiles of more than 4 elements per thread (the
     16-bit default, 128 pixels x 16 channels on 4 warps: one pixel row per thread, so its channel
     run loads and scatters as 16-byte vectors) only where those runs are 16-element aligned
-    (channels_last x with a row stride and segment width divisible by 16); elsewhere every corner
-    access is scalar and such a tile spills (python -m kernels.aot, build "odd")."""
+    (channels_last x and workspace with a row stride and segment width divisible by 16); elsewhere
+    every corner access is scalar and such tiles spill (python -m kernels.aot --all-configs, build
+    "odd")."""
     aligned = (named_args["sxc"] == 1 and named_args["sxw"] % 16 == 0 and named_args["SEG"] % 16 == 0
                and named_args["sic"] == 1 and named_args["siw"] % 16 == 0)
     out = [c for c in configs
-           if aligned or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 8 * 32 * c.num_warps]
+           if aligned or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 4 * 32 * c.num_warps]
     return out or configs[-1:]
 
 
@@ -615,6 +619,8 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
     block_k = _wide_block(cout_g, cls, DATA_K)
     # the offset group lies in one weight group and one K block covers its output channels
     resident = cout_g <= block_k and gm["seg"] == gm["cpog"]
+    if not resident:  # a K loop: narrow steps (a 128-wide step on the 128-pixel tile spills)
+        block_k = min(block_k, DATA_K_STEP)
     cnt, count = _counter(x)
     launch(_bwd_data_tuned[cls], _deform_bwd_data_kernel, grid, INTERPRET_CONFIG,
            x, offset, m_t, w_k, grad_output, ws, g_off, gm_t, cnt,
