@@ -106,17 +106,19 @@ WEIGHT_CONFIGS = {
 # Data gradient: BLOCK_M pixels x BLOCK_N channels; the launcher sets BLOCK_K (the reduction over
 # output channels) to next_pow2(C_out / groups), at least 16 and at most DATA_K[class], so that the
 # grad_output tile of a weight group is loaded once per program (GY_RESIDENT) up to that width.
-# Its four masked per-element atomic scatters need many registers per tile element, so tiles
-# stay at <= 8 elements per thread, except the 16-bit default: 128 pixels x 16 channels on 4 warps,
-# one pixel row per thread, whose channel runs load (x, grad_output, weight) and scatter as
-# 16-byte vectors (98% of load bytes vectorised on sm_80 / sm_90, no spills); ``_data_prune``
-# keeps it to launches whose channel runs are 16-element aligned (elsewhere it spills).
+# Its four masked per-element atomic scatters need many registers per tile element: where the
+# channel runs are not 16-element aligned (scalar accesses) tiles stay at <= 4 elements per thread
+# (``_data_prune``); aligned launches also try 8, and the 16-bit default is 128 pixels x 16
+# channels on 4 warps, one pixel row per thread, whose channel runs load (x, grad_output, weight)
+# and scatter as 16-byte vectors (98% of load bytes vectorised on sm_80 / sm_90, no spills).
 # Without a resident tile (wider groups, or an offset group spanning weight groups) BLOCK_K is at
-# most DATA_K_STEP (checked at C_out / groups = 128 and 256 with the kernels.aot builds: wider steps spill).
+# most DATA_K_STEP (checked at C_out / groups = 128 and 256 on the kernels.aot builds: wider
+# steps spill).
 DATA_K = {"fp16": 128, "bf16": 128, "fp32": 64, "fp32_ieee": 64, "fp64": 32}
 DATA_K_STEP = 32
 DATA_CONFIGS = {
-    "fp16": [_dcfg(128, 16, 4, 2), _dcfg(64, 16, 8, 2), _dcfg(64, 16, 4, 2), _dcfg(128, 16, 8, 2), _dcfg(64, 32, 8, 2)],
+    "fp16": [_dcfg(128, 16, 4, 2), _dcfg(64, 16, 8, 2), _dcfg(64, 16, 4, 2), _dcfg(128, 16, 8, 2),
+             _dcfg(64, 32, 8, 2)],
     "fp32": [_dcfg(64, 16, 8, 2), _dcfg(128, 16, 8, 2), _dcfg(32, 32, 8, 1), _dcfg(32, 16, 4, 1)],
     # fp32 FMAs and fp64: triton 3.6's ptxas spills 8-24 B at 64x16 on 8 warps / 2 stages (fp32) and
     # 32x16 on 4 warps (fp64, sm_90)
