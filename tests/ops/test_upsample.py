@@ -4,6 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import layers
+from _helpers import assert_close
+from kernels import conv2d as gemm_kernels
 from layers.upsample import SubPixelConv2d, icnr_, make_upsample, subpixel_conv2d
 
 
@@ -60,3 +63,169 @@ def test_resize_conv_is_upsample_then_conv():
     ref = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), conv.weight, conv.bias, padding=1)
     torch.testing.assert_close(m(x), ref)
     assert isinstance(m[0], nn.Upsample)
+
+
+# --------------------------------------------------------------------------- fused Triton op
+@pytest.fixture
+def triton_backend():
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # compare in full fp32 (the kernels follow this flag)
+    with layers.use_backend("triton"):
+        yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
+def _ref_shuffle(t, r):
+    """F.pixel_shuffle by reshapes (PixelShuffleBackward rejects batch 0 in torch 2.14)."""
+    n, c, h, w = t.shape
+    return t.reshape(n, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+
+def check_subpixel(device, dtype, N, C_in, C, H, W, k, r, padding, layout="contiguous", bias=True):
+    """Output and input / weight / bias gradients against F.pixel_shuffle(F.conv2d(...)) in float64."""
+    x = torch.randn(N, C_in, H, W, device=device).to(dtype)
+    w = torch.randn(C * r * r, C_in, k, k, device=device).to(dtype)
+    b = torch.randn(C * r * r, device=device).to(dtype) if bias else None
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
+    bs = b.detach().requires_grad_() if bias else None
+    y = subpixel_conv2d(xs, ws, bs, r, padding)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    br = b.double().requires_grad_() if bias else None
+    ref = _ref_shuffle(F.conv2d(xr, wr, br, 1, padding), r)
+    assert_close(y, ref, dtype, "output")
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    gy = torch.randn_like(ref).to(dtype)
+    y.backward(gy)
+    ref.backward(gy.double())
+    assert_close(xs.grad, xr.grad, dtype, "grad input")
+    assert_close(ws.grad, wr.grad, dtype, "grad weight")
+    if bias:
+        assert_close(bs.grad, br.grad, dtype, "grad bias")
+
+
+# (N, C_in, C, H, W, kernel, r, padding, layout). C >= 16 takes the fused-load input gradient,
+# smaller C the unshuffle-first one (kernels.conv2d._SUBPIXEL_FUSED_MIN_CHANNELS).
+SUBPIXEL_CASES = [
+    (2, 3, 2, 5, 4, 3, 1, "same", "contiguous"),
+    (2, 3, 2, 5, 7, 3, 2, "same", "channels_last"),
+    (1, 2, 3, 5, 3, 4, 3, "same", "contiguous"),  # even kernel: asymmetric 'same'
+    (1, 3, 16, 3, 5, 4, 2, "same", "channels_last"),
+    (1, 2, 16, 4, 3, 3, 2, 2, "contiguous"),  # padding > kernel - 1
+    (2, 2, 16, 5, 4, 3, 3, "valid", "contiguous"),
+    (0, 3, 2, 4, 4, 3, 2, "same", "contiguous"),  # batch 0
+]
+
+
+@pytest.mark.parametrize("case", SUBPIXEL_CASES, ids=[f"r{c[6]}-k{c[5]}-C{c[2]}-{c[7]}-{c[8]}-n{c[0]}"
+                                                       for c in SUBPIXEL_CASES])
+def test_subpixel_fused_matches_composition(device, triton_backend, case):
+    torch.manual_seed(0)
+    N, C_in, C, H, W, k, r, padding, layout = case
+    check_subpixel(device, torch.float32, N, C_in, C, H, W, k, r, padding, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("C", [2, 16])
+def test_subpixel_fused_half(device, triton_backend, dtype, C):
+    torch.manual_seed(0)
+    check_subpixel(device, dtype, 2, 3, C, 3, 5, 3, 2, "same", "channels_last" if C == 16 else "contiguous",
+                   bias=C == 2)
+
+
+def test_subpixel_gradcheck_float64(device, triton_backend):
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 4, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 2, 2, 2, device=device, dtype=torch.float64, requires_grad=True)
+    wf = torch.randn(64, 2, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: subpixel_conv2d(x, w, b, 2, "same"), (x, w, b), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x, w: subpixel_conv2d(x, w, None, 2, 1), (x, wf), fast_mode=True)
+    # double backward: each gradient op has its own autograd
+    assert torch.autograd.gradgradcheck(lambda x, w: subpixel_conv2d(x, w, None, 2, "same"), (x, w), fast_mode=True)
+
+
+def test_subpixel_opcheck(device, triton_backend):
+    x = torch.randn(2, 3, 4, 5, device=device)
+    w = torch.randn(8, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(8, device=device)
+    gy = torch.randn(2, 2, 8, 10, device=device)
+    pad = [1, 1, 1, 1]
+    torch.library.opcheck(torch.ops.convlab.subpixel_conv2d.default, (x, w, b, 2, pad))
+    torch.library.opcheck(torch.ops.convlab.subpixel_conv2d_input_grad.default, (gy, w.detach(), [2, 3, 4, 5], 2, pad))
+    torch.library.opcheck(torch.ops.convlab.subpixel_conv2d_weight_grad.default, (x, gy, [8, 3, 3, 3], 2, pad))
+
+
+def test_subpixel_torch_compile_fullgraph(device, triton_backend):
+    torch._dynamo.reset()
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    m = SubPixelConv2d(3, 2, 3, upscale_factor=2).to(device)
+
+    def f(x):
+        return torch.relu(m(x)).sum()
+
+    x = torch.randn(2, 3, 4, 5, device=device, requires_grad=True)
+    out = torch.compile(f, fullgraph=True, backend=backend)(x)
+    out.backward()
+    x2 = x.detach().requires_grad_()
+    with layers.use_backend("reference"):
+        ref = f(x2)
+    ref.backward()
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_subpixel_forward_is_one_kernel_without_intermediate(device, triton_backend, monkeypatch):
+    """The Triton forward is a single launch of the conv2d forward kernel whose destination is the
+    shuffled output itself: no (N, C * r^2, H, W) tensor is passed to (or made by) any kernel, and
+    no pixel_shuffle op runs."""
+    launches = []
+    real_launch = gemm_kernels.launch
+
+    def record(tuned, plain, grid, interpret_config, *args, **kwargs):
+        launches.append((plain, args, kwargs))
+        return real_launch(tuned, plain, grid, interpret_config, *args, **kwargs)
+
+    monkeypatch.setattr(gemm_kernels, "launch", record)
+    x = torch.randn(2, 3, 5, 4, device=device)
+    w = torch.randn(2 * 9, 3, 3, 3, device=device)
+    with torch.profiler.profile() as prof:
+        y = subpixel_conv2d(x, w, None, 3)
+    assert len(launches) == 1
+    plain, args, kwargs = launches[0]
+    assert plain is gemm_kernels._conv2d_fwd_kernel and kwargs["SHUFFLE_R"] == 3
+    assert args[3].data_ptr() == y.data_ptr() and tuple(args[3].shape) == (2, 2, 15, 12)
+    assert not any(isinstance(a, torch.Tensor) and tuple(a.shape) == (2, 18, 5, 4) for a in args)
+    names = {e.name for e in prof.events()}
+    assert not any("pixel_shuffle" in n or n == "aten::convolution" for n in names), sorted(names)
+    torch.testing.assert_close(y, F.pixel_shuffle(F.conv2d(x, w, None, 1, "same"), 3), atol=1e-4, rtol=1e-4)
+
+
+def test_subpixel_flops(device, triton_backend):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 3, 4, 5, device=device, requires_grad=True)
+    w = torch.randn(8, 3, 3, 3, device=device, requires_grad=True)
+    with FlopCounterMode(display=False) as ours:
+        subpixel_conv2d(x, w, None, 2).sum().backward()
+    with layers.use_backend("reference"), FlopCounterMode(display=False) as ref:
+        subpixel_conv2d(x, w, None, 2).sum().backward()
+    assert ours.get_total_flops() == ref.get_total_flops() == 3 * 2 * (2 * 4 * 5) * 8 * 3 * 9
+
+
+def test_subpixel_errors():
+    x = torch.randn(1, 2, 4, 4)
+    with pytest.raises(ValueError, match="upscale_factor must be a positive int"):
+        subpixel_conv2d(x, torch.randn(4, 2, 3, 3), None, 0)
+    with pytest.raises(ValueError, match=r"weight must be 4-D \(C_out \* upscale_factor\*\*2"):
+        subpixel_conv2d(x, torch.randn(4, 2, 3), None, 2)
+    with pytest.raises(ValueError, match=r"weight.shape\[1\] must be C_in"):
+        subpixel_conv2d(x, torch.randn(4, 3, 3, 3), None, 2)
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+        subpixel_conv2d(x, torch.randn(4, 2, 3, 3), torch.randn(1), 2)
+    with pytest.raises(ValueError, match="padding must be 'same', 'valid' or a non-negative int"):
+        subpixel_conv2d(x, torch.randn(4, 2, 3, 3), None, 2, padding=-1)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        subpixel_conv2d(x, torch.randn(4, 2, 5, 5), None, 2, padding="valid")
