@@ -568,7 +568,7 @@ def subpixel_conv2d_forward(x, weight, bias, r, padding):
     vec = 1
     if y.stride(1) == 1:
         vec = math.gcd(C, 16)
-        vec = vec if all(st % vec == 0 for st in y.stride()) else 1
+        vec = vec if all(y.stride(d) % vec == 0 for d in (0, 2, 3)) else 1
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(C * r * r, meta["BLOCK_N"]), 1, 1)
     tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, wp, y, M)
     launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, tf32, i64)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
