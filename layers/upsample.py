@@ -220,7 +220,7 @@ def icnr_(weight: Tensor, upscale_factor: int,
 
 class SubPixelConv2d(nn.Module):
     """Sub-pixel convolution: a ``kernel_size`` convolution to ``out_channels * upscale_factor**2``
-    channels and a periodic shuffle to (N, out_channels, H * r, W * r).
+    channels and a periodic shuffle to (N, out_channels, H * r, W * r); see :func:`subpixel_conv2d`.
 
     ``out_channels`` counts channels after the shuffle. ``padding="same"`` (default) keeps H, W before
     the shuffle; an int pads symmetrically. ``icnr=True`` initialises the weight with ICNR and the bias

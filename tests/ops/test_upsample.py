@@ -24,6 +24,7 @@ def test_subpixel_matches_conv_then_pixel_shuffle():
     x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
     ref = F.pixel_shuffle(F.conv2d(x, m.weight, m.bias, padding=1), 2)
     torch.testing.assert_close(m(x), ref)
+    torch.testing.assert_close(m(x[0]), ref[0])  # unbatched (C, H, W), as F.conv2d
     assert m.weight.shape == (12, 4, 3, 3)
 
 
@@ -114,14 +115,14 @@ def _input_grad_path(monkeypatch, path):
 
 # (input-gradient path, N, C_in, C, H, W, kernel, r, padding, layout)
 SUBPIXEL_CASES = [
-    ("fused", 2, 3, 2, 5, 4, 3, 1, "same", "contiguous"),
+    ("fused", 1, 3, 2, 5, 4, 3, 1, "same", "contiguous"),
     ("fused", 2, 3, 2, 5, 7, 3, 2, "same", "channels_last"),  # odd sizes
     ("fused", 1, 2, 3, 5, 3, 4, 3, "same", "contiguous"),  # even kernel: asymmetric 'same'
     ("fused", 1, 2, 1, 4, 3, 3, 2, 2, "channels_last"),  # padding > kernel - 1
     ("fused", 1, 2, 2, 4, 5, 3, 3, "valid", "contiguous"),
     ("fused", 0, 3, 2, 4, 4, 3, 2, "same", "contiguous"),  # batch 0
     ("unshuffle", 2, 3, 2, 5, 7, 3, 2, "same", "channels_last"),
-    ("unshuffle", 1, 2, 3, 5, 3, 4, 3, "same", "contiguous"),
+    ("unshuffle", 1, 2, 3, 3, 3, 4, 3, "same", "contiguous"),
 ]
 
 
