@@ -127,7 +127,7 @@ def _implicit_gemm_tile(
     # meta-parameters
     HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
-    SHUFFLE_R: tl.constexpr, STORE_VEC: tl.constexpr,
+    SHUFFLE_R: tl.constexpr = 1, STORE_VEC: tl.constexpr = 1,
 ):
     """One BLOCK_M x BLOCK_N output tile of group program_id(2): the body shared by the forward
     and the (phase of the) input gradient. ``SHUFFLE_R`` > 1 fuses a pixel shuffle into the store
@@ -184,8 +184,9 @@ def _implicit_gemm_tile(
         # for one sub-pixel (i, j); the conv channel (PyTorch's order) is c * R^2 + i * R + j and
         # lands at dst[n, c, oh * R + i, ow * R + j]. In channels_last output c is the innermost
         # axis, so each run is one contiguous, vectorisable store; in NCHW output no tile axis is
-        # contiguous (neighbouring ow are R apart, neighbouring j are in other tile columns) and the
-        # stores are strided, as the r = 1 NCHW stores along the pixel axis are partly.
+        # contiguous (neighbouring ow land R apart; the j between them is in another column run),
+        # so those stores are scalar, as NCHW stores are at r = 1 too (the pixel axis is contiguous
+        # only within an output row, which the compiler cannot prove through the div/mod).
         c_sub = N_CH // (SHUFFLE_R * SHUFFLE_R)
         ij = co // c_sub
         c = co - ij * c_sub
@@ -221,7 +222,7 @@ def _conv2d_fwd_kernel(
     # STORE_VEC: see _implicit_gemm_tile)
     HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
-    SHUFFLE_R: tl.constexpr = 1, STORE_VEC: tl.constexpr = 1,
+    SHUFFLE_R: tl.constexpr, STORE_VEC: tl.constexpr,
 ):
     _implicit_gemm_tile(x_ptr, w_ptr, b_ptr, y_ptr,
                         M, OH, OW, H, W, CIN_G, COUT_G, COUT_LD, KH, KW, KH, KW,
@@ -254,7 +255,7 @@ def _conv2d_bwd_input_kernel(
                         stride_gn, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
                         1, 1, oh0, ow0, -doh, -dow,
                         kh0, kw0, kh_step, kw_step, stride_h, stride_w, ih0, iw0,
-                        HAS_BIAS, ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE_M, 1, 1)
+                        HAS_BIAS, ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE_M)
 
 
 # --------------------------------------------------------------------------- weight grad
@@ -423,7 +424,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
            M, H, W, OH, OW, cin_g, cout_g, cout_ld, KH, KW, _m_key(M),
            xc.stride(0), xc.stride(2), xc.stride(3), *y.stride(),
            sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M)
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M, SHUFFLE_R=1, STORE_VEC=1)
     return y
 
 
