@@ -43,7 +43,8 @@ def test_every_build_compiles_for_sm80_sm90(rows):
 def test_builds_cover_tf32_index64_and_specialisations(rows):
     rows, _, _ = rows
     fwd32 = {r["build"] for r in rows if r["kernel"] == "conv2d_fwd" and r["dtype"] == "fp32" and r["arch"] == 90}
-    assert fwd32 == {f"{p},{t}{i}" for p in ("nchw", "nhwc", "odd") for t in ("tf32", "ieee") for i in ("", ",i64")}
+    assert fwd32 == {f"{p}{s},{t}{i}" for p in ("nchw", "nhwc", "odd") for t in ("tf32", "ieee") for i in ("", ",i64")
+                     for s in ("", ",subpixel3" if p == "odd" else ",subpixel2")}
     assert any(r["index64"] for r in rows if r["kernel"] == "depthwise_fwd")
     # the TF32-off build takes its own (smaller) config table
     ieee = {r["config"] for r in rows if r["kernel"] == "conv2d_fwd" and r["tf32"] is False}
