@@ -318,10 +318,17 @@ def tiled_bytes(case: Case, mode: str, sms: int = 132) -> Optional[int]:
             p = None
     else:  # standard, grouped, dilated, subpixel: implicit GEMM (kernels.conv2d)
         p = implicit_gemm_passes(case, sms)
-        if p is not None and fam == "subpixel":  # pixel shuffle: a copy of the conv output each way
+        if p is not None and fam == "subpixel":
+            # kernels.conv2d fuses the shuffle into the forward's store (no copy) and, from
+            # _SUBPIXEL_FUSED_MIN_CHANNELS shuffled channels up, into the input gradient's loads; the
+            # weight gradient (and a narrower input gradient) unshuffles grad_output once: one read
+            # and one write of it each
+            from kernels.conv2d import _SUBPIXEL_FUSED_MIN_CHANNELS
+
             s = case.shapes()
-            shuffle = 2 * _numel(s["output"]) * ELEMENT_BYTES[case.dtype]
-            p = dict(p, fwd=p["fwd"] + shuffle, bwd_input=p["bwd_input"] + shuffle)
+            copy = 2 * _numel(s["output"]) * ELEMENT_BYTES[case.dtype]
+            narrow = s["output"][1] < _SUBPIXEL_FUSED_MIN_CHANNELS  # shuffled channels
+            p = dict(p, bwd_input=p["bwd_input"] + (copy if narrow else 0), bwd_weight=p["bwd_weight"] + copy)
         if p is not None and case.layer.transposed:  # conv_transpose: the roles of the passes swap
             p = {"fwd": p["bwd_input"], "bwd_input": p["fwd"], "bwd_weight": p["bwd_weight"]}
     if p is None:

@@ -130,9 +130,12 @@ def _implicit_gemm_tile(
     # meta-parameters
     HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
+    SHUFFLE_R: tl.constexpr = 1, STORE_VEC: tl.constexpr = 1,
 ):
     """One BLOCK_M x BLOCK_N output tile of group program_id(2): the body shared by the forward
-    and the (phase of the) input gradient."""
+    and the (phase of the) input gradient. ``SHUFFLE_R`` > 1 fuses a pixel shuffle into the store
+    (sub-pixel convolution, one group; see ``_conv2d_fwd_kernel``); ``STORE_VEC`` > 1 asserts that
+    the shuffled store offsets are contiguous in runs of that many channels (channels_last)."""
     g = tl.program_id(2)
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N_CH, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
     offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)  # int64 in the 64-bit build: M may pass 2**31
@@ -171,13 +174,37 @@ def _implicit_gemm_tile(
         acc = _mma(x, w, acc, ALLOW_TF32)
     co = g * N_CH + offs_n
     mask_n = offs_n < N_CH
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + co, mask=mask_n, other=0.0)
-        acc += bias[None, :].to(acc.dtype)
     # the pixel indices again (not kept live through the K loop)
     n, a, b = _unflatten(offs_m, A, B)
-    dst_off = (_idx(n, IDX64) * stride_dn + _idx(a * dst_step_h + dst_first_h, IDX64) * stride_dh
-               + _idx(b * dst_step_w + dst_first_w, IDX64) * stride_dw)[:, None] + _idx(co, IDX64)[None, :] * stride_dc
+    dst_h = a * dst_step_h + dst_first_h
+    dst_w = b * dst_step_w + dst_first_w
+    if SHUFFLE_R == 1:
+        b_idx = co
+        dst_col = _idx(co, IDX64) * stride_dc
+    else:
+        # Fused pixel shuffle. The launcher orders the GEMM columns sub-pixel-major,
+        # co = (i * R + j) * C + c, so a tile's columns are runs of consecutive shuffled channels c
+        # for one sub-pixel (i, j); the conv channel (PyTorch's order) is c * R^2 + i * R + j and
+        # lands at dst[n, c, oh * R + i, ow * R + j]. In channels_last output c is the innermost
+        # axis, so each run is one contiguous, vectorisable store; in NCHW output no tile axis is
+        # contiguous (neighbouring ow land R apart; the j between them is in another column run),
+        # so those stores are scalar, as NCHW stores are at r = 1 too (the pixel axis is contiguous
+        # only within an output row, which the compiler cannot prove through the div/mod).
+        c_sub = N_CH // (SHUFFLE_R * SHUFFLE_R)
+        ij = co // c_sub
+        c = co - ij * c_sub
+        b_idx = c * (SHUFFLE_R * SHUFFLE_R) + ij
+        dst_h = dst_h * SHUFFLE_R
+        dst_w = dst_w * SHUFFLE_R
+        dst_col = _idx(c, IDX64) * stride_dc + _idx(ij // SHUFFLE_R, IDX64) * stride_dh \
+            + _idx(ij % SHUFFLE_R, IDX64) * stride_dw
+        if STORE_VEC > 1:
+            dst_col = tl.max_contiguous(tl.multiple_of(dst_col, STORE_VEC), STORE_VEC)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + b_idx, mask=mask_n, other=0.0)
+        acc += bias[None, :].to(acc.dtype)
+    dst_off = (_idx(n, IDX64) * stride_dn + _idx(dst_h, IDX64) * stride_dh
+               + _idx(dst_w, IDX64) * stride_dw)[:, None] + dst_col[None, :]
     tl.store(dst_ptr + dst_off, acc.to(dst_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -194,16 +221,18 @@ def _conv2d_fwd_kernel(
     stride_yn, stride_yc, stride_yh, stride_yw,
     # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    # meta-parameters
+    # meta-parameters (SHUFFLE_R > 1: sub-pixel convolution, y is (N, C_out / R^2, OH * R, OW * R);
+    # STORE_VEC: see _implicit_gemm_tile)
     HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
+    SHUFFLE_R: tl.constexpr, STORE_VEC: tl.constexpr,
 ):
     _implicit_gemm_tile(x_ptr, w_ptr, b_ptr, y_ptr,
                         M, OH, OW, H, W, CIN_G, COUT_G, COUT_LD, KH, KW, KH, KW,
                         stride_xn, stride_xh, stride_xw, stride_yn, stride_yc, stride_yh, stride_yw,
                         stride_h, stride_w, -pad_h, -pad_w, dil_h, dil_w,
                         0, 0, 1, 1, 1, 1, 0, 0,
-                        HAS_BIAS, ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE_M)
+                        HAS_BIAS, ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE_M, SHUFFLE_R, STORE_VEC)
 
 
 # --------------------------------------------------------------------------- input grad
@@ -302,7 +331,7 @@ def _conv2d_bwd_weight_kernel(
 # resolution reuses the tuning of its bucket; channel counts, kernel and stride exact.
 # Tiles are cut to the channel counts (fit_blocks): narrow layers (3 input channels, 8 per group)
 # do not pay for 64-wide K steps or 128-wide channel tiles of masked lanes.
-_FWD_KEY = ["M_KEY", "CIN_G", "COUT_G", "KH", "KW", "stride_h", "stride_w"]
+_FWD_KEY = ["M_KEY", "CIN_G", "COUT_G", "KH", "KW", "stride_h", "stride_w", "SHUFFLE_R"]
 _fwd_prune = fit_blocks(BLOCK_K="CIN_G", BLOCK_N="COUT_G")
 _bwd_input_prune = fit_blocks(BLOCK_K="COUT_G", BLOCK_N="CIN_G")
 _bwd_weight_prune = fit_blocks(BLOCK_M="COUT_G", BLOCK_N="CIN_G")
@@ -398,7 +427,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
            M, H, W, OH, OW, cin_g, cout_g, cout_ld, KH, KW, _m_key(M),
            xc.stride(0), xc.stride(2), xc.stride(3), *y.stride(),
            sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M)
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M, SHUFFLE_R=1, STORE_VEC=1)
     return y
 
 
@@ -543,6 +572,115 @@ def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
     dw = torch.empty(weight_shape, device=x.device, dtype=x.dtype)
     dw.view(groups, cout_g, cin_g, KH * KW).copy_(partial.permute(0, 2, 3, 1))  # taps last, cast: one pass
     return dw
+
+
+# --------------------------------------------------------------------------- sub-pixel convolution
+# y = pixel_shuffle(conv2d(x, weight, bias, stride 1, padding), r) with the shuffle fused into the
+# forward's store (SHUFFLE_R): the (N, C * r^2, OH, OW) convolution output is never materialised.
+# ``padding`` is (top, bottom, left, right): PyTorch's 'same' for even kernels is asymmetric, and
+# the kernels only need the top/left offset (the bottom/right padding is the bounds mask).
+
+#: below this many shuffled channels the input gradient unshuffles grad_output first (see below)
+_SUBPIXEL_FUSED_MIN_CHANNELS = 16
+
+
+def _subpixel_sizes(input_shape, weight_shape, r, padding):
+    """(C, OH, OW): shuffled channels and the convolution's output size (before the shuffle)."""
+    (pt, pb, pl, pr), (KH, KW) = padding, weight_shape[-2:]
+    return weight_shape[0] // (r * r), input_shape[2] + pt + pb - KH + 1, input_shape[3] + pl + pr - KW + 1
+
+
+def subpixel_conv2d_forward(x, weight, bias, r, padding):
+    """y = pixel_shuffle(conv2d(x, weight, bias, padding), r) in one launch.
+
+    x: (N, C_in, H, W); weight: (C * r^2, C_in, KH, KW); bias: (C * r^2,) or None (conv channel
+    order, as F.conv2d's); padding: (top, bottom, left, right). Returns (N, C, OH * r, OW * r) in
+    x's memory format, OH = H + top + bottom - KH + 1.
+    """
+    N, C_in, H, W = x.shape
+    KH, KW = weight.shape[-2:]
+    C, OH, OW = _subpixel_sizes(x.shape, weight.shape, r, padding)
+    y = like_layout(x, (N, C, OH * r, OW * r))
+    M = N * OH * OW
+    if y.numel() == 0:
+        return y
+    xc = _channels_inner(x)
+    # GEMM columns sub-pixel-major, (i, j, c), so the epilogue stores runs of consecutive c
+    w_sub = weight.reshape(C, r * r, C_in, KH, KW).transpose(0, 1).reshape(weight.shape)
+    wp, cout_ld = _pack_weight(w_sub, 1, transpose=False)
+    # Store-vector hint: valid when c is the innermost axis (stride 1) and every stride and C are
+    # multiples of the run length, so each run starts aligned (a fresh channels_last y: strides are
+    # multiples of C). Otherwise 1 (no hint).
+    vec = 1
+    if y.stride(1) == 1:
+        vec = math.gcd(C, 16)
+        vec = vec if all(y.stride(d) % vec == 0 for d in (0, 2, 3)) else 1
+    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(C * r * r, meta["BLOCK_N"]), 1, 1)
+    tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, wp, y, M)
+    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, tf32, i64)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
+           xc, wp, bias if bias is not None else weight, y,
+           M, H, W, OH, OW, C_in, C * r * r, cout_ld, KH, KW, _m_key(M),
+           xc.stride(0), xc.stride(2), xc.stride(3), *y.stride(),
+           1, 1, padding[0], padding[2], 1, 1,
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M,
+           SHUFFLE_R=r, STORE_VEC=vec)
+    return y
+
+
+def _unshuffle_channels_last(t, r):
+    """F.pixel_unshuffle(t, r) (N, C, H * r, W * r) -> (N, C * r^2, H, W), written once, directly
+    channels_last (the layout the GEMM kernels read)."""
+    N, C, Hr, Wr = t.shape
+    u = t.reshape(N, C, Hr // r, r, Wr // r, r).permute(0, 2, 4, 1, 3, 5).contiguous()
+    return u.reshape(N, Hr // r, Wr // r, C * r * r).permute(0, 3, 1, 2)
+
+
+def subpixel_conv2d_input_grad(grad_output, weight, input_shape, r, padding):
+    """dL/dx of subpixel_conv2d_forward: grad_output (N, C, OH * r, OW * r) -> (N, C_in, H, W), in
+    grad_output's memory format.
+
+    The shuffle's adjoint is fused into the loads: dX[ih] = sum over (kh, i) of
+    dY[(ih + top - kh) * r + i] W[c r^2 + i r + j, kh], i.e. a stride-r convolution of the shuffled
+    dY itself with the (KH * r) x (KW * r) kernel Wa[ci, c, (KH-1-kh) r + i, (KW-1-kw) r + j] and
+    padding (KH - 1 - top) * r: the forward kernel runs it, its K loop reading dY's channels in
+    place (16-byte loads), with the same K = KH * KW * C * r^2 as the unfused input gradient.
+    Under ``_SUBPIXEL_FUSED_MIN_CHANNELS`` shuffled channels its K steps would be mostly masked lanes
+    (C = 3: 3 of 16 per tap); there dY is unshuffled once (one extra read and write of dY) and the
+    input-gradient kernel runs with C * r^2 channels per tap.
+    """
+    N, C_in, H, W = input_shape
+    KH, KW = weight.shape[-2:]
+    C, OH, OW = _subpixel_sizes(input_shape, weight.shape, r, padding)
+    if C < _SUBPIXEL_FUSED_MIN_CHANNELS:
+        return conv2d_input_grad(_unshuffle_channels_last(grad_output, r), weight, input_shape, 1,
+                                 (padding[0], padding[2]), 1, 1)
+    gx = like_layout(grad_output, (N, C_in, H, W))
+    M = N * H * W
+    if gx.numel() == 0:
+        return gx
+    gy = _channels_inner(grad_output)
+    wa = weight.reshape(C, r, r, C_in, KH, KW).flip(4, 5).permute(3, 0, 4, 1, 5, 2).reshape(C_in, C, KH * r, KW * r)
+    wp, cin_ld = _pack_weight(wa, 1, transpose=False)
+    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(C_in, meta["BLOCK_N"]), 1, 1)
+    tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(gy, wp, gx, M)
+    launch(_fwd_tuned[config_class(_fwd_tuned, grad_output.dtype, tf32, i64)], _conv2d_fwd_kernel, grid,
+           INTERPRET_CONFIG,
+           gy, wp, weight, gx,
+           M, OH * r, OW * r, H, W, C, C_in, cin_ld, KH * r, KW * r, _m_key(M),
+           gy.stride(0), gy.stride(2), gy.stride(3), *gx.stride(),
+           r, r, (KH - 1 - padding[0]) * r, (KW - 1 - padding[2]) * r, 1, 1,
+           HAS_BIAS=False, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M, SHUFFLE_R=1, STORE_VEC=1)
+    return gx
+
+
+def subpixel_conv2d_weight_grad(x, grad_output, weight_shape, r, padding):
+    """dL/dweight of subpixel_conv2d_forward -> (C * r^2, C_in, KH, KW), contiguous.
+
+    grad_output is unshuffled once (one extra read and write of it, straight into channels_last),
+    then the weight-gradient kernel runs: its [channel, pixel] tiles read a conv channel's pixels
+    at stride 1 only in the unshuffled layout. The bottom/right padding is the bounds mask."""
+    return conv2d_weight_grad(x, _unshuffle_channels_last(grad_output, r), weight_shape, 1,
+                              (padding[0], padding[2]), 1, 1)
 
 
 AOT_SPECS = [

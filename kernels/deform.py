@@ -31,10 +31,18 @@ and corners once per pixel tile) -> channel block (gather, ``tl.dot``).
 Weight gradient: one program per (tap, segment, input-channel block, weight group, split) with
 BLOCK_M spanning the group's output channels likewise; its pixel reduction is split into a
 workspace summed by the launcher (deterministic).
-Data gradient: one program per (64-pixel tile, offset group, tap) computes a [pixels x channels]
-tile of ``dC`` with ``tl.dot`` and, in registers, reduces it into grad offset (dy, dx) and grad
-mask (deterministic: one program owns each output element) and scatters it into grad input with
-atomic adds on an fp32 (fp64) workspace. Accumulation is fp32 (fp64 for fp64).
+Data gradient: one program per (pixel tile, offset group, tap) (a flat grid, taps fastest) computes
+[pixels x channels] tiles of ``dC`` with ``tl.dot`` and, in registers, reduces them into grad
+offset (dy, dx) and grad mask (deterministic: one program owns each output element) and scatters
+them into grad input with atomic adds along channels on an fp32 (fp64) workspace. Its operands
+are laid out for vector loads: grad_output channels innermost (one channels_last copy if it is
+NCHW), the weight repacked K-major as (KH, KW, C_in / groups, C_out). Where the offset group lies
+in one weight group and one K block covers C_out / groups (up to ``DATA_K``: 128 in 16 bit), the
+program loads its grad_output tile once and holds it across the channel blocks: grad_output is
+read taps * offset_groups times in all (from L2: the taps of a pixel tile run side by side), where
+the previous kernel read it taps * C_in / BLOCK_N times (144 at 3x3, C_in = 256, BLOCK_N = 16).
+The scatter stays atomic: a gather-form backward would need the inverse of data-dependent
+sampling positions. Accumulation is fp32 (fp64 for fp64).
 
 The kernels read x (and the data gradient accumulates grad input) in channels_last: the launchers
 copy an input with another layout once per op (``_channels_last``), so the corner loads and the
@@ -54,14 +62,11 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, alert_nondeterministic, allow_tf32, autotuned, block_config, cdiv, config_class, gemm_config,
+    accumulator_dtype, alert_nondeterministic, allow_tf32, autotuned, block_config, cdiv, config_class,
     _idx, INTERPRET, KernelSpec, launch, like_layout, _mma, needs_int64, sm_count, split_k as _split_k_rule,
     _tile_offsets, _unflatten, with_index64, zeroed_workspace,
 )
 from ._sampling import bilinear_load, corner_dot_scatter, corner_offsets, corner_weights, deform_corners, position_grads
-
-
-_cfg = gemm_config  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 
 
 def _fcfg(bm, bk, warps, stages):  # forward: BLOCK_N (output channels) is set by the launcher
@@ -70,6 +75,10 @@ def _fcfg(bm, bk, warps, stages):  # forward: BLOCK_N (output channels) is set b
 
 def _wcfg(bn, bk, warps, stages):  # weight grad: BLOCK_M (output channels) is set by the launcher
     return block_config(warps, stages, BLOCK_N=bn, BLOCK_K=bk)
+
+
+def _dcfg(bm, bn, warps, stages):  # data grad: BLOCK_K (output channels) is set by the launcher
+    return block_config(warps, stages, BLOCK_M=bm, BLOCK_N=bn)
 
 
 # The forward's BLOCK_N and the weight gradient's BLOCK_M span the weight group's output channels,
@@ -95,14 +104,27 @@ WEIGHT_CONFIGS = {
     "fp32_ieee": [_wcfg(32, 16, 8, 1), _wcfg(64, 16, 8, 1)],
     "fp64": [_wcfg(32, 16, 4, 1), _wcfg(64, 16, 8, 1)],
 }
-# Data gradient: BLOCK_M pixels x BLOCK_N channels, reduction over BLOCK_K output channels.
-# Its four masked per-element atomic scatters need many registers per tile element, so
-# tiles stay at <= 4 elements per thread.
+# Data gradient: BLOCK_M pixels x BLOCK_N channels; the launcher sets BLOCK_K (the reduction over
+# output channels) to next_pow2(C_out / groups), at least 16 and at most DATA_K[class], so that the
+# grad_output tile of a weight group is loaded once per program (GY_RESIDENT) up to that width.
+# Its four masked per-element atomic scatters need many registers per tile element: where the
+# channel runs are not 16-element aligned (scalar accesses) tiles stay at <= 4 elements per thread
+# (``_data_prune``); aligned launches also try 8, and the 16-bit default is 128 pixels x 16
+# channels on 4 warps, one pixel row per thread, whose channel runs load (x, grad_output, weight)
+# and scatter as 16-byte vectors (98% of load bytes vectorised on sm_80 / sm_90, no spills).
+# Without a resident tile (wider groups, or an offset group spanning weight groups) BLOCK_K is at
+# most DATA_K_STEP (checked at C_out / groups = 128 and 256 on the kernels.aot builds: wider
+# steps spill).
+DATA_K = {"fp16": 128, "bf16": 128, "fp32": 64, "fp32_ieee": 64, "fp64": 32}
+DATA_K_STEP = 32
 DATA_CONFIGS = {
-    "fp16": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1)],
-    "fp32": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 16, 8, 1), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1)],
-    "fp32_ieee": [_cfg(64, 16, 32, 8, 2), _cfg(16, 16, 32, 4, 1), _cfg(32, 16, 16, 4, 1)],
-    "fp64": [_cfg(64, 16, 32, 8, 2), _cfg(32, 32, 32, 8, 1), _cfg(32, 16, 32, 4, 1), _cfg(64, 16, 32, 8, 1)],
+    "fp16": [_dcfg(128, 16, 4, 2), _dcfg(64, 16, 8, 2), _dcfg(64, 16, 4, 2), _dcfg(128, 16, 8, 2),
+             _dcfg(64, 32, 8, 2)],
+    "fp32": [_dcfg(64, 16, 8, 2), _dcfg(128, 16, 8, 2), _dcfg(32, 32, 8, 1), _dcfg(32, 16, 4, 1)],
+    # fp32 FMAs and fp64: triton 3.6's ptxas spills 8-24 B at 64x16 on 8 warps / 2 stages (fp32) and
+    # 32x16 on 4 warps (fp64, sm_90)
+    "fp32_ieee": [_dcfg(32, 16, 4, 1), _dcfg(64, 16, 8, 1)],
+    "fp64": [_dcfg(64, 16, 8, 2), _dcfg(32, 32, 8, 1), _dcfg(64, 16, 8, 1)],
 }
 for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
     _configs["bf16"] = _configs["fp16"]
@@ -110,12 +132,13 @@ for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
 # index vectors.
 FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32=[_fcfg(64, 16, 8, 2)], fp32_ieee=[_fcfg(32, 16, 8, 1)],
                            fp64=[_fcfg(64, 16, 8, 1)])
-DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_cfg(64, 16, 32, 8, 1)], bf16=[_cfg(64, 16, 32, 8, 1)],
-                            fp32=[_cfg(64, 16, 32, 8, 2)], fp32_ieee=[_cfg(64, 16, 32, 8, 1)],
+DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_dcfg(64, 16, 8, 1), _dcfg(64, 16, 4, 1)],
+                            bf16=[_dcfg(64, 16, 8, 1), _dcfg(64, 16, 4, 1)],
+                            fp32=[_dcfg(64, 16, 8, 2)], fp32_ieee=[_dcfg(64, 16, 8, 1)],
                             # fp64 + 64-bit index: triton 3.6's ptxas spills 172-200 B at any larger tile and at
                             # its own register cap (128 at 4 warps); with .maxnreg this tile spills in no build.
-                            fp64=[block_config(4, 1, maxnreg=255, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)])
-INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}  # data gradient
+                            fp64=[block_config(4, 1, maxnreg=255, BLOCK_M=16, BLOCK_N=16)])
+INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16}  # data gradient
 FWD_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_K": 16}
 WEIGHT_INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
 
@@ -297,7 +320,7 @@ def _deform_bwd_data_kernel(
     # pointers (cnt_ptr: the interpreter's sample counter, see count_samples)
     x_ptr, off_ptr, msk_ptr, w_ptr, gy_ptr, ws_ptr, goff_ptr, gmsk_ptr, cnt_ptr,
     # shapes
-    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
+    M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG, N_TAPS_OG,
     # strides: input (sx*), offset (so*), mask (sm*), weight (sw*), grad output (sg*), grad-input
     # workspace (si*), grad offset (sd*), grad mask (se*)
     sxn, sxc, sxh, sxw,
@@ -312,18 +335,27 @@ def _deform_bwd_data_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # meta-parameters
     HAS_MASK: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr, COUNT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GY_RESIDENT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # One program: BLOCK_M output pixels x one (offset group, tap) (axis 1 = og * taps + tap).
-    # Strides: x sx*, offset so*, mask sm*, weight sw*, grad_output sg*, workspace si*,
-    # grad offset sd*, grad mask se*.
+    # One program: BLOCK_M output pixels x one (offset group, tap). The grid is flat, with the
+    # (offset group, tap) index fastest (pid = pixel_tile * N_TAPS_OG + og * taps + tap), so the
+    # programs that read the same grad_output tile run side by side (L2 hits).
+    # Strides: x sx*, offset so*, mask sm*, weight sw* (K-major repack: swo is 1), grad_output sg*
+    # (channels_last: sgc is 1), workspace si*, grad offset sd*, grad mask se*.
     # It walks the offset group's channels in blocks of BLOCK_N (inside one segment, so in
     # one weight group); per block it forms the grad-columns tile dC = dY @ W with tl.dot
     # (reduction over the weight group's output channels in steps of BLOCK_K), reduces it
     # against the corner values into grad dy / dx / mask, and scatters dC * corner weight
     # into the grad-input workspace ws (strides sin..siw) with atomic adds.
-    pid_m = tl.program_id(0)
-    pid_t = tl.program_id(1)
+    # GY_RESIDENT (the launcher's choice: the offset group lies in one weight group and BLOCK_K
+    # covers its output channels): the [BLOCK_M x BLOCK_K] grad_output tile is loaded once and
+    # held across every channel block, instead of once per channel block.
+    # grad_output re-read factor (elements read / elements): taps * offset_groups with GY_RESIDENT
+    # (9 at 3x3, one offset group), else taps * C_in / BLOCK_N as before this layout (144 at 3x3,
+    # C_in = 256, BLOCK_N = 16); count_samples' "data_gy" counts it under the interpreter.
+    pid = tl.program_id(0)
+    pid_m = pid // N_TAPS_OG
+    pid_t = pid % N_TAPS_OG
     taps = KH * KW
     og = pid_t // taps
     tap = pid_t % taps
@@ -362,6 +394,15 @@ def _deform_bwd_data_kernel(
     p00, pdx, pdy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
     q00, qdx, qdy = corner_offsets(_idx(n, IDX64) * sin, y0, x0, ey, ex, sih, siw, IDX64)
     gy_pix = _idx(n, IDX64) * sgn + _idx(oh, IDX64) * sgh + _idx(ow, IDX64) * sgw
+    w_tap = kh * swh + kw * sww
+    if GY_RESIDENT:  # one weight group for the whole offset group: its grad_output tile, loaded once
+        offs_k = tl.arange(0, BLOCK_K)
+        mask_k = offs_k < COUT_G
+        co_res = _idx(((og * CPOG) // CIN_G) * COUT_G + offs_k, IDX64)
+        a_res = tl.load(gy_ptr + (gy_pix[:, None] + co_res[None, :] * sgc), mask=mask_m[:, None] & mask_k[None, :],
+                        other=0.0)
+        if COUNT:  # grad_output elements read (count_samples' "data_gy")
+            tl.atomic_add(cnt_ptr + 1, tl.sum(tl.sum((mask_m[:, None] & mask_k[None, :]).to(tl.int32), 1), 0))
     n_seg = CPOG // SEG
     n_cb = tl.cdiv(SEG, BLOCK_N)
     for it in range(0, n_seg * n_cb):
@@ -370,17 +411,24 @@ def _deform_bwd_data_kernel(
         offs_c = seg0 + (it % n_cb) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_c = offs_c < seg0 + SEG
         # grad columns dC[m, c] = sum_co dY[m, co] W[co, c, kh, kw] over the weight group
-        gc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ftype)
-        w_col = _idx((offs_c - g * CIN_G), IDX64) * swi + (kh * swh + kw * sww)
-        for co0 in range(0, COUT_G, BLOCK_K):
-            offs_co = co0 + tl.arange(0, BLOCK_K)
-            mask_co = offs_co < COUT_G
-            co = _idx((g * COUT_G + offs_co), IDX64)
-            a = tl.load(gy_ptr + (gy_pix[:, None] + co[None, :] * sgc), mask=mask_m[:, None] & mask_co[None, :],
+        w_col = _idx((offs_c - g * CIN_G), IDX64) * swi + w_tap
+        if GY_RESIDENT:
+            b = tl.load(w_ptr + (co_res[:, None] * swo + w_col[None, :]), mask=mask_k[:, None] & mask_c[None, :],
                         other=0.0)
-            b = tl.load(w_ptr + (co[:, None] * swo + w_col[None, :]), mask=mask_co[:, None] & mask_c[None, :],
-                        other=0.0)
-            gc = _mma(a, b, gc, ALLOW_TF32)
+            gc = _mma(a_res, b, tl.zeros((BLOCK_M, BLOCK_N), dtype=ftype), ALLOW_TF32)
+        else:
+            gc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ftype)
+            for co0 in range(0, COUT_G, BLOCK_K):
+                offs_co = co0 + tl.arange(0, BLOCK_K)
+                mask_co = offs_co < COUT_G
+                co = _idx((g * COUT_G + offs_co), IDX64)
+                a = tl.load(gy_ptr + (gy_pix[:, None] + co[None, :] * sgc), mask=mask_m[:, None] & mask_co[None, :],
+                            other=0.0)
+                if COUNT:
+                    tl.atomic_add(cnt_ptr + 1, tl.sum(tl.sum((mask_m[:, None] & mask_co[None, :]).to(tl.int32), 1), 0))
+                b = tl.load(w_ptr + (co[:, None] * swo + w_col[None, :]), mask=mask_co[:, None] & mask_c[None, :],
+                            other=0.0)
+                gc = _mma(a, b, gc, ALLOW_TF32)
         # Row-wise sums s_ij = sum_c dC * v_ij per corner; the corner weights are per pixel,
         # so grad dy / dx / mask are combined from them after the loop.
         xc = _idx(offs_c, IDX64) * sxc
@@ -415,7 +463,22 @@ _fwd_tuned = autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
 _bwd_weight_tuned = autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + ["N_SPLIT"])
 # the data kernel accumulates into ws with atomics: reset_to_zero keeps autotuning trials from
 # adding up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
-_bwd_data_tuned = autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG"], reset=["ws_ptr"])
+def _data_prune(configs, named_args):
+    """Configs the data-gradient autotuner tries: tiles of more than 4 elements per thread (the
+    16-bit default, 128 pixels x 16 channels on 4 warps: one pixel row per thread, so its channel
+    run loads and scatters as 16-byte vectors) only where those runs are 16-element aligned
+    (channels_last x and workspace with a row stride and segment width divisible by 16); elsewhere
+    every corner access is scalar and such tiles spill (python -m kernels.aot --all-configs, build
+    "odd")."""
+    aligned = (named_args["sxc"] == 1 and named_args["sxw"] % 16 == 0 and named_args["SEG"] % 16 == 0
+               and named_args["sic"] == 1 and named_args["siw"] % 16 == 0)
+    out = [c for c in configs
+           if aligned or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 4 * 32 * c.num_warps]
+    return out or configs[-1:]
+
+
+_bwd_data_tuned = autotuned(_deform_bwd_data_kernel, DATA_CONFIGS, _KEY + ["CPOG", "sxw"], reset=["ws_ptr"],
+                            prune=_data_prune)
 
 
 def _gcd(a, b):
@@ -453,7 +516,9 @@ def count_samples():
     the yielded dict adds up, per kernel ("fwd", "weight", "data"), the (pixel, channel) bilinear
     samples each one gathers, one per output position, tap and input channel when every sample is
     computed once per weight group (the forward and weight gradient would count it again for
-    every block of output channels). Compiled launches never count (``COUNT=False``)."""
+    every block of output channels). "data_gy" adds up the grad_output elements the data gradient
+    reads: N * OH * OW * C_out times its re-read factor (see ``_deform_bwd_data_kernel``).
+    Compiled launches never count (``COUNT=False``)."""
     global _SAMPLE_COUNTS
     before, _SAMPLE_COUNTS = _SAMPLE_COUNTS, {}
     try:
@@ -463,21 +528,24 @@ def count_samples():
 
 
 def _counter(like):
-    """(counter tensor, COUNT) for a launch: an int32 [1] tensor while count_samples is active
-    under the interpreter, else ``like`` as an unused pointer."""
+    """(counter tensor, COUNT) for a launch: an int32 [2] tensor (samples, grad_output elements
+    read) while count_samples is active under the interpreter, else ``like`` as an unused pointer."""
     if INTERPRET and _SAMPLE_COUNTS is not None:
-        return torch.zeros(1, dtype=torch.int32, device=like.device), True
+        return torch.zeros(2, dtype=torch.int32, device=like.device), True
     return like, False
 
 
 def _record(name, cnt, on):
     if on:
-        _SAMPLE_COUNTS[name] = _SAMPLE_COUNTS.get(name, 0) + int(cnt.item())
+        _SAMPLE_COUNTS[name] = _SAMPLE_COUNTS.get(name, 0) + int(cnt[0].item())
+        if name == "data":
+            _SAMPLE_COUNTS["data_gy"] = _SAMPLE_COUNTS.get("data_gy", 0) + int(cnt[1].item())
 
 
-def _wide_block(cout_g, cls: str) -> int:
-    """The block spanning a weight group's output channels: next_pow2(cout_g) in [16, WIDE_N]."""
-    cap = WIDE_N[cls.replace("_i64", "")]
+def _wide_block(cout_g, cls: str, caps=None) -> int:
+    """The block spanning a weight group's output channels: next_pow2(cout_g) in [16, caps[cls]]
+    (caps: WIDE_N unless given)."""
+    cap = (WIDE_N if caps is None else caps)[cls.replace("_i64", "")]
     block = 16
     while block < cout_g and block < cap:
         block *= 2
@@ -545,22 +613,34 @@ def deform_conv2d_data_grad(grad_output, x, offset, weight, mask, stride, paddin
         return grad_input(), g_off, g_msk
     alert_nondeterministic("convlab::deform_conv2d_data_grad (grad input)")
     cout_g = gm["C_out"] // gm["groups"]
+    # grad_output channels innermost (its [pixels x output channels] tiles load vector-wide; one
+    # copy if it is NCHW) and the weight repacked K-major as (KH, KW, C_in / groups, C_out), so the
+    # [output channels x input channels] operand of a tap is contiguous along its reduction axis
+    grad_output = _channels_last(grad_output)
+    w_k = weight.permute(2, 3, 1, 0).contiguous()
     m_t, m_strides = _mask_args(mask, offset)
     gm_t = g_msk if mask is not None else g_off
-    grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), gm["offset_groups"] * gm["KH"] * gm["KW"])
+    n_taps_og = gm["offset_groups"] * gm["KH"] * gm["KW"]
+    grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]) * n_taps_og,)
     tf32 = allow_tf32(x.dtype, "matmul")  # as torchvision's addmm
     i64 = needs_int64(x, offset, weight, grad_output, ws, mask, gm["M"])
+    cls = config_class(_bwd_data_tuned, x.dtype, tf32, i64)
+    block_k = _wide_block(cout_g, cls, DATA_K)
+    # the offset group lies in one weight group and one K block covers its output channels
+    resident = cout_g <= block_k and gm["seg"] == gm["cpog"]
+    if not resident:  # a K loop: narrow steps (a 128-wide step on the 128-pixel tile spills)
+        block_k = min(block_k, DATA_K_STEP)
     cnt, count = _counter(x)
-    launch(_bwd_data_tuned[config_class(_bwd_data_tuned, x.dtype, tf32, i64)], _deform_bwd_data_kernel, grid,
-           INTERPRET_CONFIG,
-           x, offset, m_t, weight, grad_output, ws, g_off, gm_t, cnt,
+    launch(_bwd_data_tuned[cls], _deform_bwd_data_kernel, grid, INTERPRET_CONFIG,
+           x, offset, m_t, w_k, grad_output, ws, g_off, gm_t, cnt,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
-           gm["cpog"],
-           *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *grad_output.stride(), *ws.stride(),
+           gm["cpog"], n_taps_og,
+           *x.stride(), *offset.stride(), *m_strides,
+           w_k.stride(3), w_k.stride(2), w_k.stride(0), w_k.stride(1), *grad_output.stride(), *ws.stride(),
            *g_off.stride(), *(g_msk.stride() if mask is not None else m_strides),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, ALLOW_TF32=tf32,
-           IDX64=i64, COUNT=count)
+           IDX64=i64, COUNT=count, GY_RESIDENT=resident, BLOCK_K=block_k)
     _record("data", cnt, count)
     return grad_input(), g_off, g_msk
 
@@ -608,5 +688,5 @@ def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride
 AOT_SPECS = [
     KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, gemm=True),
     KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, WEIGHT_CONFIGS, gemm=True),
-    KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, gemm=True),
+    KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, gemm=True, prune=_data_prune),
 ]

@@ -144,6 +144,13 @@ def _run_problem(problem: str, dtype):
     y = conv2d.conv2d_forward(x, w, b, stride, padding, dilation, 1)
     conv2d.conv2d_input_grad(y, w, x.shape, stride, padding, dilation, 1, bias=None)
     conv2d.conv2d_weight_grad(x, y, w.shape, stride, padding, dilation, 1, split_k=4)
+    # sub-pixel convolution (the forward with the fused shuffle; its gradients launch the builds
+    # above): ESPCN-like r = 3 to 1 channel with an even kernel in "odd", a x2 decoder stage
+    # (64 -> 16 * 2^2 channels, 'same' 3x3) otherwise
+    r_sp, c_sp, k_sp = (3, 1, 4) if problem == "odd" else (2, c_out // 4, 3)
+    p_sp = ((k_sp - 1) // 2, k_sp // 2) * 2
+    conv2d.subpixel_conv2d_forward(x, t(c_sp * r_sp * r_sp, c_in, k_sp, k_sp), t(c_sp * r_sp * r_sp) if with_bias
+                                   else None, r_sp, (p_sp[0], p_sp[1], p_sp[0], p_sp[1]))
     # depthwise
     yd = depthwise.depthwise_forward(xd, wd, bd, stride, padding, dilation)
     depthwise.depthwise_input_grad(yd, wd, xd.shape, stride, padding, dilation)
@@ -201,8 +208,15 @@ def capture(problems=PROBLEMS, dtypes=("fp32", "fp16", "bf16", "fp64")) -> dict:
             with _captured_launches(records):
                 _run_problem(problem, torch_dtypes[dt])
             for fn, args, kwargs in records:
-                out.setdefault((names[fn], dt, problem), (args, kwargs))
+                out.setdefault((names[fn], dt, problem + _build_tag(kwargs)), (args, kwargs))
     return out
+
+
+def _build_tag(kwargs: dict) -> str:
+    """A label for launches of one kernel within one problem that compile as a build of their own
+    (the sub-pixel forward: the conv2d forward with its pixel shuffle fused, SHUFFLE_R > 1)."""
+    r = kwargs.get("SHUFFLE_R", 1)
+    return f",subpixel{r}" if r > 1 else ""
 
 
 def _variants(kwargs: dict, dtype: str):

@@ -13,13 +13,18 @@ shows no checkerboard.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
-from .conv import Conv2d, ConvTranspose2d, conv2d
+from kernels import conv2d as _gemm
+
+from . import backend as _backend
+from ._op import convlab_op
+from .conv import Conv2d, ConvTranspose2d, _check_common
 
 UPSAMPLE_VARIANTS = ("transposed", "subpixel", "resize_conv")
 
@@ -30,18 +35,168 @@ def _check_positive(value, name: str) -> int:
     return value
 
 
+# --------------------------------------------------------------------------- custom ops
+# padding is (top, bottom, left, right); the ops take the shuffled (N, C, OH * r, OW * r) tensors.
+@convlab_op("convlab::subpixel_conv2d")
+def _subpixel_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], upscale_factor: int,
+                 padding: List[int]) -> Tensor:
+    return _gemm.subpixel_conv2d_forward(input, weight, bias, upscale_factor, padding)
+
+
+@convlab_op("convlab::subpixel_conv2d_input_grad")
+def _subpixel_input_grad_op(grad_output: Tensor, weight: Tensor, input_size: List[int], upscale_factor: int,
+                            padding: List[int]) -> Tensor:
+    return _gemm.subpixel_conv2d_input_grad(grad_output, weight, input_size, upscale_factor, padding)
+
+
+@convlab_op("convlab::subpixel_conv2d_weight_grad")
+def _subpixel_weight_grad_op(input: Tensor, grad_output: Tensor, weight_size: List[int], upscale_factor: int,
+                             padding: List[int]) -> Tensor:
+    return _gemm.subpixel_conv2d_weight_grad(input, grad_output, weight_size, upscale_factor, padding)
+
+
+def _subpixel_bias_grad(grad_output: Tensor, r: int) -> Tensor:
+    """(N, C, OH * r, OW * r) -> (C * r^2,): the sum over each conv channel's pixels, fp32 (fp64) accumulated."""
+    n, c, h, w = grad_output.shape
+    acc = torch.float64 if grad_output.dtype == torch.float64 else torch.float32
+    return grad_output.reshape(n, c, h // r, r, w // r, r).sum((0, 2, 4), dtype=acc).reshape(c * r * r).to(
+        grad_output.dtype)
+
+
+def _subpixel_setup(ctx, inputs, output):
+    input, weight, bias, r, padding = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.conf = (r, padding)
+    ctx.has_bias = bias is not None
+
+
+def _subpixel_backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    r, padding = ctx.conf
+    gi = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gi = torch.ops.convlab.subpixel_conv2d_input_grad(grad, weight, list(input.shape), r, padding)
+    if ctx.needs_input_grad[1]:
+        gw = torch.ops.convlab.subpixel_conv2d_weight_grad(input, grad, list(weight.shape), r, padding)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = _subpixel_bias_grad(grad, r)
+    return gi, gw, gb, None, None
+
+
+_subpixel_op.register_autograd(_subpixel_backward, setup_context=_subpixel_setup)
+
+
+# Both gradients are bilinear in their two tensor arguments; their own gradients (double backward)
+# are the forward and the other gradient, as for conv2d.
+def _input_grad_setup(ctx, inputs, output):
+    grad_output, weight, input_size, r, padding = inputs
+    ctx.save_for_backward(grad_output, weight)
+    ctx.conf = (r, padding)
+
+
+def _input_grad_backward(ctx, grad):
+    grad_output, weight = ctx.saved_tensors
+    r, padding = ctx.conf
+    ggy = gw = None
+    if ctx.needs_input_grad[0]:
+        ggy = torch.ops.convlab.subpixel_conv2d(grad, weight, None, r, padding)
+    if ctx.needs_input_grad[1]:
+        gw = torch.ops.convlab.subpixel_conv2d_weight_grad(grad, grad_output, list(weight.shape), r, padding)
+    return ggy, gw, None, None, None
+
+
+_subpixel_input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
+
+
+def _weight_grad_setup(ctx, inputs, output):
+    input, grad_output, weight_size, r, padding = inputs
+    ctx.save_for_backward(input, grad_output)
+    ctx.conf = (r, padding)
+
+
+def _weight_grad_backward(ctx, grad):
+    input, grad_output = ctx.saved_tensors
+    r, padding = ctx.conf
+    gx = ggy = None
+    if ctx.needs_input_grad[0]:
+        gx = torch.ops.convlab.subpixel_conv2d_input_grad(grad_output, grad, list(input.shape), r, padding)
+    if ctx.needs_input_grad[1]:
+        ggy = torch.ops.convlab.subpixel_conv2d(input, grad, None, r, padding)
+    return gx, ggy, None, None, None
+
+
+_subpixel_weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)
+
+
+def _conv_shape(shuffled, r: int) -> list:
+    """(N, C, OH * r, OW * r) -> the convolution's output shape (N, C * r^2, OH, OW)."""
+    n, c, h, w = shuffled
+    return [n, c * r * r, h // r, w // r]
+
+
+# FLOPs: those of the convolution (the shuffle is data movement).
+@register_flop_formula(torch.ops.convlab.subpixel_conv2d)
+def _subpixel_flops(x_shape, w_shape, bias_shape, r, padding, *, out_shape, **kwargs):
+    return conv_flop_count(x_shape, w_shape, _conv_shape(out_shape, r), transposed=False)
+
+
+@register_flop_formula(torch.ops.convlab.subpixel_conv2d_input_grad)
+def _subpixel_input_grad_flops(gy_shape, w_shape, input_size, r, padding, *, out_shape, **kwargs):
+    return conv_flop_count(list(input_size), w_shape, _conv_shape(gy_shape, r), transposed=False)
+
+
+@register_flop_formula(torch.ops.convlab.subpixel_conv2d_weight_grad)
+def _subpixel_weight_grad_flops(x_shape, gy_shape, weight_size, r, padding, *, out_shape, **kwargs):
+    return conv_flop_count(x_shape, list(weight_size), _conv_shape(gy_shape, r), transposed=False)
+
+
+# --------------------------------------------------------------------------- functional
+def _subpixel_padding(padding, kh: int, kw: int) -> List[int]:
+    """padding ('same', 'valid', int) -> [top, bottom, left, right]; 'same' puts the odd extra row /
+    column last, as F.conv2d does for even kernels."""
+    if padding == "same":
+        return [(kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2]
+    if padding == "valid":
+        return [0, 0, 0, 0]
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be 'same', 'valid' or a non-negative int, got {padding!r}")
+    return [padding] * 4
+
+
 def subpixel_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], upscale_factor: int,
                     padding: Union[int, str] = "same") -> Tensor:
-    """Convolution followed by a pixel shuffle: ``F.pixel_shuffle(conv2d(input, weight, bias, 1, padding), r)``.
+    """Sub-pixel convolution: ``F.pixel_shuffle(F.conv2d(input, weight, bias, 1, padding), r)``.
 
-    input: (N, C_in, H, W); weight: (C_out * r**2, C_in, KH, KW); bias: (C_out * r**2,) or None.
-    Returns (N, C_out, OH * r, OW * r), OH/OW the convolution's output size (H/W for 'same').
+    Args:
+        input (Tensor[N, C_in, H, W] or Tensor[C_in, H, W])
+        weight (Tensor[C_out * r**2, C_in, KH, KW]): conv channel ``c * r**2 + i * r + j`` becomes
+            pixel ``(h * r + i, w * r + j)`` of output channel ``c``
+        bias (Tensor[C_out * r**2] or None)
+        upscale_factor (int): r >= 1
+        padding ('same' (default), 'valid' or int): of the stride-1 convolution; 'same' with an even
+            kernel pads the extra row / column at the bottom / right, as F.conv2d
+
+    Returns:
+        Tensor[N, C_out, OH * r, OW * r] (OH = H for 'same'), channels_last if ``input`` is.
+
+    The Triton backend writes the convolution's output straight into the shuffled layout (one
+    kernel; no (N, C_out * r**2, OH, OW) tensor); the reference backend runs the composition.
     """
     r = _check_positive(upscale_factor, "upscale_factor")
-    if weight.dim() != 4 or weight.shape[0] % (r * r):
+    if isinstance(weight, Tensor) and (weight.dim() != 4 or weight.shape[0] % (r * r)):
         raise ValueError(f"weight must be 4-D (C_out * upscale_factor**2, C_in, KH, KW) with upscale_factor={r}, "
                          f"got shape {tuple(weight.shape)}")
-    return F.pixel_shuffle(conv2d(input, weight, bias, 1, padding), r)
+    input, unbatched = _check_common(input, weight, bias, 1, transposed=False)
+    pad = _subpixel_padding(padding, *weight.shape[-2:])
+    H, W = input.shape[-2:]
+    KH, KW = weight.shape[-2:]
+    if H + pad[0] + pad[1] < KH or W + pad[2] + pad[3] < KW:
+        raise ValueError(f"input size ({H}, {W}) padded by {padding!r} is smaller than the kernel ({KH}, {KW})")
+    if _backend.resolve(input.device) == "reference":
+        out = F.pixel_shuffle(F.conv2d(input, weight, bias, 1, padding), r)
+    else:
+        out = torch.ops.convlab.subpixel_conv2d(input, weight, bias, r, pad)
+    return out.squeeze(0) if unbatched else out
 
 
 def icnr_(weight: Tensor, upscale_factor: int,
@@ -65,7 +220,7 @@ def icnr_(weight: Tensor, upscale_factor: int,
 
 class SubPixelConv2d(nn.Module):
     """Sub-pixel convolution: a ``kernel_size`` convolution to ``out_channels * upscale_factor**2``
-    channels and a periodic shuffle to (N, out_channels, H * r, W * r).
+    channels and a periodic shuffle to (N, out_channels, H * r, W * r); see :func:`subpixel_conv2d`.
 
     ``out_channels`` counts channels after the shuffle. ``padding="same"`` (default) keeps H, W before
     the shuffle; an int pads symmetrically. ``icnr=True`` initialises the weight with ICNR and the bias

@@ -423,4 +423,31 @@ def test_samples_computed_once_per_output(C, Co, groups, og):
         dk.deform_conv2d_weight_grad(gy, x, off, m, w.shape, (1, 1), (1, 0), (1, 1))
         dk.deform_conv2d_data_grad(gy, x, off, w, m, (1, 1), (1, 0), (1, 1))
     expected = y.shape[0] * y.shape[2] * y.shape[3] * 3 * 2 * C
+    data_gy = counts.pop("data_gy")
     assert counts == {"fwd": expected, "weight": expected, "data": expected}
+    # grad_output re-reads of the data gradient: once per (tap, offset group) where the offset group
+    # lies in one weight group (g1-og1: 6 taps); g2-og3's offset groups span 2 one-channel segments
+    # of different weight groups, so each reads the C_out / groups channels twice: 6 * 3 * 2 / 2
+    assert data_gy == y.numel() * (6 if og == 1 else 18)
+
+
+@pytest.mark.skipif(not _common.INTERPRET, reason="count_samples is an interpreter hook")
+def test_data_grad_grad_output_tile_held(monkeypatch):
+    """The data gradient holds a weight group's grad_output tile across the channel blocks when
+    one K block covers C_out / groups (grad_output read once per tap), and otherwise re-reads it
+    per channel block in BLOCK_K steps; both give the same gradients (here 20 input channels =
+    two 16-wide channel blocks, 20 output channels = two 16-wide K blocks when DATA_K is 16)."""
+    from kernels import deform as dk
+
+    x, off, w, b, m = _make("cpu", N=1, C=20, H=4, W=3, Co=20, k=(2, 2), p=(1, 0), dtype=torch.float64)
+    conf = ((1, 1), (1, 0), (1, 1))
+    gy = torch.randn_like(dk.deform_conv2d_forward(x, off, w, b, m, *conf))
+    with dk.count_samples() as held:
+        ref = dk.deform_conv2d_data_grad(gy, x, off, w, m, *conf)
+    monkeypatch.setattr(dk, "DATA_K", dict.fromkeys(dk.DATA_K, 16))
+    with dk.count_samples() as reread:
+        out = dk.deform_conv2d_data_grad(gy, x, off, w, m, *conf)
+    assert held["data_gy"] == gy.numel() * 4  # 4 taps
+    assert reread["data_gy"] == gy.numel() * 4 * 2  # 4 taps x 2 channel blocks
+    for a, e in zip(out, ref):
+        torch.testing.assert_close(a, e)
