@@ -31,7 +31,8 @@ def comparison_figure(columns: Sequence[tuple[str, torch.Tensor]], spectra: Sequ
     import matplotlib.pyplot as plt
 
     k = min((len(images) for _, images in columns), default=0)
-    ncols = max(len(columns), len(spectra), 1)
+    # one spare column beside the spectra holds their colour bar (a bar attached to a panel would shift that column)
+    ncols = max(len(columns), len(spectra) + 1 if spectra else 1)
     rows = k + (1 if spectra else 0)
     fig, axes = plt.subplots(rows, ncols, figsize=(1.9 * ncols + 0.9, 1.9 * rows + 0.9), squeeze=False,
                              layout="constrained")
@@ -51,7 +52,8 @@ def comparison_figure(columns: Sequence[tuple[str, torch.Tensor]], spectra: Sequ
             im = ax.imshow(spec.detach().double().cpu().numpy(), cmap="magma", vmin=lo, vmax=hi,
                            interpolation="nearest")
             ax.set_title(name, fontsize=8)
-        fig.colorbar(im, ax=list(axes[k, :len(spectra)]), shrink=0.8, label="log10 power")
+        cax = axes[k, len(spectra)].inset_axes([0.0, 0.05, 0.12, 0.9])
+        fig.colorbar(im, cax=cax, label="log10 power")
         if spectra_title:
             axes[k, 0].set_ylabel(spectra_title, fontsize=7)
     for ax in axes.flat:
