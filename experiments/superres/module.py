@@ -244,7 +244,8 @@ class SuperResModule(StepTimingMixin, L.LightningModule):
     # -- end of fit: inference throughput ----------------------------------------------------------------
     def on_fit_end(self) -> None:
         self.inference = self.measure_inference(self.hparams.throughput_batch, self.hparams.throughput_reps)
-        rank_zero_info(f"inference: {self.inference['throughput']:.0f} images/s "
+        tput = self.inference["throughput"]
+        rank_zero_info(f"inference: {'n/a' if tput is None else f'{tput:.0f}'} images/s "
                        f"(batch {self.inference['batch_size']}, {self.device.type})")
         if self.summary_extras.get("upsampling") is not None:
             self.summary_extras["upsampling"]["inference"] = self.inference
@@ -268,7 +269,8 @@ class SuperResModule(StepTimingMixin, L.LightningModule):
                 times.append(time.perf_counter() - t0)
         self.net.train(was_training)
         t = median(times) if times else math.nan
-        return {"throughput": batch_size / t if t > 0 else None, "batch_ms": t * 1e3, "batch_size": batch_size,
+        return {"throughput": batch_size / t if t > 0 else None, "batch_ms": t * 1e3 if times else None,
+                "batch_size": batch_size,
                 "reps": reps, "device": self.device.type, "threads": torch.get_num_threads()}
 
     # -- checkpoints: the validation history continues when a run resumes ------------------------------
