@@ -45,6 +45,12 @@ def _ms(values: list, spec: str = ".3f", scale: float = 1.0) -> str:
     return f"{format(mean(values), spec)} ± {format(stdev(values), spec)}"
 
 
+def _fmt(values: list, spec: str, scale: float = 1.0) -> str:
+    """The mean of the non-missing values, formatted; ``n/a`` when there are none."""
+    m = _mean(values)
+    return "n/a" if m is None else format(m * scale, spec)
+
+
 def _mean(values: list) -> float | None:
     values = _clean(values)
     return mean(values) if values else None
@@ -113,9 +119,10 @@ def render(rows: list[dict[str, Any]]) -> str:
              "PSNR / SSIM on RGB in [0, 1] (torchmetrics). Checkerboard: mean fraction of each output's spectral "
              "energy within one bin of the r-periodic frequencies (Hann-windowed, mean removed; "
              "experiments/superres/metrics.py), x 1e-3.", "",
-             f"Baselines on the same images: bicubic interpolation PSNR {_ms(bic_psnr, '.2f')} dB, SSIM "
-             f"{_ms(bic_ssim, '.4f')}, checkerboard {_ms(cb_bic, '.3f', 1e3)}; target images' own checkerboard "
-             f"{_ms(cb_target, '.3f', 1e3)}.", "",
+             "Baselines (mean over the runs; CIFAR-10 runs all validate on the same test images, in the same "
+             f"order): bicubic interpolation PSNR {_fmt(bic_psnr, '.2f')} dB, SSIM {_fmt(bic_ssim, '.4f')}, "
+             f"checkerboard {_fmt(cb_bic, '.3f', 1e3)}; the target images' own checkerboard "
+             f"{_fmt(cb_target, '.3f', 1e3)}.", "",
              "| upsampling | seeds | PSNR (dB) | SSIM | PSNR - bicubic | params | MACs (M) | train img/s "
              "| inference img/s | checkerboard (1e-3) | / target |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
