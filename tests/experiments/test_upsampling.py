@@ -105,7 +105,10 @@ def test_config_composes_and_builds_every_upsampling_layer(option):
     net = instantiate(cfg.model.net)
     expected = "subpixel_icnr" if option in ("subpixel_icnr", "subpixel+icnr") else option
     assert net.upsample_label == expected and net.upsample_variant == cfg.upsample.variant
-    assert net(torch.rand(2, 3, 16, 16)).shape == (2, 3, 32, 32)
+    from layers import use_backend
+
+    with use_backend("reference"):  # the shape check needs no Triton interpreter
+        assert net(torch.rand(2, 3, 16, 16)).shape == (2, 3, 32, 32)
     if expected == "subpixel_icnr":  # ICNR: the r^2 sub-pixel kernels of an output channel are equal
         w = net.upsample.weight.view(-1, 4, *net.upsample.weight.shape[1:])
         assert torch.equal(w, w[:, :1].expand_as(w))
