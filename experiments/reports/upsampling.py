@@ -42,7 +42,7 @@ def _ms(values: list, spec: str = ".3f", scale: float = 1.0) -> str:
         return "n/a"
     if len(values) == 1:
         return format(values[0], spec)
-    return f"{format(mean(values), spec)} ± {format(stdev(values), spec)}"
+    return f"{format(mean(values), spec)} ± {format(stdev(values), spec.lstrip('+'))}"
 
 
 def _fmt(values: list, spec: str, scale: float = 1.0) -> str:
