@@ -123,6 +123,7 @@ def test_upsampling_run_writes_metrics_figures_and_report(tmp_path, capsys):
                    "data.synthetic_train_size=32", "data.synthetic_val_size=16", "data.batch_size=8",
                    "data.eval_batch_size=8", "logger=csv", "trainer=cpu", "backend=reference", "cpu_threads=null",
                    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+                   "trainer.log_every_n_steps=1",
                    "model.net.width=8", "model.net.depth=1", "model.num_examples=2", "model.throughput_batch=4",
                    "model.throughput_reps=1", f"paths.output_dir={out}")
     metrics = train(cfg)
