@@ -49,12 +49,31 @@ def _label_run(cfg: DictConfig, data_info: dict) -> None:
     add the conv variant and ``seed=<n>`` to the tags."""
     with open_dict(cfg):
         name = data_info["name"]
+        upsample_label = _upsample_label(cfg)
         cfg.run_name = f"{cfg.run_name}-{name}"
         tags = list(cfg.get("tags") or [])
         # every run is tagged with its variant and seed, so one sweep's W&B group splits by either
         variant = (cfg.get("conv") or {}).get("variant")
         extra = [variant, f"seed={cfg.get('seed')}", name] + (["fallback"] if data_info.get("fallback") else [])
+        if upsample_label:
+            extra.insert(0, upsample_label)
         cfg.tags = tags + [t for t in extra if t and t not in tags]
+
+
+def _upsample_label(cfg: DictConfig) -> str | None:
+    """experiment=upsampling (a config with an ``upsample`` group): the study's name of the upsampling
+    layer (``subpixel_icnr`` for ``upsample=subpixel upsample.icnr=true``), also put in the run name
+    in place of the variant; None for the other experiments."""
+    upsample = cfg.get("upsample")
+    if upsample is None:
+        return None
+    from experiments.superres.model import upsample_label
+
+    label = upsample_label(upsample)
+    variant = str(upsample.get("variant"))
+    if label != variant and label not in str(cfg.run_name):
+        cfg.run_name = str(cfg.run_name).replace(variant, label, 1)
+    return label
 
 
 def _label_run_dir(cfg: DictConfig, resuming: bool) -> None:

@@ -2,7 +2,7 @@
 ``python -m experiments.reports NAME [args...]`` (alias ``python -m experiments.report NAME``; run it
 with ``NAME --help`` for a study's arguments, with no arguments for the list of studies).
 ``analysis`` is the generic table of any sweep (alias ``python -m experiments.analysis``);
-``deep_roots`` and ``detection`` are the studies' own reports.
+``deep_roots``, ``detection`` and ``upsampling`` are the studies' own reports.
 """
 from __future__ import annotations
 
