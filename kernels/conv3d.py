@@ -47,8 +47,9 @@ from .conv2d import (
 # register file replaced (found with python -m kernels.aot on triton 3.8 and 3.6; every default
 # compiles without spills in every build).
 FWD_CONFIGS = dict(GEMM_CONFIGS)
-BWD_INPUT_CONFIGS = dict(INPUT_GRAD_CONFIGS)
-BWD_WEIGHT_CONFIGS = dict(WEIGHT_GRAD_CONFIGS)
+BWD_INPUT_CONFIGS = with_index64(INPUT_GRAD_CONFIGS, fp64=[_cfg(32, 32, 16, 8, 2), _cfg(32, 32, 16, 4, 1)])
+BWD_WEIGHT_CONFIGS = with_index64(WEIGHT_GRAD_CONFIGS, fp64=[_cfg(32, 32, 16, 4, 2), _cfg(64, 32, 16, 8, 2),
+                                                              _cfg(32, 32, 16, 2, 2)])
 
 
 def triple(v) -> tuple:
