@@ -100,7 +100,8 @@ def _check_common(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups:
             raise ValueError(f"weight.shape[1] must be C_in / groups = {c_in // groups} "
                              f"(input channels {c_in}, groups {groups}), got weight shape {tuple(weight.shape)}")
         if weight.shape[0] % groups:
-            raise ValueError(f"weight.shape[0] (output channels {weight.shape[0]}) must be divisible by groups ({groups})")
+            raise ValueError(f"weight.shape[0] (output channels {weight.shape[0]}) must be divisible by groups "
+                             f"({groups})")
         c_out = weight.shape[0]
     if bias is not None:
         if not isinstance(bias, Tensor) or bias.shape != (c_out,):

@@ -219,7 +219,8 @@ def test_opcheck(device):
     conf = ([1, 2, 1], [0, 1, 0], [1, 1, 1])
     gy = torch.randn(1, 4, 2, 2, 1, device=device)
     torch.library.opcheck(torch.ops.convlab.conv3d.default, (x, w.requires_grad_(), b, *conf, 2))
-    torch.library.opcheck(torch.ops.convlab.conv3d_input_grad.default, (gy, w.detach(), None, [1, 4, 2, 3, 2], *conf, 2))
+    torch.library.opcheck(torch.ops.convlab.conv3d_input_grad.default,
+                          (gy, w.detach(), None, [1, 4, 2, 3, 2], *conf, 2))
     torch.library.opcheck(torch.ops.convlab.conv3d_weight_grad.default, (x, gy, [4, 2, 1, 2, 2], *conf, 2))
 
 
