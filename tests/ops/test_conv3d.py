@@ -153,6 +153,27 @@ def test_operands_are_read_channels_innermost(device):
     assert wp.shape == (2, 6, 1, 2, 16) and ld == 16  # (G, KD * KH, KW, CIN_G, COUT_LD)
 
 
+@pytest.mark.parametrize("cudnn", [True, False])
+def test_tf32_follows_cudnn_flag(monkeypatch, cudnn):
+    """fp32 uses TF32 exactly when cudnn.allow_tf32 allows it (as F.conv3d); other dtypes never.
+    The interpreter computes exact fp32 either way, so the constexpr each launch gets is checked."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", cudnn)
+    for dtype, expected in ((torch.float32, cudnn), (torch.bfloat16, False), (torch.float64, False)):
+        seen = []
+        monkeypatch.setattr(k3d, "launch", lambda tuned, plain, grid, icfg, *a, **kw: seen.append(kw["ALLOW_TF32"]))
+        x, w = torch.zeros(1, 4, 3, 3, 3, dtype=dtype), torch.zeros(4, 4, 3, 3, 3, dtype=dtype)
+        y = k3d.conv3d_forward(x, w, None, 1, 1, 1, 1)
+        k3d.conv3d_input_grad(y, w, x.shape, 1, 1, 1, 1)
+        k3d.conv3d_weight_grad(x, y, w.shape, 1, 1, 1, 1)
+        assert seen == [expected] * 3, (dtype, seen)
+
+
+def test_int64_indexing_path(device, monkeypatch):
+    """The 64-bit index build (chosen for tensors past 2**31 elements) gives the same results."""
+    monkeypatch.setattr(k3d, "needs_int64", lambda *t: True)
+    check_conv3d(device, torch.float32, 1, 4, 4, (2, 3, 2), (2, 2, 1), (1, 2, 1), 1, 1, 2)
+
+
 # --------------------------------------------------------------------------- conv_transpose3d
 # (N, C_in, C_out, (D, H, W), kernel, stride, padding, output_padding, groups, dilation)
 T_CASES = [
