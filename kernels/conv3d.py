@@ -47,7 +47,7 @@ from .conv2d import (
 # register file replaced (found with python -m kernels.aot --all-configs on triton 3.8 and 3.6:
 # conv2d's TF32-off forward tiles, fp64 and 64-bit-index weight-gradient tiles and the 64-bit fp64
 # input-gradient tile spilled there; every config listed here compiles without spills).
-FWD_CONFIGS = dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 64, 16, 8, 2), _cfg(32, 32, 16, 4, 2)])
+FWD_CONFIGS = dict(GEMM_CONFIGS, fp32_ieee=[_cfg(32, 32, 16, 4, 2)])
 BWD_INPUT_CONFIGS = with_index64(INPUT_GRAD_CONFIGS, fp64=[_cfg(32, 32, 16, 8, 2), _cfg(32, 32, 16, 4, 1)])
 BWD_WEIGHT_CONFIGS = with_index64(dict(WEIGHT_GRAD_CONFIGS, fp64=[_cfg(32, 32, 16, 4, 2), _cfg(64, 32, 16, 8, 2)]),
                                   fp64=[_cfg(32, 32, 16, 8, 2), _cfg(64, 32, 16, 8, 2)],

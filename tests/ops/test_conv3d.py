@@ -237,8 +237,8 @@ def test_opcheck(device):
     x = torch.randn(1, 4, 2, 3, 2, device=device)
     w = torch.randn(4, 2, 1, 2, 2, device=device)
     b = torch.randn(4, device=device)
-    conf = ([1, 2, 1], [0, 1, 0], [1, 1, 1])
-    gy = torch.randn(1, 4, 2, 2, 1, device=device)
+    conf = ([1, 1, 1], [0, 1, 0], [1, 1, 1])  # stride 1: one input-gradient launch per call
+    gy = torch.randn(1, 4, 2, 4, 1, device=device)
     torch.library.opcheck(torch.ops.convlab.conv3d.default, (x, w.requires_grad_(), b, *conf, 2))
     torch.library.opcheck(torch.ops.convlab.conv3d_input_grad.default,
                           (gy, w.detach(), None, [1, 4, 2, 3, 2], *conf, 2))
