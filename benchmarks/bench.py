@@ -6,7 +6,10 @@ torchvision.ops.roi_align (aligned=False, same sampling) for RoI Align and defor
 Timed with ``triton.testing.do_bench`` (quantiles 0.5 / 0.2 / 0.8) for three modes:
 ``fwd``, ``bwd`` (autograd.grad of a retained graph) and ``fwd_bwd``. Headline: ratio =
 peer median / convlab median (> 1: convlab is faster). Also peak extra memory of one call,
-achieved GB/s (``Case.bytes_moved``) and TFLOP/s (``Case.flops``).
+achieved GB/s (``Case.bytes_moved``) and TFLOP/s (``Case.flops``), and the case's roofline model
+(``benchmarks.roofline``: compulsory and tiled bytes, arithmetic intensity, the bound time on a named
+GPU's peaks) with the measured time as a percentage of the bound. Cases whose convlab op is not in
+the tree (``suite.unavailable``: e.g. layers.conv3d before it lands) are reported as skipped.
 
     python -m benchmarks.bench                                   # full suite, needs a GPU
     python -m benchmarks.bench --family depthwise --dtype bf16 --batch 32 --limit 10
@@ -33,8 +36,9 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .suite import (BATCHES, DTYPES, FAMILIES, FAMILY_KERNELS, KERNEL_DTYPES, LAYOUTS, PEERS, PRESETS, SUITES, Case,
-                    build_suite, order_cases, validate)
+from . import roofline
+from .suite import (BATCHES, DTYPES, FAMILIES, FAMILY_KERNEL_PREFIXES, FAMILY_KERNELS, KERNEL_DTYPES, LAYOUTS, PEERS,
+                    PRESETS, SUITES, Case, build_suite, order_cases, unavailable, validate)
 
 MODES = ("fwd", "bwd", "fwd_bwd")
 QUANTILES = [0.5, 0.2, 0.8]
@@ -130,9 +134,12 @@ def environment(device: str = "cuda") -> dict:
         "bytes_model": "each of input, weight, output (+offset, mask) read/written once; bwd reads grad_output, "
                        "input, weight(, offset, mask) and writes grad_input, grad_weight(, grad_offset, grad_mask); "
                        "roi: the 4 corners of every sample (R*C*PH*PW*SR^2*4) read (bwd: added into), output "
-                       "(, offset) once",
-        "flops_model": "2*N*OH*OW*Cout*Cin/g*KH*KW per pass; fwd 1, bwd 2, fwd_bwd 3 passes; roi: 8 per sample and "
-                       "channel per pass",
+                       "(, offset) once; subpixel: input, weight, shuffled output (the conv output is an intermediate)",
+        "flops_model": "2*N*OH*OW*Cout*Cin/g*KH*KW per pass (3-D: *OD*KD); fwd 1, bwd 2, fwd_bwd 3 passes; roi: 8 per "
+                       "sample and channel per pass",
+        "roofline_model": "bound_ms = max(flops / peak, bytes / HBM bandwidth) on roofline_gpu (benchmarks.roofline.GPUS, "
+                          "dense datasheet peaks); tiled_bytes: loads and stores of the default-config kernels' tiles, "
+                          "no L1/L2 reuse (an upper bound); pct_roofline = bound_ms / convlab median * 100",
     }
     if fake:
         env["fake_device"] = f"device name set by CONVLAB_FAKE_DEVICE; really ran on: {name}"
@@ -162,13 +169,27 @@ def roi_boxes(case: Case, device: str = "cuda", generator=None) -> torch.Tensor:
     return torch.cat([idx[:, None], xy, xy + wh], 1).to(case.torch_dtype)
 
 
+def case_format(case: Case) -> torch.memory_format:
+    """The memory format of layout ``cl``: channels_last (4-D) or channels_last_3d (5-D)."""
+    if case.layout != "cl":
+        return torch.contiguous_format
+    return torch.channels_last_3d if case.spatial_dims == 3 else torch.channels_last
+
+
+def _numel(shape) -> int:
+    n = 1
+    for v in shape:
+        n *= v
+    return n
+
+
 def make_inputs(case: Case, device: str = "cuda") -> Dict[str, torch.Tensor]:
     """Input tensors by name; the ones that require grad are the leaves the backward differentiates."""
     L = case.layer
     dt = case.torch_dtype
     shapes = case.shapes()
     g = torch.Generator(device=device).manual_seed(0)
-    fmt = torch.channels_last if case.layout == "cl" else torch.contiguous_format
+    fmt = case_format(case)
     if L.family == "roi":
         t = {"input": torch.randn(shapes["input"], device=device, dtype=dt, generator=g).to(memory_format=fmt),
              "rois": roi_boxes(case, device, g)}
@@ -180,7 +201,7 @@ def make_inputs(case: Case, device: str = "cuda") -> Dict[str, torch.Tensor]:
         return t
     t = {"input": torch.randn(shapes["input"], device=device, dtype=dt, generator=g).to(memory_format=fmt),
          "weight": (torch.randn(shapes["weight"], device=device, dtype=dt, generator=g)
-                    / (shapes["weight"][1] * L.k * L.k) ** 0.5).to(memory_format=fmt)}
+                    / (shapes["weight"][1] * _numel(shapes["weight"][2:])) ** 0.5).to(memory_format=fmt)}
     if L.deform:
         t["offset"] = torch.randn(shapes["offset"], device=device, dtype=dt, generator=g).to(memory_format=fmt)
         if "mask" in shapes:
@@ -196,6 +217,29 @@ def op_fns(case: Case):
     import layers
 
     L = case.layer
+    if L.d:
+        st, pd, dl = case.strides(), case.paddings(), case.dilations()
+        if L.transposed:
+            def ours(t):
+                return layers.conv_transpose3d(t["input"], t["weight"], None, st, pd, 0, L.groups, dl)
+
+            def peer(t):
+                return F.conv_transpose3d(t["input"], t["weight"], None, st, pd, 0, L.groups, dl)
+            return ours, peer, ""
+
+        def ours(t):
+            return layers.conv3d(t["input"], t["weight"], None, st, pd, dl, L.groups)
+
+        def peer(t):
+            return F.conv3d(t["input"], t["weight"], None, st, pd, dl, L.groups)
+        return ours, peer, ""
+    if L.family == "subpixel":
+        def ours(t):
+            return layers.subpixel_conv2d(t["input"], t["weight"], None, L.upscale, padding="same")
+
+        def peer(t):
+            return F.pixel_shuffle(F.conv2d(t["input"], t["weight"], None, 1, "same"), L.upscale)
+        return ours, peer, ""
     if L.family == "roi":
         def ours(t):
             return layers.deform_roi_pool(t["input"], t["rois"], t.get("offset"), L.k, 1.0 / L.stride,
@@ -306,9 +350,31 @@ def _empty_cache(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def bench_case(case: Case, warmup: int = 25, rep: int = 100, device: str = "cuda") -> List[dict]:
+def roofline_fields(case: Case, mode: str, gpu: Optional[str]) -> dict:
+    """The roofline model's fields of a row (``benchmarks.roofline.model``); flops and bytes only
+    when no GPU peak table applies."""
+    if gpu is None:
+        return {"flops": case.flops(mode), "bytes": case.bytes_moved(mode)}
+    return roofline.model(case, mode, gpu)
+
+
+def add_percentages(row: dict) -> dict:
+    """Measured medians as % of the roofline bounds (None where either is missing)."""
+    for side in ("ours", "peer"):
+        pre = "" if side == "ours" else "peer_"
+        row[f"{pre}pct_roofline"] = roofline.percent_of_roofline(row.get("bound_ms"), row.get(f"{side}_median_ms"))
+        row[f"{pre}pct_tiled_roofline"] = roofline.percent_of_roofline(row.get("tiled_bound_ms"),
+                                                                       row.get(f"{side}_median_ms"))
+    return row
+
+
+def bench_case(case: Case, warmup: int = 25, rep: int = 100, device: str = "cuda",
+               gpu: Optional[str] = roofline.DEFAULT_GPU) -> List[dict]:
     import layers
 
+    why = unavailable(case)
+    if why:  # the op is not in this tree: one row that says so, measured again by a later run
+        return [dict(case.as_dict(), mode="all", error=f"skipped: {why}", skipped=True, measured_at=_now())]
     rows = []
     prev = _set_tf32(case.dtype == "tf32")
     try:
@@ -316,7 +382,7 @@ def bench_case(case: Case, warmup: int = 25, rep: int = 100, device: str = "cuda
         ours_fwd, peer_fwd, note = op_fns(case)
         for mode in MODES:
             row = dict(case.as_dict(), mode=mode, peer=PEERS[case.family], peer_note=note,
-                       flops=case.flops(mode), bytes=case.bytes_moved(mode), error="", measured_at=_now())
+                       **roofline_fields(case, mode, gpu), error="", measured_at=_now())
             for side, fwd in (("ours", ours_fwd), ("peer", peer_fwd)):
                 row.update({f"{side}_{k}": None for k in ("median_ms", "p20_ms", "p80_ms", "peak_mb")})
                 if fwd is None:
@@ -334,7 +400,7 @@ def bench_case(case: Case, warmup: int = 25, rep: int = 100, device: str = "cuda
             for side in ("ours", "peer"):
                 row[f"{side}_gbps"] = gbps(row["bytes"], row[f"{side}_median_ms"])
                 row[f"{side}_tflops"] = tflops(row["flops"], row[f"{side}_median_ms"])
-            rows.append(row)
+            rows.append(add_percentages(row))
         del t
     except Exception as exc:  # e.g. out of memory while allocating inputs
         rows.append(dict(case.as_dict(), mode="all", error=f"{type(exc).__name__}: {str(exc)[:300]}",
@@ -350,6 +416,9 @@ def warm_case(case: Case, device: str = "cuda") -> str:
     its kernels, filling Triton's cache for a later timed run. Returns '' or the error."""
     import layers
 
+    why = unavailable(case)
+    if why:
+        return f"skipped: {why}"
     prev = _set_tf32(case.dtype == "tf32")
     try:
         t = make_inputs(case, device)
@@ -433,25 +502,67 @@ def resumable(env: dict, paths: List[str]) -> Dict[str, List[dict]]:
 
 
 # ------------------------------------------------------------------------------------ dry run
-def dry_run(cases: List[Case], arch: int = 90, workers: int = 1) -> int:
-    """Validate every case and AOT-compile (sm_<arch>, default config) the kernels the selected
-    families use, for the selected dtypes. Returns the exit status (1 on any problem)."""
+def _us(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v * 1e3:.1f}"
+
+
+def print_roofline(cases: List[Case], gpu: str) -> None:
+    """The roofline model of every case (no timing): per case GFLOP, compulsory MB, tiled / compulsory
+    bytes, FLOP per byte, and the bound (compulsory bytes) and tiled bound in microseconds, per mode."""
+    g = roofline.GPUS[gpu]
+    print(f"roofline model on {gpu} ({g['source']}: HBM {g['hbm_gbps']:.0f} GB/s, fp16/bf16 {g['fp16']} / tf32 "
+          f"{g['tf32']} tensor, fp32 {g['fp32']} TFLOP/s); a model, not a measurement. bound = max(FLOP/peak, "
+          f"bytes/bandwidth), us; tiled = the default-config kernels' tile traffic (no cache reuse)")
+    print(f"  {'case':<58}{'mode':<8}{'GFLOP':>9}{'MB':>9}{'tiled/MB':>9}{'FLOP/B':>8}{'bound us':>10}"
+          f"{'tiled us':>10}  by")
+    for c in cases:
+        for mode in MODES:
+            m = roofline.model(c, mode, gpu)
+            ratio_ = "-" if m["tiled_bytes"] is None else f"{m['tiled_bytes'] / m['bytes']:.2f}"
+            print(f"  {c.id:<58}{mode:<8}{m['flops'] / 1e9:>9.3f}{m['bytes'] / 1e6:>9.2f}{ratio_:>9}"
+                  f"{m['intensity']:>8.1f}{_us(m['bound_ms']):>10}{_us(m['tiled_bound_ms']):>10}  {m['bound_by']}")
+
+
+def family_kernels(fam: str, specs) -> List[str]:
+    """AOT spec names of a family: FAMILY_KERNELS, or the specs named with FAMILY_KERNEL_PREFIXES."""
+    if fam in FAMILY_KERNEL_PREFIXES:
+        return sorted(n for n in specs if n.startswith(FAMILY_KERNEL_PREFIXES[fam]))
+    return list(FAMILY_KERNELS[fam])
+
+
+def dry_run(cases: List[Case], arch: int = 90, workers: int = 1, gpu: str = roofline.DEFAULT_GPU,
+            show_roofline: bool = True) -> int:
+    """Validate every case, print its roofline model on ``gpu``, and AOT-compile (sm_<arch>, default
+    config) the kernels the selected families use, for the selected dtypes. Cases whose convlab op
+    is not in the tree (``unavailable``) are listed as skipped; they are still validated against
+    torch's shape rules. Returns the exit status (1 on any problem; skipped cases are none)."""
     from kernels.inspect import all_specs
     from kernels.inspect import run as run_builds
 
     t0 = time.time()
     invalid = [(c.id, why) for c in cases for why in [validate(c)] if why]
-    print(f"suite: {len(cases)} cases, {len(cases) - len(invalid)} valid, {len(invalid)} invalid")
+    skipped = [(c, why) for c in cases for why in [unavailable(c)] if why]
+    print(f"suite: {len(cases)} cases, {len(cases) - len(invalid)} valid, {len(invalid)} invalid, "
+          f"{len(skipped)} skipped (op not in this tree)")
     fams = sorted({c.family for c in cases})
     for fam in fams:
         n = sum(c.family == fam for c in cases)
-        print(f"  {fam:<10} {n:>5} cases  peer: {PEERS[fam]}")
+        print(f"  {fam:<11} {n:>5} cases  peer: {PEERS[fam]}")
     for cid, why in invalid:
         print(f"  INVALID {cid}: {why}")
+    for why in sorted({w for _, w in skipped}):
+        ids = [c.id for c, w in skipped if w == why]
+        print(f"  SKIPPED {len(ids)} cases ({', '.join(sorted({i.split('/')[0] for i in ids}))}): {why}")
+    if show_roofline:
+        print_roofline(cases, gpu)
 
     specs = {spec.name for _, spec in all_specs()}
     kdtypes = sorted({KERNEL_DTYPES[c.dtype] for c in cases})
-    names = sorted({k for fam in fams for k in FAMILY_KERNELS[fam]})
+    names = sorted({k for fam in fams for k in family_kernels(fam, specs)})
+    for fam in fams:
+        if fam in FAMILY_KERNEL_PREFIXES and not family_kernels(fam, specs):
+            print(f"  no AOT spec named {' / '.join(p + '*' for p in FAMILY_KERNEL_PREFIXES[fam])} yet: compile check "
+                  f"of family {fam} skipped")
     missing = [n for n in names if n not in specs]
     for name in missing:
         print(f"  MISSING kernel spec {name}")
@@ -474,7 +585,8 @@ def dry_run(cases: List[Case], arch: int = 90, workers: int = 1) -> int:
               f"{tc:<6}{r.seconds:>6.1f}  {status}")
     bad = bool(invalid or errors or missing)
     print(f"dry run {'FAILED' if bad else 'OK'}: {len(invalid)} invalid cases, {errors} compile errors, "
-          f"{len(missing)} missing kernels ({time.time() - t0:.1f} s; no timings, no GPU used)")
+          f"{len(missing)} missing kernels, {len(skipped)} skipped cases ({time.time() - t0:.1f} s; no timings, "
+          f"no GPU used)")
     return 1 if bad else 0
 
 
@@ -502,6 +614,10 @@ def parse_args(argv=None):
                     help="run convlab's forward + backward once per case (compile + autotune), no timing, no files")
     ap.add_argument("--arch", type=int, default=90, help="dry run: compute capability x10 (default 90)")
     ap.add_argument("--workers", type=int, default=1, help="dry run: parallel compiles")
+    ap.add_argument("--roofline-gpu", choices=sorted(roofline.GPUS), default=None,
+                    help="peak table of the roofline model (default: the device's when it is in the table, else "
+                         f"{roofline.DEFAULT_GPU}; the dry run uses {roofline.DEFAULT_GPU})")
+    ap.add_argument("--no-roofline", action="store_true", help="dry run: do not print the per-case roofline table")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
     ap.add_argument("--time-budget", type=float, default=None, metavar="S",
@@ -566,7 +682,8 @@ def main(argv=None) -> int:
         print("\n".join(c.id for c in cases))
         return 0
     if args.dry_run:
-        return dry_run(cases, args.arch, args.workers)
+        return dry_run(cases, args.arch, args.workers, args.roofline_gpu or roofline.DEFAULT_GPU,
+                       not args.no_roofline)
     interp = os.environ.get("TRITON_INTERPRET") == "1"
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -588,6 +705,9 @@ def main(argv=None) -> int:
     env = environment(args.device)
     env["timing"] = {"warmup_ms": args.warmup, "rep_ms": args.rep}
     env["selection"] = " ".join(sys.argv[1:] if argv is None else argv)
+    gpu = args.roofline_gpu or roofline.gpu_for_device(env["device"]) or roofline.DEFAULT_GPU
+    env["roofline_gpu"] = f"{gpu}: {roofline.GPUS[gpu]['source']}" + (
+        "" if roofline.gpu_for_device(env["device"]) == gpu else f" (not the device, {env['device']})")
     stem = args.out or default_stem(env)
     done = resumable(env, args.resume)
     rows: List[dict] = []
@@ -607,7 +727,7 @@ def main(argv=None) -> int:
         if args.time_budget is not None and time.time() - t0 > args.time_budget:
             print(f"time budget {args.time_budget:.0f} s reached: {len(todo) - i} cases not measured", flush=True)
             break
-        case_rows = bench_case(case, args.warmup, args.rep, args.device)
+        case_rows = bench_case(case, args.warmup, args.rep, args.device, gpu)
         rows += case_rows
         env["cases_measured"] = i + 1
         env["complete"] = i + 1 == len(todo)

@@ -49,6 +49,39 @@ def summarize(rows: List[dict]) -> dict:
     return {"family": fam, "family_dtype": fam_dt, "counts": counts}
 
 
+def fill_roofline(data: dict) -> dict:
+    """Add the roofline fields (``benchmarks.roofline``) to timed rows that lack them (files written
+    before the model existed), for cases still in the suite; the GPU table is the one of the row's
+    source file's device when known, else the default. Returns ``data`` (rows updated in place)."""
+    from . import roofline
+    from .bench import add_percentages
+    from .suite import SUITES, build_suite
+
+    todo = [r for r in data["results"] if r.get("mode") in MODES and "bound_ms" not in r]
+    if not todo:
+        return data
+    by_id = {c.id: c for suite in SUITES for c in build_suite(suite=suite)}
+    devices = {name: env.get("device") for name, env, _ in data.get("sources", [])}
+    for r in todo:
+        case = by_id.get(r.get("id"))
+        if case is None:
+            continue
+        dev = devices.get(r.get("source")) or (next(iter(devices.values())) if len(devices) == 1 else None)
+        gpu = roofline.gpu_for_device(dev) or roofline.DEFAULT_GPU
+        r.update(roofline.model(case, r["mode"], gpu))
+        add_percentages(r)
+    return data
+
+
+def roofline_summary(rows: List[dict]) -> dict:
+    """{family: {mode: geometric mean of convlab's % of roofline}} over rows that have one."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("mode") in MODES and r.get("pct_roofline"):
+            by[r["family"]][r["mode"]].append(r["pct_roofline"])
+    return {f: {m: geomean(v) for m, v in d.items()} for f, d in by.items()}
+
+
 def merge(datas: Sequence[Tuple[str, dict]]) -> dict:
     """Merge results files [(name, {"environment", "results"})] into one: rows keyed by (id, mode),
     later files win; each row records its ``source`` file. Returns {"sources": [(name, env, n_rows)],
@@ -117,11 +150,19 @@ def render_markdown(data: dict, plots: List[str], expected: Optional[List[str]] 
             "torchvision.ops.deform_conv2d for deform, torchvision.ops.roi_align for roi. Geometric means over "
             "cases with both timings.", "",
             f"Bytes model: {env.get('bytes_model', '-')}. FLOPs model: {env.get('flops_model', '-')}.", "",
+            f"Roofline: {env.get('roofline_model', '-')}; peaks of {env.get('roofline_gpu', '-')}. \"bound\" uses "
+            "the compulsory bytes, \"tiled\" the bytes the kernels' tiles move; % of roofline = bound / convlab "
+            "median (100 % = at the bound).", "",
             "## Geometric-mean ratio per op family", "",
             "| family | cases | fwd | bwd | fwd+bwd |", "|---|---:|---:|---:|---:|"]
     for fam in sorted(s["family"]):
         g = s["family"][fam]
         out.append(f"| {fam} | {s['counts'].get(fam, 0)} | " + " | ".join(_fmt(g.get(m)) for m in MODES) + " |")
+    roof = roofline_summary(rows)
+    if roof:
+        out += ["", "## Convlab's median as % of the roofline bound (geometric mean)", "",
+                "| family | fwd | bwd | fwd+bwd |", "|---|---:|---:|---:|"]
+        out += [f"| {fam} | " + " | ".join(_fmt(roof[fam].get(m), ".0f") for m in MODES) + " |" for fam in sorted(roof)]
     out += ["", "## Per family and dtype", "", "| family | dtype | fwd | bwd | fwd+bwd |", "|---|---|---:|---:|---:|"]
     for (fam, dt) in sorted(s["family_dtype"]):
         g = s["family_dtype"][(fam, dt)]
@@ -139,20 +180,24 @@ def render_markdown(data: dict, plots: List[str], expected: Optional[List[str]] 
                 out.append(f"- ... and {len(missing) - max_missing} more")
     out += ["", "## All cases", "",
             "| case | mode | convlab ms (p20-p80) | peer ms (p20-p80) | ratio | convlab GB/s | convlab TFLOP/s "
-            "| convlab / peer peak MiB | note |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+            "| convlab / peer peak MiB | FLOP/B | bound ms (tiled) | % of roofline convlab / peer | note |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r.get("mode") not in MODES:
-            out.append(f"| {r.get('id')} | - | - | - | - | - | - | - | {r.get('error', '')} |")
+            out.append(f"| {r.get('id')} | - | - | - | - | - | - | - | - | - | - | {r.get('error', '')} |")
             continue
         ours = f"{_fmt(r.get('ours_median_ms'), '.4f')} ({_fmt(r.get('ours_p20_ms'), '.4f')}-{_fmt(r.get('ours_p80_ms'), '.4f')})"
         peer = f"{_fmt(r.get('peer_median_ms'), '.4f')} ({_fmt(r.get('peer_p20_ms'), '.4f')}-{_fmt(r.get('peer_p80_ms'), '.4f')})"
         note = " ".join(x for x in (r.get("peer_note", ""), r.get("error", "")) if x).replace("|", "/")
         out.append(f"| {r['id']} | {r['mode']} | {ours} | {peer} | {_fmt(r.get('ratio'))} | "
                    f"{_fmt(r.get('ours_gbps'), '.0f')} | {_fmt(r.get('ours_tflops'), '.1f')} | "
-                   f"{_fmt(r.get('ours_peak_mb'), '.1f')} / {_fmt(r.get('peer_peak_mb'), '.1f')} | {note} |")
+                   f"{_fmt(r.get('ours_peak_mb'), '.1f')} / {_fmt(r.get('peer_peak_mb'), '.1f')} | "
+                   f"{_fmt(r.get('intensity'), '.1f')} | {_fmt(r.get('bound_ms'), '.4f')} "
+                   f"({_fmt(r.get('tiled_bound_ms'), '.4f')}) | {_fmt(r.get('pct_roofline'), '.0f')} / "
+                   f"{_fmt(r.get('peer_pct_roofline'), '.0f')} | {note} |")
     if expected is not None:
         _, missing = coverage(rows, expected)
-        out += [f"| {cid} | - | - | - | - | - | - | - | not yet measured |" for cid in missing[:max_missing]]
+        out += [f"| {cid} | - | - | - | - | - | - | - | - | - | - | not yet measured |" for cid in missing[:max_missing]]
     if plots:
         out += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     return "\n".join(out) + "\n"
@@ -243,6 +288,7 @@ def main(argv=None) -> int:
         return 2
     stem = args.out or os.path.splitext(args.results[0])[0]
     expected = expected_ids(args.expect) if args.expect is None or args.expect else None
+    fill_roofline(data)
     plots = [] if args.no_plots else render_plots(data["results"], stem)
     with open(stem + ".md", "w") as f:
         f.write(render_markdown(data, plots, expected))

@@ -19,6 +19,18 @@ Families and the kernels that serve them (``kernels.inspect`` spec names):
               the P2-P5 maps of an 800x1216 input; RoI Align (no offset) and deformable RoI pooling
               (with offsets) against torchvision.ops.roi_align
               deform_roi_pool_fwd / deform_roi_pool_bwd / deform_roi_bwd_offset
+  conv3d    - 3-D convolutions against F.conv3d (cuDNN): R3D-18 and I3D 3x3x3 stages at 8-16 frames,
+              R(2+1)D-18 1x3x3 + 3x1x1 pairs, 3-D U-Net on 64^3 volumes (encoder 3x3x3, decoder 2x2x2
+              stride-2 transposed convolutions against F.conv_transpose3d). layers.conv3d /
+              layers.conv_transpose3d; kernels: the AOT specs named conv3d_*
+  depthwise3d - X3D-M depthwise 3x3x3 (groups = channels) against F.conv3d; layers.conv3d
+  subpixel  - layers.subpixel_conv2d (convolution + pixel shuffle, padding 'same') against
+              F.conv2d + F.pixel_shuffle: ESPCN x2 / x3 / x4 and decoder upsamplers; conv2d_*
+
+3-D layers (``Layer.d`` > 0, families conv3d / depthwise3d) run on 5-D tensors: layout ``nchw`` is
+NCDHW (contiguous) and ``cl`` is channels_last_3d. Their ops come from layers.conv3d, which may not
+exist yet: ``unavailable(case)`` says why a case cannot run, and the dry run and the benchmark
+report such cases as skipped (never a crash).
 
 ``build_suite(suite="tiny")`` gives one small layer per family (model "tiny") for the CPU rehearsal
 of the GPU session. ``SESSION_PRIORITY`` / ``order_cases`` give the order a short GPU lease runs in.
@@ -31,7 +43,7 @@ from typing import Iterable, List, Optional, Sequence
 
 import torch
 
-FAMILIES = ("standard", "grouped", "depthwise", "dilated", "deform", "roi")
+FAMILIES = ("standard", "grouped", "depthwise", "dilated", "deform", "roi", "conv3d", "depthwise3d", "subpixel")
 DTYPES = ("fp32", "tf32", "bf16", "fp16")
 BATCHES = (32, 1)
 LAYOUTS = ("nchw", "cl")
@@ -49,9 +61,17 @@ FAMILY_KERNELS = {
     "depthwise": ("depthwise_fwd", "depthwise_bwd_input", "depthwise_bwd_weight"),
     "deform": ("deform_fwd", "deform_bwd_data", "deform_bwd_weight"),
     "roi": ("deform_roi_pool_fwd", "deform_roi_pool_bwd", "deform_roi_bwd_offset"),
+    "subpixel": ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"),
+    "conv3d": (), "depthwise3d": (),  # see FAMILY_KERNEL_PREFIXES
 }
+#: families whose kernels are not known by name yet: every AOT spec whose name starts with one of the
+#: prefixes (none until their kernels land; the dry run then says their compile check is skipped)
+FAMILY_KERNEL_PREFIXES = {"conv3d": ("conv3d_",), "depthwise3d": ("depthwise3d_", "dw3d_")}
 PEERS = {"standard": "cudnn", "grouped": "cudnn", "depthwise": "cudnn", "dilated": "cudnn",
-         "deform": "torchvision", "roi": "torchvision roi_align"}
+         "deform": "torchvision", "roi": "torchvision roi_align", "conv3d": "cudnn", "depthwise3d": "cudnn",
+         "subpixel": "cudnn + pixel_shuffle"}
+#: convlab op (``layers.<name>``) each family needs, beyond layers.conv2d
+FAMILY_OPS = {"conv3d": "conv3d", "depthwise3d": "conv3d", "subpixel": "subpixel_conv2d"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,14 @@ class Layer:
     offset_groups: int = 1
     rois: int = 0  # family "roi": RoIs per call
     sampling_ratio: int = 0  # family "roi"
+    # 3-D layers (families conv3d, depthwise3d): input depth (frames) d > 0, depth kernel kd, and the
+    # depth stride / padding; h, w, k, stride, padding are the spatial ones, dilation applies to all axes
+    d: int = 0
+    kd: int = 0
+    stride_d: int = 1
+    padding_d: int = 0
+    transposed: bool = False  # conv3d: conv_transpose3d (c_in -> c_out, output_padding 0)
+    upscale: int = 0  # family "subpixel": the pixel shuffle's factor r; c_out = conv channels = C * r^2
 
 
 @dataclass(frozen=True)
@@ -95,12 +123,45 @@ class Case:
 
     @property
     def out_hw(self):
+        """Output (OH, OW) of the convolution (subpixel: before the pixel shuffle)."""
         L = self.layer
         if L.family == "roi":
             return L.k, L.k
-        oh = (L.h + 2 * L.padding - L.dilation * (L.k - 1) - 1) // L.stride + 1
-        ow = (L.w + 2 * L.padding - L.dilation * (L.k - 1) - 1) // L.stride + 1
-        return oh, ow
+        return self.out_spatial()[-2:]
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3 if self.layer.d else 2
+
+    def strides(self) -> tuple:
+        L = self.layer
+        return (L.stride_d, L.stride, L.stride) if L.d else (L.stride, L.stride)
+
+    def paddings(self) -> tuple:
+        L = self.layer
+        return (L.padding_d, L.padding, L.padding) if L.d else (L.padding, L.padding)
+
+    def dilations(self) -> tuple:
+        return (self.layer.dilation,) * self.spatial_dims
+
+    def kernel_size(self) -> tuple:
+        L = self.layer
+        return (L.kd, L.k, L.k) if L.d else (L.k, L.k)
+
+    def in_spatial(self) -> tuple:
+        L = self.layer
+        return (L.d, L.h, L.w) if L.d else (L.h, L.w)
+
+    def out_spatial(self) -> tuple:
+        """Output spatial size of the convolution (transposed: of the transposed convolution)."""
+        out = []
+        for i, s, p, d, k in zip(self.in_spatial(), self.strides(), self.paddings(), self.dilations(),
+                                 self.kernel_size()):
+            if self.layer.transposed:
+                out.append((i - 1) * s - 2 * p + d * (k - 1) + 1)
+            else:
+                out.append((i + 2 * p - d * (k - 1) - 1) // s + 1)
+        return tuple(out)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -117,6 +178,16 @@ class Case:
             if L.deform:
                 s["offset"] = (L.rois, 2, L.k, L.k)
             return s
+        if L.family == "subpixel":
+            r = L.upscale
+            return {"input": (self.batch, L.c_in, L.h, L.w), "weight": (L.c_out, L.c_in // L.groups, L.k, L.k),
+                    "conv_output": (self.batch, L.c_out, oh, ow),
+                    "output": (self.batch, L.c_out // (r * r), oh * r, ow * r)}
+        if L.d:
+            ksz, osz = self.kernel_size(), self.out_spatial()
+            w = (L.c_in, L.c_out // L.groups, *ksz) if L.transposed else (L.c_out, L.c_in // L.groups, *ksz)
+            return {"input": (self.batch, L.c_in, *self.in_spatial()), "weight": w,
+                    "output": (self.batch, L.c_out, *osz)}
         s = {"input": (self.batch, L.c_in, L.h, L.w), "weight": (L.c_out, L.c_in // L.groups, L.k, L.k),
              "output": (self.batch, L.c_out, oh, ow)}
         if L.deform:
@@ -132,11 +203,14 @@ class Case:
         RoI pooling: 8 per bilinear sample and channel (4 corner multiply-adds), R * C * PH * PW *
         SR^2 samples; bwd counts 2 passes (the scatter, and the corner dots of the offset gradient)."""
         L = self.layer
-        oh, ow = self.out_hw
         if L.family == "roi":
             one = 8 * L.rois * L.c_in * L.k * L.k * L.sampling_ratio ** 2
             return one * {"fwd": 1, "bwd": 2, "fwd_bwd": 3}[mode]
-        one = 2 * self.batch * oh * ow * L.c_out * (L.c_in // L.groups) * L.k * L.k
+        # per output pixel of the convolution: C_out * C_in/groups * taps multiply-adds; transposed: per
+        # input pixel, C_in * C_out/groups * taps (the forward convolution it is the input gradient of)
+        pixels = _prod(self.in_spatial() if L.transposed else self.out_spatial())
+        ch = L.c_in * (L.c_out // L.groups) if L.transposed else L.c_out * (L.c_in // L.groups)
+        one = 2 * self.batch * pixels * ch * _prod(self.kernel_size())
         return one * {"fwd": 1, "bwd": 2, "fwd_bwd": 3}[mode]
 
     def bytes_moved(self, mode: str) -> int:
@@ -147,7 +221,7 @@ class Case:
         four corners of every sample (R * C * PH * PW * SR^2 * 4 elements) and the offset, writes the
         output; bwd reads grad_output, adds into the same corners (and reads them again for the
         offset gradient) and writes grad_offset."""
-        numel = {k: _prod(v) for k, v in self.shapes().items()}
+        numel = {k: _prod(v) for k, v in self.shapes().items() if k != "conv_output"}  # not compulsory
         L = self.layer
         if L.family == "roi":
             corners = 4 * numel["output"] * L.sampling_ratio ** 2
@@ -167,6 +241,8 @@ class Case:
         d = asdict(self.layer)
         d.update(id=self.id, batch=self.batch, dtype=self.dtype, layout=self.layout,
                  out_h=self.out_hw[0], out_w=self.out_hw[1])
+        if self.layer.d:
+            d["out_d"] = self.out_spatial()[0]
         return d
 
 
@@ -250,6 +326,63 @@ def _roi() -> List[Layer]:
     return out
 
 
+def _c3(model, name, ci, co, d, hw, k=3, kd=3, stride=1, stride_d=1, groups=1, family="conv3d"):
+    """A 3-D layer, padding k // 2 (kd // 2 in depth): 'same' at stride 1."""
+    return Layer(family, model, name, ci, co, hw, hw, k, stride, k // 2, 1, groups, d=d, kd=kd, stride_d=stride_d,
+                 padding_d=kd // 2)
+
+
+def _conv3d() -> List[Layer]:
+    out = []
+    # R3D-18 (torchvision r3d_18, 16 x 112 x 112 clips): 3x3x3 stages; the first block of stages 3-5 has
+    # stride 2 on every axis (halves frames and pixels).
+    for c, d, hw in ((64, 16, 56), (128, 8, 28), (256, 4, 14), (512, 2, 7)):
+        out.append(_c3("r3d_18", f"c{c}_{d}x{hw}", c, c, d, hw))
+    out.append(_c3("r3d_18", "c128_16x56_s2", 64, 128, 16, 56, stride=2, stride_d=2))
+    # R(2+1)D-18 (torchvision r2plus1d_18): each 3x3x3 factorised into a 1x3x3 spatial conv to M channels and
+    # a 3x1x1 temporal conv, M = 27 C^2 / (9 C + 3 C) for C -> C blocks.
+    for c, d, hw in ((64, 16, 56), (128, 8, 28), (256, 4, 14)):
+        mid = 27 * c * c // (9 * c + 3 * c)
+        out.append(_c3("r2plus1d_18", f"c{c}_{d}x{hw}_1x3x3", c, mid, d, hw, kd=1))
+        out.append(_c3("r2plus1d_18", f"c{c}_{d}x{hw}_3x1x1", mid, c, d, hw, k=1))
+    # I3D (Inception-v1 inflated, 64-frame 224 clips): the 3x3x3 convs of Mixed_4b (16 frames, 14x14) and
+    # Mixed_5b (8 frames, 7x7), both 3x3 branches.
+    for name, ci, co, d, hw in (("mixed_4b_c96", 96, 208, 16, 14), ("mixed_4b_c16", 16, 48, 16, 14),
+                                ("mixed_5b_c160", 160, 320, 8, 7), ("mixed_5b_c32", 32, 128, 8, 7)):
+        out.append(_c3("i3d", name, ci, co, d, hw))
+    # 3-D U-Net (Cicek et al. 2016) on 64^3 volumes: the second 3x3x3 conv of each encoder level, the
+    # 2x2x2 stride-2 up-convolutions (transposed) and the decoder convs after the skip concatenation.
+    for name, ci, co, dhw in (("enc1_c32_64", 32, 64, 64), ("enc2_c64_32", 64, 128, 32),
+                              ("enc3_c128_16", 128, 256, 16), ("enc4_c256_8", 256, 512, 8),
+                              ("dec3_c768_16", 768, 256, 16), ("dec1_c192_64", 192, 64, 64)):
+        out.append(_c3("unet3d", name, ci, co, dhw, dhw))
+    for name, c, dhw in (("up4_c512_8", 512, 8), ("up2_c128_32", 128, 32)):
+        out.append(Layer("conv3d", "unet3d", name, c, c, dhw, dhw, 2, 2, 0, d=dhw, kd=2, stride_d=2, transposed=True))
+    return out
+
+
+def _depthwise3d() -> List[Layer]:
+    # X3D-M (16 frames, 224 input): depthwise 3x3x3 of the bottleneck (inner width 2.25x), every frame kept;
+    # the first block of each stage has spatial stride 2.
+    out = []
+    for c, hw in ((54, 56), (108, 28), (216, 14), (432, 7)):
+        out.append(_c3("x3d_m", f"c{c}_16x{hw}", c, c, 16, hw, groups=c, family="depthwise3d"))
+    out.append(_c3("x3d_m", "c108_16x56_s2", 108, 108, 16, 56, stride=2, groups=108, family="depthwise3d"))
+    return out
+
+
+def _subpixel() -> List[Layer]:
+    # ESPCN (Shi et al. 2016), Y channel, its last layer: 3x3 conv 32 -> r^2 then shuffle, at the LR size of a
+    # 1080p (1920x1080) output; EDSR / decoder upsamplers: 3x3 conv C -> 4C then x2 shuffle.
+    out = []
+    for r, (h, w) in ((2, (540, 960)), (3, (360, 640)), (4, (270, 480))):
+        out.append(Layer("subpixel", "espcn", f"x{r}_c32_{h}x{w}", 32, r * r, h, w, 3, 1, 1, upscale=r))
+    out.append(Layer("subpixel", "edsr", "x2_c64_96", 64, 256, 96, 96, 3, 1, 1, upscale=2))
+    for c, hw in ((256, 28), (128, 56)):
+        out.append(Layer("subpixel", "decoder", f"x2_c{c}_{hw}", c, 4 * (c // 2), hw, hw, 3, 1, 1, upscale=2))
+    return out
+
+
 def _tiny() -> List[Layer]:
     # One small layer per family (and both deform variants), for the CPU rehearsal of the GPU session:
     # they go through Triton's interpreter in seconds. Not real network layers; model name "tiny".
@@ -260,7 +393,11 @@ def _tiny() -> List[Layer]:
             Layer("dilated", "tiny", "c8_9_d2", 8, 8, 9, 9, 3, 1, 2, 2),
             Layer("deform", "tiny", "c8_6_v1", 8, 8, 6, 6, 3, 1, 1, deform="v1"),
             Layer("deform", "tiny", "c8_6_v2", 8, 8, 6, 6, 3, 1, 1, deform="v2"),
-            Layer("roi", "tiny", "c8_12_r6_deform", 8, 8, 12, 12, 3, 4, deform="v1", rois=6, sampling_ratio=2)]
+            Layer("roi", "tiny", "c8_12_r6_deform", 8, 8, 12, 12, 3, 4, deform="v1", rois=6, sampling_ratio=2),
+            _c3("tiny", "c8_4x6", 8, 8, 4, 6),
+            Layer("conv3d", "tiny", "c8_3x4_up", 8, 8, 4, 4, 2, 2, 0, d=3, kd=2, stride_d=2, transposed=True),
+            _c3("tiny", "c8_4x6", 8, 8, 4, 6, groups=8, family="depthwise3d"),
+            Layer("subpixel", "tiny", "x2_c8_6", 8, 16, 6, 6, 3, 1, 1, upscale=2)]
 
 
 SUITES = ("full", "tiny")
@@ -271,7 +408,8 @@ def all_layers(suite: str = "full") -> List[Layer]:
         return _tiny()
     if suite != "full":
         raise ValueError(f"unknown suite {suite!r}; choose from {list(SUITES)}")
-    return _resnet50() + _resnext50() + _depthwise() + _dilated() + _deform() + _roi()
+    return (_resnet50() + _resnext50() + _depthwise() + _dilated() + _deform() + _roi() + _conv3d() + _depthwise3d()
+            + _subpixel())
 
 
 # ------------------------------------------------------------------------------ partial runs
@@ -295,6 +433,12 @@ SESSION_PRIORITY = (
     "deform/resnet50_dcn/*/b32/fp16/cl", "deform/resnet50_dcn/*/b32/fp32/cl",
     # low priority: deformable RoI pooling vs roi_align (R50-FPN P3, 512 RoIs), fp32 and bf16
     "roi/faster_rcnn_r50_fpn/p3_*/b1/fp32/nchw", "roi/faster_rcnn_r50_fpn/p3_*/b1/bf16/nchw",
+    # the newer families, a few each: 3-D (R3D-18 3x3x3, R(2+1)D pair, U-Net 64^3 level 1, I3D, its up-conv),
+    # X3D depthwise 3x3x3, sub-pixel upsampling (ESPCN x3, a decoder), bf16, both layouts
+    "conv3d/r3d_18/c128_8x28/b32/bf16/*", "conv3d/r2plus1d_18/c128_8x28_*/b32/bf16/cl",
+    "conv3d/unet3d/enc1_c32_64/b1/bf16/cl", "conv3d/i3d/mixed_4b_c96/b32/bf16/cl", "conv3d/unet3d/up2_c128_32/b1/bf16/cl",
+    "depthwise3d/x3d_m/c108_16x28/b32/bf16/*", "depthwise3d/x3d_m/c432_16x7/b32/bf16/cl",
+    "subpixel/espcn/x3_*/b32/bf16/*", "subpixel/decoder/x2_c128_56/b32/bf16/cl",
     # then everything else
     "deform/*/b32/*", "*/b32/bf16/*", "*/b32/fp16/*", "*/b32/tf32/*", "*/b32/fp32/*", "*/b1/*",
 )
@@ -344,6 +488,19 @@ def build_suite(families: Optional[Iterable[str]] = None, dtypes: Optional[Itera
 
 
 # ------------------------------------------------------------------------------------- validation
+def unavailable(case: Case) -> str:
+    """'' when convlab has the op the case needs, else why not (e.g. layers.conv3d has not landed):
+    the dry run and the benchmark report such cases as skipped."""
+    import layers
+
+    op = FAMILY_OPS.get(case.family)
+    if case.layer.transposed:
+        op = "conv_transpose3d"
+    if op and not callable(getattr(layers, op, None)):
+        return f"layers.{op} is not available in this tree (the op has not landed yet)"
+    return ""
+
+
 def validate(case: Case) -> str:
     """'' when the case is valid, else the reason. Checks sizes and divisibility, then calls the
     public convlab op on meta tensors with the reference backend (its argument checks run, no data)
@@ -354,6 +511,8 @@ def validate(case: Case) -> str:
     oh, ow = case.out_hw
     if L.family == "roi":
         return _validate_roi(case)
+    if L.d or L.family in ("conv3d", "depthwise3d"):
+        return _validate_3d(case)
     if case.batch < 1 or min(L.c_in, L.c_out, L.h, L.w, L.k, L.stride, L.dilation, L.groups) < 1 or L.padding < 0:
         return "non-positive size"
     if oh < 1 or ow < 1:
@@ -362,6 +521,11 @@ def validate(case: Case) -> str:
         return f"channels ({L.c_in}, {L.c_out}) not divisible by groups {L.groups}"
     if L.family == "depthwise" and not (L.groups == L.c_in == L.c_out):
         return "depthwise layer must have groups == c_in == c_out"
+    if L.family == "subpixel" and (L.upscale < 1 or L.c_out % (L.upscale ** 2) or L.stride != 1
+                                   or L.padding != L.dilation * (L.k - 1) // 2 or L.k % 2 == 0):
+        return "subpixel layer needs upscale >= 1, c_out divisible by upscale^2, stride 1 and an odd 'same' kernel"
+    if L.family != "subpixel" and L.upscale:
+        return f"upscale is for family subpixel, not {L.family}"
     if L.family != "depthwise" and L.c_in // L.groups == 1:
         return "non-depthwise family would dispatch to the depthwise kernels"
     if L.rois or L.sampling_ratio:
@@ -379,7 +543,11 @@ def validate(case: Case) -> str:
 
     try:
         with layers.use_backend("reference"):
-            if L.deform:
+            if L.family == "subpixel":
+                if unavailable(case):
+                    return ""  # shapes checked above; the op itself is not in this tree
+                y = layers.subpixel_conv2d(meta("input"), meta("weight"), None, L.upscale, padding="same")
+            elif L.deform:
                 y = layers.deform_conv2d(meta("input"), meta("offset"), meta("weight"), None, L.stride, L.padding,
                                          L.dilation, meta("mask") if "mask" in shapes else None)
             else:
@@ -388,6 +556,53 @@ def validate(case: Case) -> str:
         return f"op rejected it: {type(exc).__name__}: {exc}"
     if tuple(y.shape) != shapes["output"]:
         return f"op output shape {tuple(y.shape)} != expected {shapes['output']}"
+    return ""
+
+
+def _validate_3d(case: Case) -> str:
+    """validate() for 3-D layers: sizes and groups, then F.conv3d / F.conv_transpose3d on meta tensors
+    (the shape rule the convlab op follows), then the convlab op itself when this tree has it."""
+    import torch.nn.functional as F
+
+    import layers
+
+    L = case.layer
+    if not L.d or L.family not in ("conv3d", "depthwise3d"):
+        return f"3-D layer (d={L.d}) in family {L.family}"
+    if case.batch < 1 or min(L.c_in, L.c_out, L.d, L.h, L.w, L.k, L.kd, L.stride, L.stride_d, L.dilation, L.groups) < 1 \
+            or min(L.padding, L.padding_d) < 0:
+        return "non-positive size"
+    if min(case.out_spatial()) < 1:
+        return f"output size {case.out_spatial()} not positive"
+    if L.c_in % L.groups or L.c_out % L.groups:
+        return f"channels ({L.c_in}, {L.c_out}) not divisible by groups {L.groups}"
+    if (L.family == "depthwise3d") != (L.groups == L.c_in == L.c_out):
+        return "family depthwise3d is exactly the layers with groups == c_in == c_out"
+    if L.deform or L.rois or L.sampling_ratio or L.upscale:
+        return "deform / rois / sampling_ratio / upscale do not apply to 3-D layers"
+    if L.transposed and L.family != "conv3d":
+        return "only family conv3d has transposed layers"
+    shapes = case.shapes()
+    fmt = torch.channels_last_3d if case.layout == "cl" else torch.contiguous_format
+    x = torch.empty(shapes["input"], device="meta", dtype=case.torch_dtype).to(memory_format=fmt)
+    w = torch.empty(shapes["weight"], device="meta", dtype=case.torch_dtype)
+    args = (case.strides(), case.paddings())
+    try:
+        if L.transposed:
+            ys = [F.conv_transpose3d(x, w, None, *args, 0, L.groups, case.dilations())]
+        else:
+            ys = [F.conv3d(x, w, None, *args, case.dilations(), L.groups)]
+        if not unavailable(case):
+            with layers.use_backend("reference"):
+                if L.transposed:
+                    ys.append(layers.conv_transpose3d(x, w, None, *args, 0, L.groups, case.dilations()))
+                else:
+                    ys.append(layers.conv3d(x, w, None, *args, case.dilations(), L.groups))
+    except Exception as exc:  # torch's or the op's argument checks rejected the case
+        return f"op rejected it: {type(exc).__name__}: {exc}"
+    for y in ys:
+        if tuple(y.shape) != shapes["output"]:
+            return f"output shape {tuple(y.shape)} != expected {shapes['output']}"
     return ""
 
 

@@ -38,21 +38,24 @@ from ._common import (
     accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, fit_blocks, _idx, KernelSpec, launch, _mma,
     needs_int64, _tile_offsets, _unflatten, with_index64,
 )
+from .conv2d import GEMM_CONFIGS as _GEMM_2D, INPUT_GRAD_CONFIGS as _INPUT_GRAD_2D
+from .conv2d import WEIGHT_GRAD_CONFIGS as _WEIGHT_GRAD_2D
 from .conv2d import (
-    GEMM_CONFIGS, GROUP_SIZE_M, INPUT_GRAD_CONFIGS, INTERPRET_CONFIG, WEIGHT_GRAD_CONFIGS, _block_diagonal, _cfg,
-    _group_pack, _grouped_tile, _m_key, _pack_weight, _phases, _split_k,
+    GROUP_SIZE_M, INTERPRET_CONFIG, _block_diagonal, _cfg, _group_pack, _grouped_tile, _m_key, _pack_weight, _phases,
+    _split_k,
 )
 
-# Config tables: conv2d's, with the builds that the fourth index vector (depth) pushes over the
-# register file replaced (found with python -m kernels.aot --all-configs on triton 3.8 and 3.6:
-# conv2d's TF32-off forward tiles, fp64 and 64-bit-index weight-gradient tiles and the 64-bit fp64
-# input-gradient tile spilled there; every config listed here compiles without spills).
-FWD_CONFIGS = dict(GEMM_CONFIGS, fp32_ieee=[_cfg(32, 32, 16, 4, 2)])
-BWD_INPUT_CONFIGS = with_index64(INPUT_GRAD_CONFIGS, fp64=[_cfg(32, 32, 16, 8, 2), _cfg(32, 32, 16, 4, 1)])
-BWD_WEIGHT_CONFIGS = with_index64(dict(WEIGHT_GRAD_CONFIGS, fp64=[_cfg(32, 32, 16, 4, 2), _cfg(64, 32, 16, 8, 2)]),
-                                  fp64=[_cfg(32, 32, 16, 8, 2), _cfg(64, 32, 16, 8, 2)],
-                                  fp16=[_cfg(64, 64, 32, 4, 2)], bf16=[_cfg(64, 64, 32, 4, 2)],
-                                  fp32_ieee=[_cfg(32, 32, 16, 4, 2)])
+# Config tables, named as conv2d's (benchmarks/roofline.py reads them by these names): conv2d's,
+# with the builds that the fourth index vector (depth) pushes over the register file replaced
+# (found with python -m kernels.aot --all-configs on triton 3.8 and 3.6: conv2d's TF32-off forward
+# tiles, its fp64 and 64-bit-index weight-gradient tiles and its 64-bit fp64 input-gradient tile
+# spilled there; every config listed here compiles without spills).
+GEMM_CONFIGS = dict(_GEMM_2D, fp32_ieee=[_cfg(32, 32, 16, 4, 2)])
+INPUT_GRAD_CONFIGS = with_index64(_INPUT_GRAD_2D, fp64=[_cfg(32, 32, 16, 8, 2), _cfg(32, 32, 16, 4, 1)])
+WEIGHT_GRAD_CONFIGS = with_index64(dict(_WEIGHT_GRAD_2D, fp64=[_cfg(32, 32, 16, 4, 2), _cfg(64, 32, 16, 8, 2)]),
+                                   fp64=[_cfg(32, 32, 16, 8, 2), _cfg(64, 32, 16, 8, 2)],
+                                   fp16=[_cfg(64, 64, 32, 4, 2)], bf16=[_cfg(64, 64, 32, 4, 2)],
+                                   fp32_ieee=[_cfg(32, 32, 16, 4, 2)])
 
 
 def triple(v) -> tuple:
@@ -276,10 +279,10 @@ _FWD_KEY = ["M_KEY", "CIN_G", "COUT_G", "KD", "KH", "KW", "stride_d", "stride_h"
 _fwd_prune = fit_blocks(BLOCK_K="CIN_G", BLOCK_N="COUT_G")
 _bwd_input_prune = fit_blocks(BLOCK_K="COUT_G", BLOCK_N="CIN_G")
 _bwd_weight_prune = fit_blocks(BLOCK_M="COUT_G", BLOCK_N="CIN_G")
-_fwd_tuned = autotuned(_conv3d_fwd_kernel, FWD_CONFIGS, _FWD_KEY, prune=_fwd_prune)
-_bwd_input_tuned = autotuned(_conv3d_bwd_input_kernel, BWD_INPUT_CONFIGS,
+_fwd_tuned = autotuned(_conv3d_fwd_kernel, GEMM_CONFIGS, _FWD_KEY, prune=_fwd_prune)
+_bwd_input_tuned = autotuned(_conv3d_bwd_input_kernel, INPUT_GRAD_CONFIGS,
                              ["M_KEY", "CIN_G", "COUT_G", "TD", "TH", "TW"], prune=_bwd_input_prune)
-_bwd_weight_tuned = autotuned(_conv3d_bwd_weight_kernel, BWD_WEIGHT_CONFIGS,
+_bwd_weight_tuned = autotuned(_conv3d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS,
                               ["M_KEY", "CIN_G", "COUT_G", "KD", "KH", "KW", "N_SPLIT"], prune=_bwd_weight_prune)
 
 
@@ -432,8 +435,8 @@ def conv3d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
 
 
 AOT_SPECS = [
-    KernelSpec("conv3d_fwd", _conv3d_fwd_kernel, FWD_CONFIGS, gemm=True, prune=_fwd_prune),
-    KernelSpec("conv3d_bwd_input", _conv3d_bwd_input_kernel, BWD_INPUT_CONFIGS, gemm=True, prune=_bwd_input_prune),
-    KernelSpec("conv3d_bwd_weight", _conv3d_bwd_weight_kernel, BWD_WEIGHT_CONFIGS, gemm=True,
+    KernelSpec("conv3d_fwd", _conv3d_fwd_kernel, GEMM_CONFIGS, gemm=True, prune=_fwd_prune),
+    KernelSpec("conv3d_bwd_input", _conv3d_bwd_input_kernel, INPUT_GRAD_CONFIGS, gemm=True, prune=_bwd_input_prune),
+    KernelSpec("conv3d_bwd_weight", _conv3d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS, gemm=True,
                prune=_bwd_weight_prune),
 ]

@@ -173,6 +173,29 @@ def _run_problem(problem: str, dtype):
     y3 = conv3d.conv3d_forward(x3, w3, b, s3, p3, d3, 1)
     conv3d.conv3d_input_grad(y3, w3, x3.shape, s3, p3, d3, 1, bias=None)
     conv3d.conv3d_weight_grad(x3, y3, w3.shape, s3, p3, d3, 1, split_k=4)
+    _run_problem_depthwise3d(problem, dtype)
+
+
+def _run_problem_depthwise3d(problem: str, dtype):
+    """The 3-D depthwise launchers on ``problem``'s video analogue (X3D's channelwise 3x3x3):
+    nchw: NCDHW, 64 channels, 4x16x16, stride 1 pad 1, bias; nhwc: channels_last_3d, 3x3x3
+    stride (1, 2, 2) pad 1, bias; odd: NCDHW, 5 channels, 5x15x15, dilation 2, no bias."""
+    import torch
+
+    from kernels import depthwise3d
+
+    c = 5 if problem == "odd" else 64
+    d, h = (5, 15) if problem == "odd" else (4, 16)
+    stride = [1, 2, 2] if problem == "nhwc" else [1, 1, 1]
+    padding = [0, 0, 0] if problem == "odd" else [1, 1, 1]
+    dilation = [2, 2, 2] if problem == "odd" else [1, 1, 1]
+    fmt = torch.channels_last_3d if problem == "nhwc" else torch.contiguous_format
+    x = torch.zeros(2, c, d, h, h, dtype=dtype).contiguous(memory_format=fmt)
+    w = torch.zeros(c, 1, 3, 3, 3, dtype=dtype)
+    b = None if problem == "odd" else torch.zeros(c, dtype=dtype)
+    y = depthwise3d.depthwise3d_forward(x, w, b, stride, padding, dilation)
+    depthwise3d.depthwise3d_input_grad(y, w, x.shape, stride, padding, dilation)
+    depthwise3d.depthwise3d_weight_grad(x, y, w.shape, stride, padding, dilation, split_k=4)
 
 
 def capture(problems=PROBLEMS, dtypes=("fp32", "fp16", "bf16", "fp64")) -> dict:

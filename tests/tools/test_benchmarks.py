@@ -151,13 +151,13 @@ def _synthetic_results(path):
     for i, case in enumerate(cases):
         for mode, peer_ms in zip(bench.MODES, (2.0, 4.0, 8.0)):
             ours_ms = peer_ms / (1 + i)  # ratios 1, 2, 3 per case
-            row = dict(case.as_dict(), mode=mode, peer="synthetic", peer_note="", error="", flops=case.flops(mode),
-                       bytes=case.bytes_moved(mode), ours_median_ms=ours_ms, ours_p20_ms=ours_ms * 0.9,
+            row = dict(case.as_dict(), mode=mode, peer="synthetic", peer_note="", error="",
+                       **bench.roofline_fields(case, mode, "H200"), ours_median_ms=ours_ms, ours_p20_ms=ours_ms * 0.9,
                        ours_p80_ms=ours_ms * 1.1, peer_median_ms=peer_ms, peer_p20_ms=peer_ms * 0.9,
                        peer_p80_ms=peer_ms * 1.1, ours_peak_mb=1.0, peer_peak_mb=2.0)
             row["ratio"] = bench.ratio(peer_ms, ours_ms)
             row["ours_gbps"], row["ours_tflops"] = bench.gbps(row["bytes"], ours_ms), bench.tflops(row["flops"], ours_ms)
-            rows.append(row)
+            rows.append(bench.add_percentages(row))
     env = {"device": "synthetic-test-fixture", "torch": torch.__version__, "synthetic": "test fixture, not a measurement"}
     path.write_text(json.dumps({"environment": env, "results": rows}))
 
@@ -173,8 +173,15 @@ def test_report_renders_markdown_and_png(tmp_path):
         png = tmp_path / f"synthetic_{fam}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"synthetic_{fam}.png" in md
-    s = report.summarize(json.loads(res.read_text())["results"])
+    rows = json.loads(res.read_text())["results"]
+    s = report.summarize(rows)
     assert s["family"]["depthwise"]["fwd"] == pytest.approx(math.sqrt(2))
+    # roofline: per-row bound and % in the table, per-family geometric mean of the %
+    deform_fwd = next(r for r in rows if r["family"] == "deform" and r["mode"] == "fwd")
+    pct = 100 * deform_fwd["bound_ms"] / (2.0 / 3)  # synthetic convlab time 2/3 ms
+    assert deform_fwd["pct_roofline"] == pytest.approx(pct)
+    assert f"| deform | {pct:.0f} |" in md and "% of the roofline bound" in md
+    assert f"| {deform_fwd['bound_ms']:.4f} ({deform_fwd['tiled_bound_ms']:.4f}) | {pct:.0f} / " in md
 
 
 # ------------------------------------------------------------------ partial runs: selection, resume, merge
@@ -199,7 +206,8 @@ def test_session_preset_order_covers_every_family_first():
     assert len(ids) == len(set(ids)) == len(build_suite())  # the whole suite, each case once
     assert all(i.startswith("deform/resnet50_dcn/") and "/b32/fp32/nchw" in i for i in ids[:6])
     assert all(i.startswith("deform/resnet50_dcn/") and "/b32/fp16/nchw" in i for i in ids[6:12])
-    assert {i.split("/")[0] for i in ids[:18]} == set(FAMILIES) - {"roi"}  # every family against its peer, NCHW
+    newer = {"conv3d", "depthwise3d", "subpixel"}  # added after the core list (issue 17)
+    assert {i.split("/")[0] for i in ids[:18]} == set(FAMILIES) - {"roi"} - newer  # every family vs its peer, NCHW
     assert {i.rsplit("/", 1)[1] for i in ids[18:36]} == {"cl"}  # then channels_last
     assert {"k3", "k7", "k31"} <= {i.split("/")[2].rsplit("_", 1)[1] for i in ids[:18] if i.startswith("depthwise")}
     cases = build_suite()
@@ -210,6 +218,9 @@ def test_session_preset_order_covers_every_family_first():
     assert [i.split("/")[2] + "/" + i.split("/")[4] for i in ids[36:40]] == [
         "p3_100x152_r512_align/fp32", "p3_100x152_r512_deform/fp32", "p3_100x152_r512_align/bf16",
         "p3_100x152_r512_deform/bf16"]
+    # then a few cases of each newer family, before the rest of the suite
+    assert {i.split("/")[0] for i in ids[40:53]} == newer and ids[53].split("/")[0] not in newer
+    assert "conv3d/unet3d/up2_c128_32/b1/bf16/cl" in ids[40:53] and "subpixel/espcn/x3_c32_360x640/b32/bf16/cl" in ids
 
 
 def test_shards_partition_the_selection():
@@ -315,8 +326,12 @@ def test_report_merges_partial_files_and_lists_unmeasured(tmp_path):
     ratios = {r["id"]: r["ratio"] for r in merged["results"] if r["mode"] == "fwd"}
     assert ratios == {core[0].id: 2.0, core[1].id: 4.0, core[2].id: 4.0}
     assert "**Not yet measured**: 33 of the 36 expected cases" in md
-    assert f"| {core[3].id} | - | - | - | - | - | - | - | not yet measured |" in md
+    assert f"| {core[3].id} | - | - | - | - | - | - | - | - | - | - | not yet measured |" in md
     assert f"- {core[0].id}\n" not in md
+    # rows written without the roofline fields get them from the model (device "dev": the default H200)
+    from benchmarks import roofline
+    bound = roofline.model(core[0], "fwd", "H200")["bound_ms"]
+    assert f"| {bound:.4f} (" in md and f"| {100 * bound / 1.0:.0f} / " in md
     with pytest.raises(ValueError):
         report.readme_table(merged)  # synthetic: not a measurement
 
@@ -329,3 +344,158 @@ def test_readme_table_says_what_is_not_measured():
     assert "| deform | 1 | 2.00 | 2.00 | 2.00 | NVIDIA H200 | 2026-12-01 | 0123456789 |" in table
     for fam in ("standard", "grouped", "depthwise", "dilated"):
         assert f"| {fam} | 0 | not measured yet |" in table
+
+
+# ------------------------------------------------------------------ roofline model, newer families (issue 14 / 17)
+def _case(cid):
+    suite = "tiny" if "/tiny/" in cid else "full"
+    return next(c for c in build_suite(suite=suite) if c.id == cid)
+
+
+def test_roofline_implicit_gemm_by_hand():
+    """ResNet-50 c64_56, b32 bf16 NCHW, forward on an H200: the block sizes are read from kernels.conv2d
+    (its default bf16 config, BLOCK_N cut to the 64 output channels by its pruner), the rest by hand."""
+    from benchmarks import roofline
+    from kernels.conv2d import GEMM_CONFIGS
+
+    case = _case("standard/resnet50/c64_56/b32/bf16/nchw")
+    cfg = GEMM_CONFIGS["bf16"][0].kwargs
+    bm, bn = cfg["BLOCK_M"], min(cfg["BLOCK_N"], 64)
+    x = y = 32 * 64 * 56 * 56
+    w = 64 * 64 * 9  # packed weight: same size (64 channels, a multiple of 16)
+    m = 32 * 56 * 56
+    # input once per output-channel tile, packed weight once per pixel tile, output once, the NCHW input
+    # copied to channels_last (read + write), the weight packed (read + write)
+    tiled = 2 * (x * -(-64 // bn) + w * -(-m // bm) + y + 2 * x + w + w)
+    assert roofline.tiled_bytes(case, "fwd") == tiled
+    r = roofline.model(case, "fwd", "H200")
+    assert r["flops"] == 7_398_752_256 and r["bytes"] == 2 * (2 * x + w)
+    assert r["bound_by"] == "compute" and r["bound_ms"] == pytest.approx(7_398_752_256 / 989.4e12 * 1e3)
+    assert r["tiled_bound_ms"] == pytest.approx(max(7_398_752_256 / 989.4e12, tiled / 4.8e12) * 1e3)
+    assert r["intensity"] == pytest.approx(7_398_752_256 / (2 * (2 * x + w)))
+    assert roofline.percent_of_roofline(r["bound_ms"], 2 * r["bound_ms"]) == pytest.approx(50.0)
+    assert roofline.percent_of_roofline(r["bound_ms"], None) is None
+    # memory-bound on the same GPU: ESPCN's last layer (32 -> 9 channels, x3)
+    sp = roofline.model(_case("subpixel/espcn/x3_c32_360x640/b32/bf16/cl"), "fwd", "H200")
+    assert sp["bound_by"] == "memory" and sp["bound_ms"] == pytest.approx(sp["bytes"] / 4.8e12 * 1e3)
+    # fp32 (TF32 off) runs on CUDA cores, tf32 on tensor cores; H100 SXM has less bandwidth
+    assert roofline.peak_tflops(Case(case.layer, 32, "fp32", "nchw"), "H100-SXM") == 66.9
+    assert roofline.peak_tflops(Case(case.layer, 32, "tf32", "nchw"), "H100-SXM") == 494.7
+    assert roofline.gpu_for_device("NVIDIA H100 80GB HBM3") == "H100-SXM"
+    assert roofline.gpu_for_device("NVIDIA H200") == "H200" and roofline.gpu_for_device("cpu (no CUDA)") is None
+
+
+def test_roofline_depthwise_tile_and_halo_by_hand():
+    """MobileNetV2 c144_56 3x3, b1 bf16: every program loads, per filter row, one BLOCK_IW-wide segment
+    per (row, channel) (its output columns plus halo and alignment), its weights, and writes its outputs."""
+    from benchmarks import roofline
+    from kernels.depthwise import DW_CONFIGS
+
+    cfg = DW_CONFIGS["bf16"][0].kwargs
+    bh, bc, bw, biw = cfg["BLOCK_H"], cfg["BLOCK_C"], cfg["BLOCK_W"], cfg["BLOCK_IW"]
+    cols = min(bw, biw - 8 + 1)  # output columns whose input span fits a segment (stride 1)
+    kc = biw - 8 - (cols - 1) + 1  # taps per segment
+    progs = -(-56 // bh) * -(-56 // cols) * -(-144 // bc)
+    elems = progs * 3 * -(-3 // kc) * bh * bc * biw + progs * 9 * bc + 144 * 56 * 56
+    case = _case("depthwise/mobilenet_v2/c144_56_k3/b1/bf16/nchw")
+    assert roofline.tiled_bytes(case, "fwd") == 2 * elems
+    assert case.bytes_moved("fwd") == 2 * (2 * 144 * 56 * 56 + 144 * 9)
+    assert roofline.peak_tflops(case, "H200") == 66.9  # CUDA-core fp32 FMAs whatever the storage dtype
+    bwd = roofline.tiled_bytes(case, "bwd")
+    assert roofline.tiled_bytes(case, "fwd_bwd") == 2 * elems + bwd and bwd > case.bytes_moved("bwd")
+
+
+def test_split_k_copy_matches_the_kernels(monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import roofline
+    from kernels import conv2d, deform
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: SimpleNamespace(multi_processor_count=132))
+    dev = SimpleNamespace(type="cuda")
+    for m, tiles in ((100352, 9), (1568, 9 * 4 * 4), (6272, 1), (3_000_000, 500)):
+        assert roofline.gemm_split_k(m, tiles, 132) == conv2d._split_k(m, tiles, dev) == deform._split_k(m, tiles, dev)
+
+
+def test_roofline_fields_cover_the_suite():
+    from benchmarks import roofline
+
+    cases = build_suite(batches=[1], dtypes=["bf16"], layouts=["cl"])
+    for c in cases:
+        r = roofline.model(c, "fwd_bwd")
+        assert r["flops"] > 0 and r["bytes"] > 0 and r["bound_ms"] > 0, c.id
+        if c.family in ("conv3d", "depthwise3d"):
+            continue  # tiled model when their kernels land (kernels.conv3d), else None
+        assert r["tiled_bytes"] >= r["bytes"] * 0.99, c.id  # the tiles move at least the compulsory bytes
+        assert r["tiled_bound_ms"] >= r["bound_ms"] * 0.99, c.id
+    dcn = roofline.model(_case("deform/resnet50_dcn/stage4_c256_14_v2/b32/fp16/nchw"), "bwd")
+    # the data gradient's fp32 atomics alone: 4 corners x every sample (N * OH * OW * taps * C_in)
+    assert dcn["tiled_bytes"] > 4 * 4 * 32 * 14 * 14 * 9 * 256
+
+
+def test_new_families_shapes_and_flops():
+    up = _case("conv3d/unet3d/up2_c128_32/b1/bf16/cl")  # 2x2x2 stride-2 transposed conv, 32^3 -> 64^3
+    assert up.shapes() == {"input": (1, 128, 32, 32, 32), "weight": (128, 128, 2, 2, 2), "output": (1, 128, 64, 64, 64)}
+    assert up.flops("fwd") == 2 * 32 ** 3 * 128 * 128 * 8
+    r3d = _case("conv3d/r3d_18/c128_16x56_s2/b32/fp16/nchw")
+    assert r3d.shapes()["output"] == (32, 128, 8, 28, 28)
+    assert r3d.flops("fwd") == 2 * 32 * 8 * 28 * 28 * 128 * 64 * 27
+    pair = [_case(f"conv3d/r2plus1d_18/c64_16x56_{k}/b1/bf16/nchw") for k in ("1x3x3", "3x1x1")]
+    assert pair[0].shapes()["weight"] == (144, 64, 1, 3, 3) and pair[1].shapes()["weight"] == (64, 144, 3, 1, 1)
+    dw = _case("depthwise3d/x3d_m/c108_16x56_s2/b1/bf16/cl")
+    assert dw.shapes()["output"] == (1, 108, 16, 28, 28) and dw.flops("fwd") == 2 * 108 * 16 * 28 * 28 * 27
+    sp = _case("subpixel/espcn/x4_c32_270x480/b1/fp16/nchw")
+    s = sp.shapes()
+    assert s["weight"] == (16, 32, 3, 3) and s["output"] == (1, 1, 1080, 1920) and s["conv_output"] == (1, 16, 270, 480)
+    # compulsory: input, weight, shuffled output (the conv output is an intermediate)
+    assert sp.bytes_moved("fwd") == 2 * (32 * 270 * 480 + 16 * 32 * 9 + 1080 * 1920)
+    assert not validate(sp) and not validate(up) and not validate(dw)
+    assert "divisible" in validate(Case(Layer("subpixel", "x", "bad", 8, 10, 6, 6, 3, 1, 1, upscale=2), 1, "fp32", "nchw"))
+    ids = [c.id for c in build_suite()]
+    assert "standard/resnet50/c64_56/b32/bf16/nchw" in ids  # existing ids unchanged, the old families first
+    old = ("standard", "grouped", "depthwise", "dilated", "deform", "roi")
+    assert len(ids) == 1520 and all(i.split("/")[0] in old for i in ids[:976])
+
+
+def _drop_op(monkeypatch, name):
+    import layers
+
+    monkeypatch.delattr(layers, name, raising=False)
+
+
+def test_missing_conv3d_is_skipped_not_a_crash(monkeypatch, capsys):
+    """The guard (layers.conv3d / conv_transpose3d absent): dry run OK with the cases listed as skipped,
+    the benchmark writes a skipped row per case."""
+    from benchmarks.suite import unavailable
+
+    _drop_op(monkeypatch, "conv3d")
+    _drop_op(monkeypatch, "conv_transpose3d")
+    cases = build_suite(["conv3d", "depthwise3d", "subpixel"], ["bf16"], [1], ["cl"], suite="tiny")
+    assert [c.family for c in cases if unavailable(c)] == ["conv3d", "conv3d", "depthwise3d"]
+    monkeypatch.setattr("kernels.inspect.run", _fake_compile(ok=True))
+    assert bench.dry_run(cases) == 0
+    out = capsys.readouterr().out
+    assert "3 skipped" in out and "SKIPPED 2 cases (conv3d, depthwise3d): layers.conv3d is not available" in out
+    assert "compile check of family conv3d skipped" in out and "conv3d/tiny/c8_4x6/b1/bf16/cl" in out  # roofline row
+    rows = bench.bench_case(cases[0], device="cpu")
+    assert len(rows) == 1 and rows[0]["mode"] == "all" and rows[0]["error"].startswith("skipped: layers.conv3d")
+    assert bench.warm_case(cases[0], "cpu").startswith("skipped:")
+
+
+def test_conv3d_family_runs_when_the_op_exists(monkeypatch):
+    """With a stand-in layers.conv3d (F.conv3d; the real op lands separately) the 3-D harness path runs on
+    the CPU: channels_last_3d inputs, both sides timed, roofline fields and percentages in every row."""
+    import torch.nn.functional as F
+
+    import layers
+
+    monkeypatch.setattr(layers, "conv3d", lambda *a: F.conv3d(*a), raising=False)
+    case = build_suite(["conv3d"], ["fp32"], [1], ["cl"], suite="tiny")[0]
+    assert not validate(case)
+    t = bench.make_inputs(case, "cpu")
+    assert t["input"].is_contiguous(memory_format=torch.channels_last_3d)
+    rows = bench.bench_case(case, warmup=0, rep=0, device="cpu")
+    assert [r["mode"] for r in rows] == list(bench.MODES) and not any(r["error"] for r in rows)
+    for r in rows:
+        assert r["ours_median_ms"] > 0 and r["peer_median_ms"] > 0 and r["bound_ms"] > 0 and r["roofline_gpu"] == "H200"
+        assert r["pct_roofline"] == pytest.approx(100 * r["bound_ms"] / r["ours_median_ms"])
