@@ -16,6 +16,8 @@ that a GPU launch would compile:
     nhwc   channels_last, 64 channels, 3x3 stride 2 pad 1, bias, DCNv2 mask
     odd    NCHW, 3 -> 5 channels (5 depthwise), 15x15, 3x3 dilation 2, no bias, DCNv1
 
+(conv3d: the same with a depth axis, 6 deep (9 for odd), 3x3x3, NCDHW / channels_last_3d.)
+
 For GEMM-like kernels fp16/bf16 builds must use tensor cores (mma / wgmma); for every kernel
 the share of global-load bytes issued vectorised (ld.global.v2/v4, cp.async of >= 8 bytes,
 TMA) is reported.
@@ -170,6 +172,17 @@ def _run_problem(problem: str, dtype):
     roi_off = t(4, 2, 7, 7) if with_mask else None
     yr = roi.deform_roi_pool_forward(x, rois, roi_off, 0.0625, 7, 7, 2, 0.1)
     roi.deform_roi_pool_backward(yr, x, rois, roi_off, 0.0625, 7, 7, 2, 0.1)
+    # conv3d family: the problem's layout (NCDHW / channels_last_3d), channels and geometry on every axis
+    from kernels import conv3d
+
+    fmt3 = torch.channels_last_3d if cl else torch.contiguous_format
+    depth = 9 if problem == "odd" else 6
+    x3 = torch.zeros(n, c_in, depth, h, h, dtype=dtype).contiguous(memory_format=fmt3)
+    w3 = t(c_out, c_in, 3, 3, 3)
+    s3, p3, d3 = stride[:1] + stride, padding[:1] + padding, dilation[:1] + dilation
+    y3 = conv3d.conv3d_forward(x3, w3, b, s3, p3, d3, 1)
+    conv3d.conv3d_input_grad(y3, w3, x3.shape, s3, p3, d3, 1, bias=None)
+    conv3d.conv3d_weight_grad(x3, y3, w3.shape, s3, p3, d3, 1, split_k=4)
     _run_problem_depthwise3d(problem, dtype)
 
 

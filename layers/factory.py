@@ -162,3 +162,100 @@ def _deformable(cin, cout, k, stride, padding, bias, modulated=False, **options)
 @register_variant("deformable_v2")
 def _deformable_v2(cin, cout, k, stride, padding, bias, modulated=True, **options):
     return _offset_deform(cin, cout, k, stride, padding, bias, modulated=modulated, **options)
+
+
+# ------------------------------------------------------------------------------------ 3-D variants
+#: The 3-D convolution variants (NCDHW input), a registry of their own beside ``VARIANTS`` (whose
+#: variants take NCHW): name -> builder ``fn(in_channels, out_channels, kernel_size, stride, padding,
+#: bias, **options)``; :func:`make_conv3d` builds them.
+VARIANTS_3D: dict[str, Builder] = {}
+
+
+def register_variant_3d(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register a 3-D variant builder in ``VARIANTS_3D``."""
+
+    def wrap(fn: Builder) -> Builder:
+        if name in VARIANTS_3D:
+            raise ValueError(f"3-D convolution variant {name!r} is already registered")
+        VARIANTS_3D[name] = fn
+        return fn
+
+    return wrap
+
+
+def available_variants_3d() -> list[str]:
+    return sorted(VARIANTS_3D)
+
+
+def _triple_arg(value, name: str) -> tuple:
+    if isinstance(value, bool) or not (isinstance(value, int) or (
+            isinstance(value, (tuple, list)) and len(value) == 3 and all(isinstance(v, int) for v in value))):
+        raise ValueError(f"{name} must be an int or a triple of ints (d, h, w), got {value!r}")
+    return (value,) * 3 if isinstance(value, int) else tuple(value)
+
+
+def _same_padding_3d(kernel_size, dilation) -> tuple:
+    """Per-axis ``same_padding`` of a (possibly per-axis) kernel size and dilation."""
+    return tuple(same_padding(k, d) for k, d in zip(_triple_arg(kernel_size, "kernel_size"),
+                                                     _triple_arg(dilation, "dilation")))
+
+
+def make_conv3d(variant: str, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None,
+                bias: bool = False, **options) -> nn.Module:
+    """Build 3-D convolution ``variant`` mapping ``in_channels`` to ``out_channels`` channels.
+
+    Variants (``VARIANTS_3D``): ``standard`` (options ``dilation``, ``groups``, ``padding_mode``),
+    ``grouped`` (``groups``, default 4), ``depthwise_separable`` (depthwise 3-D + pointwise 1x1x1;
+    ``depth_multiplier``, ``dilation``), ``r2plus1d`` ((2+1)-D: 1 x k x k spatial then k x 1 x 1
+    temporal; ``mid_channels``, default Tran et al.'s parameter-matching width, ``dilation``).
+    ``kernel_size``, ``stride``, ``padding`` are ints or (d, h, w) triples. Every variant takes
+    (N, in_channels, D, H, W) and, with the default padding (None: "same" for odd kernels),
+    returns (N, out_channels, ceil(D / s_d), ceil(H / s_h), ceil(W / s_w)).
+    """
+    try:
+        builder = VARIANTS_3D[variant]
+    except KeyError:
+        raise ValueError(
+            f"unknown 3-D convolution variant {variant!r}; valid variants: {', '.join(available_variants_3d())}"
+        ) from None
+    try:
+        return builder(in_channels, out_channels, kernel_size, stride, padding, bias, **options)
+    except TypeError as err:
+        raise TypeError(f"3-D convolution variant {variant!r}: {err}") from err
+
+
+@register_variant_3d("standard")
+def _standard_3d(cin, cout, k, stride, padding, bias, dilation=1, groups=1, padding_mode="zeros"):
+    from layers import Conv3d
+
+    if groups != 1:
+        _check_groups(groups, cin, cout, "standard")
+    pad = _same_padding_3d(k, dilation) if padding is None else padding
+    return Conv3d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias,
+                  padding_mode=padding_mode)
+
+
+@register_variant_3d("grouped")
+def _grouped_3d(cin, cout, k, stride, padding, bias, groups=4, dilation=1, padding_mode="zeros"):
+    _check_groups(groups, cin, cout, "grouped")
+    return _standard_3d(cin, cout, k, stride, padding, bias, dilation=dilation, groups=groups,
+                        padding_mode=padding_mode)
+
+
+@register_variant_3d("depthwise_separable")
+def _depthwise_separable_3d(cin, cout, k, stride, padding, bias, depth_multiplier=1, dilation=1,
+                            padding_mode="zeros"):
+    from layers import DepthwiseSeparableConv3d
+
+    pad = _same_padding_3d(k, dilation) if padding is None else padding
+    return DepthwiseSeparableConv3d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias,
+                                    depth_multiplier=depth_multiplier, padding_mode=padding_mode)
+
+
+@register_variant_3d("r2plus1d")
+def _r2plus1d(cin, cout, k, stride, padding, bias, mid_channels=None, dilation=1, padding_mode="zeros"):
+    from layers import Conv2Plus1d
+
+    pad = _same_padding_3d(k, dilation) if padding is None else padding
+    return Conv2Plus1d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias,
+                       mid_channels=mid_channels, padding_mode=padding_mode)

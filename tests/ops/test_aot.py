@@ -35,7 +35,8 @@ def test_every_build_compiles_for_sm80_sm90(rows):
     kernels = {r["kernel"] for r in rows}
     assert {"conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight", "depthwise_fwd", "depthwise_bwd_input",
             "depthwise_bwd_weight", "deform_fwd", "deform_bwd_data", "deform_bwd_weight", "bilinear_gather_fwd",
-            "bilinear_gather_bwd", "deform_roi_pool_fwd", "deform_roi_pool_bwd"} <= kernels
+            "bilinear_gather_bwd", "deform_roi_pool_fwd", "deform_roi_pool_bwd", "conv3d_fwd", "conv3d_bwd_input",
+            "conv3d_bwd_weight"} <= kernels
     for r in rows:
         assert r["registers"] > 0
 
@@ -66,7 +67,8 @@ def test_default_builds_do_not_spill_and_use_tensor_cores(rows):
 #: moves less than 80% of its global-load bytes vectorised today, with the reason. Kernels that
 #: reach the bar are held to it; a kernel leaves this list when its rebuild reaches it.
 HOT = ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight", "depthwise_fwd", "depthwise_bwd_input",
-       "depthwise_bwd_weight", "deform_fwd", "deform_bwd_data", "deform_bwd_weight")
+       "depthwise_bwd_weight", "deform_fwd", "deform_bwd_data", "deform_bwd_weight",
+       "conv3d_fwd", "conv3d_bwd_input", "conv3d_bwd_weight")
 KNOWN_SHORTFALLS = {
     "deform_fwd": "bilinear samples at data-dependent positions are gathered with scalar loads; being rebuilt",
     "deform_bwd_weight": "the sampled im2col operand is a gather; being rebuilt",
@@ -95,7 +97,7 @@ def test_hot_kernels_load_vectorised(rows):
         assert not short, (name, short)
         if builds[0]["gemm"]:
             assert all(r["tensor_cores"] in ("mma", "wgmma") for r in builds), name
-    assert all(n.startswith(("conv2d_", "depthwise_", "deform_bwd_data")) for n in HOT if n not in KNOWN_SHORTFALLS)
+    assert all(n.startswith(("conv2d_", "depthwise_", "conv3d_", "deform_bwd_data")) for n in HOT if n not in KNOWN_SHORTFALLS)
 
 
 def test_depthwise3d_builds_load_vectorised(rows):

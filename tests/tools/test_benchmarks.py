@@ -477,7 +477,11 @@ def test_missing_conv3d_is_skipped_not_a_crash(monkeypatch, capsys):
     assert bench.dry_run(cases) == 0
     out = capsys.readouterr().out
     assert "3 skipped" in out and "SKIPPED 2 cases (conv3d, depthwise3d): layers.conv3d is not available" in out
-    assert "compile check of family conv3d skipped" in out and "conv3d/tiny/c8_4x6/b1/bf16/cl" in out  # roofline row
+    from kernels.inspect import all_specs
+
+    if not any(spec.name.startswith("conv3d_") for _, spec in all_specs()):  # kernels.conv3d not in the tree
+        assert "compile check of family conv3d skipped" in out
+    assert "conv3d/tiny/c8_4x6/b1/bf16/cl" in out  # roofline row
     rows = bench.bench_case(cases[0], device="cpu")
     assert len(rows) == 1 and rows[0]["mode"] == "all" and rows[0]["error"].startswith("skipped: layers.conv3d")
     assert bench.warm_case(cases[0], "cpu").startswith("skipped:")
