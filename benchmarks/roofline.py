@@ -194,9 +194,11 @@ def implicit_gemm_passes(case: Case, sms: int) -> Optional[Dict[str, int]]:
     P = _pack(G, cin_g, cout_g, mod)
     Gp, ci, co = G // P, cin_g * P, cout_g * P
     cfg = _pruned(wt_t[_gemm_cls(wt_t, case)], wt_p, COUT_G=co, CIN_G=ci)
-    rule = getattr(mod, "_weight_grad_split", None)  # the launcher's own split rule (kernels.conv2d)
-    split = rule(M, co, ci, *g["k"], Gp, _torch_dtype(case), sms, case.dtype == "tf32") \
-        if rule is not None and len(g["k"]) == 2 else gemm_split_k(M, cdiv(co, 64) * cdiv(ci, 64) * taps * Gp, sms)
+    # the launchers' own split rule: kernels.conv2d's, which kernels.conv3d calls with (KD * KH, KW) taps
+    from kernels.conv2d import _weight_grad_split
+
+    k2 = (math.prod(g["k"][:-1]), g["k"][-1])
+    split = _weight_grad_split(M, co, ci, *k2, Gp, _torch_dtype(case), sms, case.dtype == "tf32")
     split = cdiv(M, cdiv(M, split))
     ws = split * g["c_out"] * ci * taps
     loads = y_el * cdiv(ci, cfg["BLOCK_N"]) * taps + M * ci * Gp * taps * cdiv(co, cfg["BLOCK_M"])

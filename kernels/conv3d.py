@@ -18,7 +18,7 @@ What is shared with conv2d, by import rather than by copy:
   the 3-D one (G, KD, KH, KW, K_CH, N_LD);
 * the stride-phase decomposition of the input gradient (``conv2d._phases``, per axis: the input
   gradient is stride_d * stride_h * stride_w dense implicit GEMMs, none with masked taps);
-* the split-K heuristic of the weight gradient (``conv2d._split_k``).
+* the split-K heuristic of the weight gradient (``conv2d._weight_grad_split``).
 
 What is 3-D here: the implicit-GEMM tile (pixel rows (n, d, h, w), taps (td, th, tw)), the
 weight-gradient kernel, and the layout helpers for channels_last_3d (``_channels_inner3d``,
@@ -36,13 +36,13 @@ import triton.language as tl
 
 from ._common import (
     accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, fit_blocks, _idx, KernelSpec, launch, _mma,
-    needs_int64, _tile_offsets, _unflatten, with_index64,
+    needs_int64, _tile_offsets, _unflatten, with_index64, sm_count,
 )
 from .conv2d import GEMM_CONFIGS as _GEMM_2D, INPUT_GRAD_CONFIGS as _INPUT_GRAD_2D
 from .conv2d import WEIGHT_GRAD_CONFIGS as _WEIGHT_GRAD_2D
 from .conv2d import (
     GROUP_SIZE_M, INTERPRET_CONFIG, _block_diagonal, _cfg, _group_pack, _grouped_tile, _m_key, _pack_weight, _phases,
-    _split_k,
+    _weight_grad_split,
 )
 
 # Config tables, named as conv2d's (benchmarks/roofline.py reads them by these names): conv2d's,
@@ -416,7 +416,9 @@ def conv3d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, 
         return blocks.permute(0, 6, 1, 2, 3, 4, 5).reshape(weight_shape)
     taps = KD * KH * KW
     if split_k is None:
-        split_k = _split_k(M, cdiv(cout_g, 64) * cdiv(cin_g, 64) * taps * groups, x.device)
+        # conv2d's rule with the (KD * KH, KW) taps: its tile count comes from conv2d's default
+        # weight-gradient blocks, which conv3d's table shares except for spilling builds
+        split_k = _weight_grad_split(M, cout_g, cin_g, KD * KH, KW, groups, x.dtype, sm_count(x.device))
     m_per_split = cdiv(M, split_k)
     split_k = cdiv(M, m_per_split)
     xc, gy = _channels_inner3d(x), _channels_inner3d(grad_output)
