@@ -26,16 +26,34 @@ Builder = Callable[..., nn.Module]
 VARIANTS: dict[str, Builder] = {}
 
 
-def register_variant(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: register ``fn(in_channels, out_channels, kernel_size, stride, padding, bias, **options)``."""
+def _registrar(registry: dict, kind: str, name: str) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder to ``registry`` under ``name`` (``kind``: "convolution", "3-D convolution")."""
 
     def wrap(fn: Builder) -> Builder:
-        if name in VARIANTS:
-            raise ValueError(f"convolution variant {name!r} is already registered")
-        VARIANTS[name] = fn
+        if name in registry:
+            raise ValueError(f"{kind} variant {name!r} is already registered")
+        registry[name] = fn
         return fn
 
     return wrap
+
+
+def _build(registry: dict, kind: str, variant: str, *args, **options) -> nn.Module:
+    """``registry[variant](*args, **options)``, with errors that name the variant and the valid ones."""
+    try:
+        builder = registry[variant]
+    except KeyError:
+        raise ValueError(f"unknown {kind} variant {variant!r}; valid variants: {', '.join(sorted(registry))}") \
+            from None
+    try:
+        return builder(*args, **options)
+    except TypeError as err:
+        raise TypeError(f"{kind} variant {variant!r}: {err}") from err
+
+
+def register_variant(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``fn(in_channels, out_channels, kernel_size, stride, padding, bias, **options)``."""
+    return _registrar(VARIANTS, "convolution", name)
 
 
 def available_variants() -> list[str]:
@@ -76,16 +94,8 @@ def make_conv(variant: str, in_channels: int, out_channels: int, kernel_size: in
     Every variant takes NCHW input and returns ``(N, out_channels, ceil(H / stride), ceil(W / stride))``
     with the default padding.
     """
-    try:
-        builder = VARIANTS[variant]
-    except KeyError:
-        raise ValueError(
-            f"unknown convolution variant {variant!r}; valid variants: {', '.join(available_variants())}"
-        ) from None
-    try:
-        return builder(in_channels, out_channels, kernel_size, stride, padding, bias, **options)
-    except TypeError as err:
-        raise TypeError(f"convolution variant {variant!r}: {err}") from err
+    return _build(VARIANTS, "convolution", variant, in_channels, out_channels, kernel_size, stride, padding, bias,
+                  **options)
 
 
 # --------------------------------------------------------------------------------------------- variants
@@ -173,14 +183,7 @@ VARIANTS_3D: dict[str, Builder] = {}
 
 def register_variant_3d(name: str) -> Callable[[Builder], Builder]:
     """Decorator: register a 3-D variant builder in ``VARIANTS_3D``."""
-
-    def wrap(fn: Builder) -> Builder:
-        if name in VARIANTS_3D:
-            raise ValueError(f"3-D convolution variant {name!r} is already registered")
-        VARIANTS_3D[name] = fn
-        return fn
-
-    return wrap
+    return _registrar(VARIANTS_3D, "3-D convolution", name)
 
 
 def available_variants_3d() -> list[str]:
@@ -212,16 +215,8 @@ def make_conv3d(variant: str, in_channels: int, out_channels: int, kernel_size=3
     (N, in_channels, D, H, W) and, with the default padding (None: "same" for odd kernels),
     returns (N, out_channels, ceil(D / s_d), ceil(H / s_h), ceil(W / s_w)).
     """
-    try:
-        builder = VARIANTS_3D[variant]
-    except KeyError:
-        raise ValueError(
-            f"unknown 3-D convolution variant {variant!r}; valid variants: {', '.join(available_variants_3d())}"
-        ) from None
-    try:
-        return builder(in_channels, out_channels, kernel_size, stride, padding, bias, **options)
-    except TypeError as err:
-        raise TypeError(f"3-D convolution variant {variant!r}: {err}") from err
+    return _build(VARIANTS_3D, "3-D convolution", variant, in_channels, out_channels, kernel_size, stride, padding,
+                  bias, **options)
 
 
 @register_variant_3d("standard")
