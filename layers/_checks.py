@@ -14,6 +14,20 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _ints(value, name: str, minimum: int, n: int, noun: str, form: str) -> List[int]:
+    """``value`` (an int, or a sequence of 1 or ``n`` ints) as a list of ``n`` ints >= ``minimum``."""
+    if _is_int(value):
+        out = [value] * n
+    elif isinstance(value, (tuple, list)) and len(value) in (1, n) and all(_is_int(v) for v in value):
+        out = [value[0]] * n if len(value) == 1 else list(value)
+    else:
+        raise ValueError(f"{name} must be an int or a {noun} of ints{form}, got {value!r}")
+    if min(out) < minimum:
+        bound = {1: "positive (>= 1)", 0: "non-negative (>= 0)"}.get(minimum, f">= {minimum}")
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return out
+
+
 def pair(value: IntPair, name: str, minimum: int, form: str = "") -> List[int]:
     """``value`` (an int, or a sequence of one or two ints) as ``[h, w]``, each at least ``minimum``.
 
@@ -21,16 +35,13 @@ def pair(value: IntPair, name: str, minimum: int, form: str = "") -> List[int]:
     "<name> must be an int or a pair of ints<form>, got ..." and "<name> must be positive (>= 1), got
     ..." / "<name> must be non-negative (>= 0), got ..." (other minimums: "must be >= m").
     """
-    if _is_int(value):
-        out = [value, value]
-    elif isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(_is_int(v) for v in value):
-        out = [value[0], value[-1]]
-    else:
-        raise ValueError(f"{name} must be an int or a pair of ints{form}, got {value!r}")
-    if min(out) < minimum:
-        bound = {1: "positive (>= 1)", 0: "non-negative (>= 0)"}.get(minimum, f">= {minimum}")
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return out
+    return _ints(value, name, minimum, 2, "pair", form)
+
+
+def triple(value, name: str, minimum: int) -> List[int]:
+    """``value`` (an int, or a sequence of one or three ints) as ``[d, h, w]``, each at least
+    ``minimum``; the messages are :func:`pair`'s, with "a triple of ints (d, h, w)"."""
+    return _ints(value, name, minimum, 3, "triple", " (d, h, w)")
 
 
 def positive_int(value, name: str) -> int:

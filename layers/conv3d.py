@@ -26,6 +26,7 @@ from kernels import conv3d as _gemm3d
 from kernels._common import SUPPORTED_DTYPES
 
 from . import backend as _backend
+from ._checks import triple
 from ._op import convlab_op
 
 IntTriple = Union[int, Sequence[int]]
@@ -47,23 +48,6 @@ def _use_depthwise3d(weight_size: Sequence[int], in_channels: int, groups: int):
 
 
 # --------------------------------------------------------------------------- argument checks
-def _triple(value: IntTriple, name: str, minimum: int) -> List[int]:
-    """int, 1-tuple or 3-tuple of ints -> [d, h, w]; ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a triple of ints, got {value!r}")
-    if isinstance(value, int):
-        out = [value] * 3
-    elif isinstance(value, (tuple, list)) and len(value) in (1, 3) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
-        out = [value[0]] * 3 if len(value) == 1 else list(value)
-    else:
-        raise ValueError(f"{name} must be an int or a triple of ints (d, h, w), got {value!r}")
-    if min(out) < minimum:
-        bound = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{name} must be {bound} (>= {minimum}), got {value!r}")
-    return out
-
-
 def _check_common(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, transposed: bool):
     """Checks shared by conv3d and conv_transpose3d; returns (batched input, was_unbatched)."""
     op = "conv_transpose3d" if transposed else "conv3d"
@@ -270,7 +254,7 @@ def conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
         OD = (D + 2 * pad_d - dil_d * (KD - 1) - 1) // stride_d + 1 and the same for OH, OW.
     """
     input, unbatched = _check_common(input, weight, bias, groups, transposed=False)
-    stride_, dilation_ = _triple(stride, "stride", 1), _triple(dilation, "dilation", 1)
+    stride_, dilation_ = triple(stride, "stride", 1), triple(dilation, "dilation", 1)
     extra = [0, 0, 0]
     if isinstance(padding, str):
         if padding == "valid":
@@ -280,7 +264,7 @@ def conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
         else:
             raise ValueError(f"padding must be an int, a triple, 'valid' or 'same', got {padding!r}")
     else:
-        padding_ = _triple(padding, "padding", 0)
+        padding_ = triple(padding, "padding", 0)
     if any(extra):  # the extra plane/row/column of an odd 'same' padding goes last
         input = F.pad(input, (0, extra[2], 0, extra[1], 0, extra[0]))
     for size, pad, dil, k, axis in zip(input.shape[-3:], padding_, dilation_, weight.shape[-3:],
@@ -313,8 +297,8 @@ def conv_transpose3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
         with the same weight.
     """
     input, unbatched = _check_common(input, weight, bias, groups, transposed=True)
-    stride_, dilation_ = _triple(stride, "stride", 1), _triple(dilation, "dilation", 1)
-    padding_, out_pad = _triple(padding, "padding", 0), _triple(output_padding, "output_padding", 0)
+    stride_, dilation_ = triple(stride, "stride", 1), triple(dilation, "dilation", 1)
+    padding_, out_pad = triple(padding, "padding", 0), triple(output_padding, "output_padding", 0)
     for op_, s, d, axis in zip(out_pad, stride_, dilation_, ("depth", "height", "width")):
         if op_ >= max(s, d):
             raise ValueError(f"output_padding ({op_}) must be smaller than stride or dilation in {axis}, got "
@@ -388,7 +372,7 @@ def r2plus1d_mid_channels(in_channels: int, out_channels: int, kernel_size: IntT
     1 x k x k convolution to M channels and a t x 1 x 1 one to ``out_channels`` have the
     parameters of the full t x k x k convolution (rounded down):
     M = t * k_h * k_w * C_in * C_out // (k_h * k_w * C_in + t * C_out)."""
-    t, kh, kw = _triple(kernel_size, "kernel_size", 1)
+    t, kh, kw = triple(kernel_size, "kernel_size", 1)
     return max(1, (t * kh * kw * in_channels * out_channels) // (kh * kw * in_channels + t * out_channels))
 
 
@@ -408,9 +392,9 @@ class Conv2Plus1d(nn.Module):
                  padding: IntTriple = 0, dilation: IntTriple = 1, bias: bool = True,
                  mid_channels: Optional[int] = None, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
-        (kd, kh, kw) = _triple(kernel_size, "kernel_size", 1)
-        (sd, sh, sw), (pd, ph, pw) = _triple(stride, "stride", 1), _triple(padding, "padding", 0)
-        (dd, dh, dw) = _triple(dilation, "dilation", 1)
+        (kd, kh, kw) = triple(kernel_size, "kernel_size", 1)
+        (sd, sh, sw), (pd, ph, pw) = triple(stride, "stride", 1), triple(padding, "padding", 0)
+        (dd, dh, dw) = triple(dilation, "dilation", 1)
         mid = r2plus1d_mid_channels(in_channels, out_channels, (kd, kh, kw)) if mid_channels is None else mid_channels
         self.spatial = Conv3d(in_channels, mid, (1, kh, kw), (1, sh, sw), (0, ph, pw), (1, dh, dw), bias=False,
                               padding_mode=padding_mode, device=device, dtype=dtype)
