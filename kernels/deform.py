@@ -89,14 +89,17 @@ def _dcfg(bm, bn, warps, stages):  # data grad: BLOCK_K (output channels) is set
 # (<= 64 accumulator registers per thread).
 # Autotune configs per config class (kernels._common.config_class; "fp32_ieee" is fp32 with TF32
 # off, on CUDA-core FMAs); the first of each list is the default, which compiles for sm_80 / sm_90
-# without spills in every build (python -m kernels.inspect). The gathered operand is built in fp32
+# without spills in every build (python -m kernels.inspect; for the forward, the first that
+# _fwd_prune keeps). The gathered operand is built in fp32
 # registers from 4 corner loads.
 WIDE_N = {"fp16": 256, "bf16": 256, "fp32": 256, "fp32_ieee": 128, "fp64": 64}
 FWD_CONFIGS = {
-    "fp16": [_fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2), _fcfg(128, 16, 8, 2)],
-    "fp32": [_fcfg(32, 16, 4, 1), _fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2)],
+    "fp16": [_fcfg(64, 32, 8, 2), _fcfg(64, 16, 8, 2), _fcfg(128, 16, 8, 2)],
+    # TF32: triton 3.6's ptxas caps the unaligned ("odd") 64x16 build at 128 registers and spills;
+    # with .maxnreg it spills in no build on either version
+    "fp32": [block_config(8, 2, maxnreg=255, BLOCK_M=64, BLOCK_K=16), _fcfg(32, 16, 4, 1), _fcfg(64, 32, 8, 2)],
     "fp32_ieee": [_fcfg(32, 16, 4, 2), _fcfg(64, 16, 8, 2)],
-    "fp64": [_fcfg(32, 16, 8, 1), _fcfg(64, 16, 8, 1)],
+    "fp64": [_fcfg(16, 16, 4, 1), _fcfg(32, 16, 8, 1), _fcfg(64, 16, 8, 1)],
 }
 WEIGHT_CONFIGS = {
     "fp16": [_wcfg(64, 32, 8, 2), _wcfg(32, 32, 8, 2), _wcfg(64, 64, 8, 2)],
@@ -150,7 +153,7 @@ def _deform_fwd_kernel(
     x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr, cnt_ptr,
     # shapes
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
-    # strides: input (sx*), offset (so*), mask (sm*), weight (sw*), output (sy*)
+    # strides: input (sx*), offset (so*), mask (sm*), weight (sw*: the K-major repack, swo is 1), output (sy*)
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
     smn, smc, smh, smw,
@@ -459,7 +462,19 @@ def _deform_bwd_data_kernel(
 
 # --------------------------------------------------------------------------- launchers
 _KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "SEG", "sxc"]
-_fwd_tuned = autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
+
+
+def _fwd_prune(configs, named_args):
+    """Configs the forward's autotuner tries: 32-channel K steps (the 16-bit default: 16-byte
+    corner loads) only where a segment's channel runs are 16-element aligned (unit channel stride,
+    pixel stride and segment width divisible by 16); elsewhere every corner load is scalar and the
+    wider step spills in the 64-bit index build (python -m kernels.aot, build "odd,i64")."""
+    aligned = named_args["sxc"] == 1 and named_args["sxw"] % 16 == 0 and named_args["SEG"] % 16 == 0
+    out = [c for c in configs if aligned or c.kwargs["BLOCK_K"] <= 16]
+    return out or configs[-1:]
+
+
+_fwd_tuned = autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY + ["sxw"], prune=_fwd_prune)
 _bwd_weight_tuned = autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + ["N_SPLIT"])
 # the data kernel accumulates into ws with atomics: reset_to_zero keeps autotuning trials from
 # adding up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
@@ -578,12 +593,17 @@ def deform_conv2d_forward(x, offset, weight, bias, mask, stride, padding, dilati
     cls = config_class(_fwd_tuned, x.dtype, tf32, i64)
     block_n = _wide_block(cout_g, cls)
     grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), cdiv(cout_g, block_n), gm["groups"])
+    # the weight repacked K-major as (KH, KW, C_in / groups, C_out): a tap's [input channels x
+    # output channels] operand is contiguous along output channels (16-byte vector loads; OIHW
+    # would read it with scalar loads KH * KW elements apart)
+    w_k = weight.permute(2, 3, 1, 0).contiguous()
     cnt, count = _counter(x)
     launch(_fwd_tuned[cls], _deform_fwd_kernel, grid, FWD_INTERPRET_CONFIG,
-           x, offset, m_t, weight, bias if bias is not None else weight, y, cnt,
+           x, offset, m_t, w_k, bias if bias is not None else weight, y, cnt,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
            gm["cpog"],
-           *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *y.stride(),
+           *x.stride(), *offset.stride(), *m_strides,
+           w_k.stride(3), w_k.stride(2), w_k.stride(0), w_k.stride(1), *y.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
            IDX64=i64, COUNT=count, BLOCK_N=block_n)
@@ -686,7 +706,7 @@ def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride
 
 
 AOT_SPECS = [
-    KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, gemm=True),
+    KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, gemm=True, prune=_fwd_prune),
     KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, WEIGHT_CONFIGS, gemm=True),
     KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, gemm=True, prune=_data_prune),
 ]
