@@ -1,5 +1,7 @@
 """Shared test helpers: per-dtype tolerances, a comparison that states them, the exact-fp32 switch,
-and the convolution variants as the configs define them (conf/conv/*.yaml).
+an op-against-reference check of the output and every gradient, the torch.compile, FLOP-count and
+64-bit-index checks the op families share, and the convolution variants as the configs define them
+(conf/conv/*.yaml).
 
 Imported as ``from _helpers import ...`` (tests/conftest.py puts this folder on sys.path, so test
 modules in tests/ops/ and tests/experiments/ share it).
