@@ -148,6 +148,19 @@ WEIGHT_INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
 
 # --------------------------------------------------------------------------- deform conv forward
 @triton.jit
+def _tap_corners(off_ptr, o_pix, oc, soc, ih, iw, mask, H, W, ftype: tl.constexpr, IDX64: tl.constexpr):
+    """The bilinear corners of one tap for a vector of output pixels: its (dy, dx) are channels
+    oc, oc + 1 of the offset (element o_pix + channel * soc), added to the tap's integer input
+    positions (ih, iw); ``deform_corners``' tuple with ``mask`` (the pixels in range) folded into
+    the four read masks."""
+    dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask, other=0.0).to(ftype)
+    dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask, other=0.0).to(ftype)
+    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = deform_corners(ih.to(ftype) + dy,
+                                                                                   iw.to(ftype) + dx, H, W)
+    return y0, x0, ey, ex, ly, lx, ok00 & mask, ok01 & mask, ok10 & mask, ok11 & mask, pass_y, pass_x
+
+
+@triton.jit
 def _deform_fwd_kernel(
     # pointers (cnt_ptr: the interpreter's sample counter, see count_samples)
     x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr, cnt_ptr,
@@ -196,11 +209,8 @@ def _deform_fwd_kernel(
         for seg0 in range(0, CIN_G, SEG):  # first channel of the segment, within the weight group
             og = (g * CIN_G + seg0) // CPOG
             oc = og * (2 * taps) + 2 * tap
-            dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
-            dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
-            py = (ih0 + kh * dil_h).to(acc.dtype) + dy
-            px = (iw0 + kw * dil_w).to(acc.dtype) + dx
-            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = deform_corners(py, px, H, W)
+            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = _tap_corners(
+                off_ptr, o_pix, oc, soc, ih0 + kh * dil_h, iw0 + kw * dil_w, mask_m, H, W, acc.dtype, IDX64)
             if HAS_MASK:
                 mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m,
                              other=0.0).to(acc.dtype)
@@ -208,10 +218,6 @@ def _deform_fwd_kernel(
                 mv = ly
             w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
             p00, pdx, pdy = corner_offsets(x_pix, y0, x0, ey, ex, sxh, sxw, IDX64)
-            ok00 = ok00 & mask_m
-            ok01 = ok01 & mask_m
-            ok10 = ok10 & mask_m
-            ok11 = ok11 & mask_m
             w_tap = w_base[None, :] + (kh * swh + kw * sww)
             for c0 in range(seg0, seg0 + SEG, BLOCK_K):
                 offs_k = c0 + tl.arange(0, BLOCK_K)
@@ -290,11 +296,9 @@ def _deform_bwd_weight_kernel(
         mask_p = offs_p < m_end
         n, oh, ow = _unflatten(offs_p, OH, OW)
         o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
-        dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_p, other=0.0).to(acc.dtype)
-        dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_p, other=0.0).to(acc.dtype)
-        py = (oh * stride_h - pad_h + kh * dil_h).to(acc.dtype) + dy
-        px = (ow * stride_w - pad_w + kw * dil_w).to(acc.dtype) + dx
-        y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = deform_corners(py, px, H, W)
+        y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = _tap_corners(
+            off_ptr, o_pix, oc, soc, oh * stride_h - pad_h + kh * dil_h, ow * stride_w - pad_w + kw * dil_w, mask_p,
+            H, W, acc.dtype, IDX64)
         if HAS_MASK:
             m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
             mv = tl.load(msk_ptr + (m_pix + _idx(mc, IDX64) * smc), mask=mask_p, other=0.0).to(acc.dtype)
@@ -302,8 +306,7 @@ def _deform_bwd_weight_kernel(
             mv = ly
         w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
         p00, pdx, pdy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
-        b = bilinear_load(x_ptr, p00, pdx, pdy, x_ch, mask_ci, mask_p & ok00, mask_p & ok01, mask_p & ok10,
-                          mask_p & ok11, w00, w01, w10, w11, acc.dtype)
+        b = bilinear_load(x_ptr, p00, pdx, pdy, x_ch, mask_ci, ok00, ok01, ok10, ok11, w00, w01, w10, w11, acc.dtype)
         if COUNT:  # gathered (pixel, channel) samples of this tap
             tl.atomic_add(cnt_ptr, tl.sum(tl.sum((mask_p[:, None] & mask_ci[None, :]).to(tl.int32), 1), 0))
         b = b.to(x_ptr.dtype.element_ty)
@@ -377,15 +380,9 @@ def _deform_bwd_data_kernel(
     ftype = s00.dtype
     oc = og * (2 * taps) + 2 * tap
     o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
-    dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_m, other=0.0).to(ftype)
-    dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(ftype)
-    py = (oh * stride_h - pad_h + kh * dil_h).to(ftype) + dy
-    px = (ow * stride_w - pad_w + kw * dil_w).to(ftype) + dx
-    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = deform_corners(py, px, H, W)
-    ok00 = ok00 & mask_m
-    ok01 = ok01 & mask_m
-    ok10 = ok10 & mask_m
-    ok11 = ok11 & mask_m
+    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = _tap_corners(
+        off_ptr, o_pix, oc, soc, oh * stride_h - pad_h + kh * dil_h, ow * stride_w - pad_w + kw * dil_w, mask_m,
+        H, W, ftype, IDX64)
     m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
     if HAS_MASK:
         mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m, other=0.0).to(ftype)
