@@ -4,7 +4,8 @@
 compute ``convlab::conv{nd}d``, ``convlab::conv{nd}d_input_grad`` and ``convlab::conv{nd}d_weight_grad``)
 and their public functions and modules. The rest is the same logic for both ranks and lives here:
 the argument checks, the functional bodies (padding rules, size checks, backend choice), the
-autograd of the three ops (backward and double backward) and their FLOP formulas.
+autograd of the three ops (backward and double backward), their FLOP formulas, and the bodies of
+the modules ``Conv{nd}d``, ``ConvTranspose{nd}d`` and ``DepthwiseSeparableConv{nd}d``.
 
 Shapes, with ``S`` the ``nd`` spatial sizes ((H, W) or (D, H, W)) and ``K`` the kernel's:
 input (N, C_in, *S) or unbatched (C_in, *S); weight (C_out, C_in / groups, *K) for the
@@ -12,11 +13,11 @@ convolution and (C_in, C_out / groups, *K) for the transposed one; bias (C_out,)
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from kernels._common import SUPPORTED_DTYPES
@@ -243,3 +244,49 @@ def _input_grad_flops(gy_shape, w_shape, bias_shape, input_size: Sequence[int], 
 
 def _weight_grad_flops(x_shape, gy_shape, weight_size: Sequence[int], *args, out_shape, **kwargs):
     return conv_flop_count(x_shape, list(weight_size), gy_shape, transposed=False)
+
+
+# --------------------------------------------------------------------------- modules
+def conv_module_forward(module: nn.Module, input: Tensor, weight: Tensor, bias: Optional[Tensor],
+                        conv: Callable[..., Tensor]) -> Tensor:
+    """``_conv_forward`` of ``layers.Conv2d`` / ``Conv3d``: ``nn.Conv{nd}d``'s, with ``conv``
+    (``layers.conv2d`` / ``conv3d``) for ``F.conv{nd}d``; a padding_mode other than "zeros" pads first."""
+    if module.padding_mode != "zeros":
+        input = F.pad(input, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        return conv(input, weight, bias, module.stride, 0, module.dilation, module.groups)
+    return conv(input, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+
+
+def conv_transpose_module_forward(module: nn.Module, input: Tensor, output_size: Optional[List[int]],
+                                  conv_transpose: Callable[..., Tensor]) -> Tensor:
+    """``forward`` of ``layers.ConvTranspose2d`` / ``ConvTranspose3d``: ``output_size`` (the spatial
+    sizes, or with the leading batch/channel sizes) picks output_padding, as in
+    ``nn.ConvTranspose{nd}d.forward``; sizes up to stride - 1 past the smallest are reachable."""
+    nd = len(module.kernel_size)
+    if module.padding_mode != "zeros":  # settable after construction; nn.ConvTranspose{nd}d refuses it here too
+        raise ValueError(f"Only 'zeros' padding mode is supported for ConvTranspose{nd}d, got {module.padding_mode!r}")
+    output_padding = module._output_padding(input, output_size, module.stride, module.padding, module.kernel_size,
+                                            nd, module.dilation)
+    return conv_transpose(input, module.weight, module.bias, module.stride, module.padding, output_padding,
+                          module.groups, module.dilation)
+
+
+class DepthwiseSeparable(nn.Module):
+    """The body of ``layers.DepthwiseSeparableConv2d`` / ``DepthwiseSeparableConv3d``: a depthwise
+    ``conv`` (``layers.Conv2d`` / ``Conv3d`` with groups = C_in, ``depth_multiplier`` filters per input
+    channel, no bias) followed by a pointwise one (kernel 1), no norm or activation between.
+
+    (N, C_in, *S) -> depthwise (N, C_in * depth_multiplier, *OS) -> pointwise (N, C_out, *OS).
+    """
+
+    def __init__(self, conv: Callable[..., nn.Module], in_channels: int, out_channels: int, kernel_size,
+                 stride, padding, dilation, bias: bool, depth_multiplier: int, padding_mode: str, device, dtype):
+        super().__init__()
+        positive_int(depth_multiplier, "depth_multiplier")
+        mid = in_channels * depth_multiplier
+        self.depthwise = conv(in_channels, mid, kernel_size, stride, padding, dilation, groups=in_channels,
+                              bias=False, padding_mode=padding_mode, device=device, dtype=dtype)
+        self.pointwise = conv(mid, out_channels, 1, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(input))

@@ -6,13 +6,15 @@ as the backend switch (``layers.backend``) decides. Shapes: input (N, C_in, H, W
 unbatched (C_in, H, W); weight (C_out, C_in / groups, KH, KW) for conv2d and
 (C_in, C_out / groups, KH, KW) for conv_transpose2d. channels_last input gives
 channels_last output.
+
+The logic shared with conv3d (checks, functional bodies, autograd, FLOP formulas, module bodies)
+is written once, for any rank, in ``layers._convnd``.
 """
 from __future__ import annotations
 
 from typing import List, Optional, Union
 
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import conv2d as _gemm
@@ -20,7 +22,7 @@ from kernels import depthwise as _dw
 
 from . import _convnd as _nd
 from . import backend as _backend
-from ._checks import IntPair, pair, positive_int
+from ._checks import IntPair, pair
 from ._op import convlab_op
 
 
@@ -91,10 +93,7 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same arguments, parameters and state_dict) running convlab's kernels."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return _nd.conv_module_forward(self, input, weight, bias, conv2d)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -103,16 +102,10 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         """``output_size`` ((H, W), or with the leading batch/channel sizes) picks output_padding, as in
         ``nn.ConvTranspose2d.forward``; sizes up to stride - 1 past the smallest are reachable."""
-        if self.padding_mode != "zeros":  # settable after construction; nn.ConvTranspose2d refuses it here too
-            raise ValueError(f"Only 'zeros' padding mode is supported for ConvTranspose2d, got {self.padding_mode!r}")
-        num_spatial_dims = 2
-        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
-                                              num_spatial_dims, self.dilation)
-        return conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
-                                self.groups, self.dilation)
+        return _nd.conv_transpose_module_forward(self, input, output_size, conv_transpose2d)
 
 
-class DepthwiseSeparableConv2d(nn.Module):
+class DepthwiseSeparableConv2d(_nd.DepthwiseSeparable):
     """Depthwise KxK convolution (``depth_multiplier`` filters per input channel) followed by a
     pointwise 1x1 convolution, as in Xception / MobileNet (no norm or activation between).
 
@@ -122,15 +115,8 @@ class DepthwiseSeparableConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
                  padding: Union[IntPair, str] = 0, dilation: IntPair = 1, bias: bool = True,
                  depth_multiplier: int = 1, padding_mode: str = "zeros", device=None, dtype=None):
-        super().__init__()
-        positive_int(depth_multiplier, "depth_multiplier")
-        mid = in_channels * depth_multiplier
-        self.depthwise = Conv2d(in_channels, mid, kernel_size, stride, padding, dilation, groups=in_channels,
-                                bias=False, padding_mode=padding_mode, device=device, dtype=dtype)
-        self.pointwise = Conv2d(mid, out_channels, 1, bias=bias, device=device, dtype=dtype)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(input))
+        super().__init__(Conv2d, in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+                         depth_multiplier, padding_mode, device, dtype)
 
 
 class SpatiallySeparableConv2d(nn.Module):

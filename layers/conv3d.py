@@ -9,6 +9,9 @@ channels_last_3d output.
 
 Depthwise weights (C_in / groups == 1, groups == C_in) go to ``kernels.depthwise3d`` when that
 module exists (``_use_depthwise3d`` is the one place that decides), else to the grouped GEMM.
+
+The logic shared with conv2d (checks, functional bodies, autograd, FLOP formulas, module bodies)
+is written once, for any rank, in ``layers._convnd``.
 """
 from __future__ import annotations
 
@@ -17,13 +20,12 @@ import importlib.util
 from typing import List, Optional, Sequence, Union
 
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import conv3d as _gemm3d
 
 from . import _convnd as _nd
-from ._checks import positive_int, triple
+from ._checks import triple
 from ._op import convlab_op
 
 IntTriple = Union[int, Sequence[int]]
@@ -123,10 +125,7 @@ class Conv3d(nn.Conv3d):
     :func:`conv3d`."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv3d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return conv3d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return _nd.conv_module_forward(self, input, weight, bias, conv3d)
 
 
 class ConvTranspose3d(nn.ConvTranspose3d):
@@ -136,16 +135,10 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         """``output_size`` ((D, H, W), or with the leading batch/channel sizes) picks output_padding,
         as in ``nn.ConvTranspose3d.forward``."""
-        if self.padding_mode != "zeros":
-            raise ValueError(f"Only 'zeros' padding mode is supported for ConvTranspose3d, got {self.padding_mode!r}")
-        num_spatial_dims = 3
-        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
-                                              num_spatial_dims, self.dilation)
-        return conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
-                                self.groups, self.dilation)
+        return _nd.conv_transpose_module_forward(self, input, output_size, conv_transpose3d)
 
 
-class DepthwiseSeparableConv3d(nn.Module):
+class DepthwiseSeparableConv3d(_nd.DepthwiseSeparable):
     """Depthwise KxKxK convolution (``depth_multiplier`` filters per input channel) followed by a
     pointwise 1x1x1 convolution (no norm or activation between).
 
@@ -156,15 +149,8 @@ class DepthwiseSeparableConv3d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntTriple, stride: IntTriple = 1,
                  padding: Union[IntTriple, str] = 0, dilation: IntTriple = 1, bias: bool = True,
                  depth_multiplier: int = 1, padding_mode: str = "zeros", device=None, dtype=None):
-        super().__init__()
-        positive_int(depth_multiplier, "depth_multiplier")
-        mid = in_channels * depth_multiplier
-        self.depthwise = Conv3d(in_channels, mid, kernel_size, stride, padding, dilation, groups=in_channels,
-                                bias=False, padding_mode=padding_mode, device=device, dtype=dtype)
-        self.pointwise = Conv3d(mid, out_channels, 1, bias=bias, device=device, dtype=dtype)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(input))
+        super().__init__(Conv3d, in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+                         depth_multiplier, padding_mode, device, dtype)
 
 
 def r2plus1d_mid_channels(in_channels: int, out_channels: int, kernel_size: IntTriple) -> int:
