@@ -73,27 +73,6 @@ def _check_groups(groups: int, in_channels: int, out_channels: int, variant: str
             f"out_channels={out_channels}")
 
 
-def _plain_conv(conv: Callable[..., nn.Module], same: Callable, cin, cout, k, stride, padding, bias, dilation, groups,
-                padding_mode) -> nn.Module:
-    """``conv`` (``layers.Conv2d`` or ``Conv3d``) as the "standard" variant of its rank builds it (the
-    "grouped" and "dilated" variants too); padding None is ``same(k, dilation)`` (``same_padding``, or
-    per axis ``_same_padding_3d``)."""
-    if groups != 1:
-        _check_groups(groups, cin, cout, "standard")
-    pad = same(k, dilation) if padding is None else padding
-    return conv(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias,
-                padding_mode=padding_mode)
-
-
-def _depthwise_separable_conv(conv: Callable[..., nn.Module], same: Callable, cin, cout, k, stride, padding, bias,
-                              depth_multiplier, dilation, padding_mode) -> nn.Module:
-    """``conv`` (``layers.DepthwiseSeparableConv2d`` or ``DepthwiseSeparableConv3d``) as the
-    "depthwise_separable" variant of its rank builds it; padding None as in :func:`_plain_conv`."""
-    pad = same(k, dilation) if padding is None else padding
-    return conv(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias,
-                depth_multiplier=depth_multiplier, padding_mode=padding_mode)
-
-
 def split_conv_config(conv) -> tuple[str, dict]:
     """Split a ``conv`` config (a mapping such as ``conf/conv/grouped.yaml``: ``variant`` plus that
     variant's options) into ``(variant, options)`` for :func:`make_conv`.
@@ -120,6 +99,29 @@ def make_conv(variant: str, in_channels: int, out_channels: int, kernel_size: in
 
 
 # --------------------------------------------------------------------------------------------- variants
+
+
+# The variants both ranks have (standard and grouped, depthwise_separable) register a builder per
+# rank below; what those build is written once here.
+def _plain_conv(conv: Callable[..., nn.Module], same: Callable, cin, cout, k, stride, padding, bias, dilation, groups,
+                padding_mode) -> nn.Module:
+    """``conv`` (``layers.Conv2d`` or ``Conv3d``) as the "standard" variant of its rank builds it (the
+    "grouped" and "dilated" variants too); padding None is ``same(k, dilation)`` (``same_padding``, or
+    per axis ``_same_padding_3d``)."""
+    if groups != 1:
+        _check_groups(groups, cin, cout, "standard")
+    pad = same(k, dilation) if padding is None else padding
+    return conv(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias,
+                padding_mode=padding_mode)
+
+
+def _depthwise_separable_conv(conv: Callable[..., nn.Module], same: Callable, cin, cout, k, stride, padding, bias,
+                              depth_multiplier, dilation, padding_mode) -> nn.Module:
+    """``conv`` (``layers.DepthwiseSeparableConv2d`` or ``DepthwiseSeparableConv3d``) as the
+    "depthwise_separable" variant of its rank builds it; padding None as in :func:`_plain_conv`."""
+    pad = same(k, dilation) if padding is None else padding
+    return conv(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias,
+                depth_multiplier=depth_multiplier, padding_mode=padding_mode)
 
 
 @register_variant("standard")
