@@ -26,7 +26,7 @@ def _unflatten3(offs, D1, D2, D3):
 @triton.jit
 def _weight_grad_tile(
     # pointers: x (N, C_in, D, H, W) and dY (N, C_out, OD, OH, OW), both with channel stride 1;
-    # workspace (N_SPLIT, G, KD * KH * KW, COUT_G, CIN_G) contiguous, fp32 / fp64
+    # workspace (N_SPLIT, KD * KH * KW, C_out, CIN_G) contiguous, fp32 / fp64
     x_ptr, gy_ptr, ws_ptr,
     # shapes (M = N * OD * OH * OW, reduced in N_SPLIT splits of M_PER_SPLIT pixels)
     M, D, H, W, OD, OH, OW, CIN_G, COUT_G, KD, KH, KW, M_PER_SPLIT, N_SPLIT,
@@ -44,7 +44,7 @@ def _weight_grad_tile(
     conv3d's weight-gradient kernels.
 
     Grid: axis 0 output-channel tiles, axis 1 = tap * n_tiles + input-channel tile, axis 2 =
-    g * N_SPLIT + split. The partial tile goes to the workspace slab ws[split, g, tap], which the
+    g * N_SPLIT + split. The partial tile goes to the workspace slab ws[split, tap], which the
     launcher sums over the splits (deterministic, no atomics). Both operands are read along
     channels (stride 1): dY^T tiles [co, pixel] and X tiles [pixel, ci]."""
     pid_gs = tl.program_id(2)
@@ -87,9 +87,9 @@ def _weight_grad_tile(
         b = tl.load(x_ptr + (x_pix[:, None] + _idx(g * CIN_G + offs_ci, IDX64)[None, :]),
                     mask=ok[:, None] & mask_ci[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32)
-    # The partial tile is stored contiguously along ci (a [co, ci] slab of ws[split, g, tap]), so its
-    # stores are vectorised; the launcher moves the taps last after summing the splits.
-    n_groups = tl.num_programs(2) // N_SPLIT
-    slab = ((_idx(split, IDX64) * n_groups + g) * (KD * KH * KW) + tap) * COUT_G * CIN_G
-    ws_off = slab + _idx(offs_co, IDX64)[:, None] * CIN_G + _idx(offs_ci, IDX64)[None, :]
+    # The partial tile is stored contiguously along ci (a [co, ci] block of the slab ws[split, tap]),
+    # so its stores are vectorised; the launcher moves the taps last after summing the splits.
+    c_out = (tl.num_programs(2) // N_SPLIT) * COUT_G
+    slab = (_idx(split, IDX64) * (KD * KH * KW) + tap) * c_out * CIN_G
+    ws_off = slab + _idx(co, IDX64)[:, None] * CIN_G + _idx(offs_ci, IDX64)[None, :]
     tl.store(ws_ptr + ws_off, acc, mask=mask_co[:, None] & mask_ci[None, :])

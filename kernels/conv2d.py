@@ -267,7 +267,7 @@ def _conv2d_bwd_input_kernel(
 @triton.jit
 def _conv2d_bwd_weight_kernel(
     # pointers: x (N, C_in, H, W) and dY (N, C_out, OH, OW), both with channel stride 1;
-    # workspace (N_SPLIT, G, KH * KW, COUT_G, CIN_G) contiguous, fp32 / fp64
+    # workspace (N_SPLIT, KH * KW, C_out, CIN_G) contiguous, fp32 / fp64
     x_ptr, gy_ptr, ws_ptr,
     # shapes (M = N * OH * OW, reduced in N_SPLIT splits of M_PER_SPLIT; M_KEY: autotune key, unused)
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, M_PER_SPLIT, N_SPLIT, M_KEY,
@@ -280,8 +280,7 @@ def _conv2d_bwd_weight_kernel(
     ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # conv3d's weight-gradient tile with depth 1 (constants Triton folds away); the workspace slab
-    # ws[split, g, tap] holds this program's partial [co, ci] tile
+    # conv3d's weight-gradient tile with depth 1 (constants Triton folds away)
     _weight_grad_tile(x_ptr, gy_ptr, ws_ptr,
                       M, 1, H, W, 1, OH, OW, CIN_G, COUT_G, 1, KH, KW, M_PER_SPLIT, N_SPLIT,
                       stride_xn, 0, stride_xh, stride_xw,
@@ -515,8 +514,8 @@ def _weight_grad(kernel, tuned, x, gy, weight_shape, stride, padding, dilation, 
     stride 1; stride / padding / dilation: one int per axis; ``split_k`` as conv2d_weight_grad's.
 
     ``kernel`` takes conv2d's weight-gradient arguments with one entry per axis wherever conv2d's
-    have an (h, w) pair, in (d, h, w) order, and writes the workspace (splits, G, taps, COUT_G,
-    CIN_G) (``kernels._igemm._weight_grad_tile``)."""
+    have an (h, w) pair, in (d, h, w) order, and writes the workspace (splits, taps, C_out, CIN_G)
+    (``kernels._igemm._weight_grad_tile``)."""
     c_out, cin_g, *ks = weight_shape
     cout_g = c_out // groups
     M = gy.shape[0] * math.prod(gy.shape[2:])
@@ -533,7 +532,7 @@ def _weight_grad(kernel, tuned, x, gy, weight_shape, stride, padding, dilation, 
         split_k = _weight_grad_split(M, cout_g, cin_g, taps // ks[-1], ks[-1], groups, x.dtype, sm_count(x.device))
     m_per_split = cdiv(M, split_k)
     split_k = cdiv(M, m_per_split)
-    ws = torch.empty((split_k, groups, taps, cout_g, cin_g), device=x.device, dtype=accumulator_dtype(x.dtype))
+    ws = torch.empty((split_k, taps, c_out, cin_g), device=x.device, dtype=accumulator_dtype(x.dtype))
     grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]) * taps, groups * split_k)
     tf32, i64 = allow_tf32(x.dtype), needs_int64(x, gy, ws, split_k * m_per_split)
     launch(tuned[config_class(tuned, x.dtype, tf32, i64)], kernel, grid, INTERPRET_CONFIG,
@@ -542,9 +541,9 @@ def _weight_grad(kernel, tuned, x, gy, weight_shape, stride, padding, dilation, 
            x.stride(0), *x.stride()[2:], gy.stride(0), *gy.stride()[2:],
            *stride, *padding, *dilation,
            ALLOW_TF32=tf32, IDX64=i64)
-    partial = ws.sum(0) if split_k > 1 else ws[0]  # (G, taps, COUT_G, CIN_G), splits summed in order
+    partial = ws.sum(0) if split_k > 1 else ws[0]  # (taps, C_out, CIN_G), splits summed in order
     dw = torch.empty(weight_shape, device=x.device, dtype=x.dtype)
-    dw.view(groups, cout_g, cin_g, taps).copy_(partial.permute(0, 2, 3, 1))  # taps last, cast: one pass
+    dw.view(c_out, cin_g, taps).copy_(partial.permute(1, 2, 0))  # taps last, cast: one pass
     return dw
 
 

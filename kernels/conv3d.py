@@ -59,7 +59,7 @@ INPUT_GRAD_CONFIGS = with_index64(_INPUT_GRAD_2D, fp64=[_cfg(32, 32, 16, 8, 2), 
 WEIGHT_GRAD_CONFIGS = with_index64(dict(_WEIGHT_GRAD_2D, fp64=[_cfg(32, 32, 16, 4, 2), _cfg(64, 32, 16, 8, 2)]),
                                    fp64=[_cfg(32, 32, 16, 8, 2), _cfg(64, 32, 16, 8, 2)],
                                    fp16=[_cfg(64, 64, 32, 4, 2)], bf16=[_cfg(64, 64, 32, 4, 2)],
-                                   fp32_ieee=[_cfg(32, 32, 16, 4, 2)])
+                                   fp32_ieee=[_cfg(32, 32, 16, 8, 2)])
 
 
 def triple(v) -> tuple:
@@ -204,7 +204,7 @@ def _conv3d_bwd_input_kernel(
 @triton.jit
 def _conv3d_bwd_weight_kernel(
     # pointers: x (N, C_in, D, H, W) and dY (N, C_out, OD, OH, OW), both with channel stride 1;
-    # workspace (N_SPLIT, G, KD * KH * KW, COUT_G, CIN_G) contiguous, fp32 / fp64 (see _weight_grad_tile)
+    # workspace (N_SPLIT, KD * KH * KW, C_out, CIN_G) contiguous, fp32 / fp64 (see _weight_grad_tile)
     x_ptr, gy_ptr, ws_ptr,
     # shapes (M = N * OD * OH * OW, reduced in N_SPLIT splits of M_PER_SPLIT; M_KEY: autotune key, unused)
     M, D, H, W, OD, OH, OW, CIN_G, COUT_G, KD, KH, KW, M_PER_SPLIT, N_SPLIT, M_KEY,
