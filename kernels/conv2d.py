@@ -82,7 +82,8 @@ GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
 WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2)],
                                         fp64=[_cfg(64, 32, 16, 4, 2), _cfg(32, 32, 16, 4, 2)]),
                                    fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
-                                   fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(32, 32, 16, 2, 2)])
+                                   fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(32, 32, 16, 2, 2)],
+                                   fp64=[_cfg(32, 32, 16, 8, 2)])
 _I64 = dict(fp16=[_cfg(64, 64, 64, 8, 3)], bf16=[_cfg(64, 64, 64, 8, 3)], fp32=[_cfg(64, 64, 32, 8, 2)],
             fp32_ieee=[_cfg(64, 64, 32, 8, 1)])
 # The input gradient's TF32-off tiles and 64-bit fp64 default spill (with triton 3.6's or 3.8's
