@@ -4,8 +4,12 @@
 The body is written for (depth, height, width). A 2-D kernel calls it with depth 1: extent 1,
 kernel 1, stride / dilation 1, padding 0 and activation depth stride 0, passed as literal
 constants. Triton specialises a ``@triton.jit`` callee on constant arguments, so the depth
-arithmetic (``// 1``, ``% 1``, ``* 0``) folds away and the 2-D build keeps the registers and
-vectorised loads of a 2-D-only body (``python -m kernels.inspect`` compares them).
+arithmetic (``// 1``, ``% 1``, ``* 0``) folds away: with the workspace addressing unchanged, the
+2-D builds compiled to the registers of the former 2-D-only body in every build
+``python -m kernels.inspect`` checks.
+
+The launchers around it (split-K workspace, group packing, the input gradient's stride phases)
+are ``kernels.conv2d._weight_grad`` / ``_input_grad``, written for any number of spatial axes.
 """
 from __future__ import annotations
 
