@@ -1,5 +1,6 @@
-"""Optimisation shared by the classification and detection modules: the optimiser's parameter groups
-(no weight decay on 1-d parameters) and the per-step warm-up + cosine learning-rate schedule."""
+"""Optimisation shared by the task modules (classification, detection, super-resolution): the
+optimiser's parameter groups (no weight decay on 1-d parameters), the per-step warm-up + cosine
+learning-rate schedule, and a ``configure_optimizers`` built on them (:class:`WarmupCosineMixin`)."""
 from __future__ import annotations
 
 import math
@@ -28,3 +29,13 @@ def sgd_with_warmup_cosine(net: torch.nn.Module, optimizer_factory, scheduler: s
 
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
+
+
+class WarmupCosineMixin:
+    """``configure_optimizers`` for a LightningModule with ``net``, ``optimizer_factory`` and the hparams
+    ``scheduler`` and ``warmup_fraction``: :func:`sgd_with_warmup_cosine` over the trainer's estimated
+    optimizer steps."""
+
+    def configure_optimizers(self):
+        return sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
+                                      self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches)

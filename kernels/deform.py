@@ -89,14 +89,17 @@ def _dcfg(bm, bn, warps, stages):  # data grad: BLOCK_K (output channels) is set
 # (<= 64 accumulator registers per thread).
 # Autotune configs per config class (kernels._common.config_class; "fp32_ieee" is fp32 with TF32
 # off, on CUDA-core FMAs); the first of each list is the default, which compiles for sm_80 / sm_90
-# without spills in every build (python -m kernels.inspect). The gathered operand is built in fp32
+# without spills in every build (python -m kernels.inspect; for the forward, the first that
+# _fwd_prune keeps). The gathered operand is built in fp32
 # registers from 4 corner loads.
 WIDE_N = {"fp16": 256, "bf16": 256, "fp32": 256, "fp32_ieee": 128, "fp64": 64}
 FWD_CONFIGS = {
-    "fp16": [_fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2), _fcfg(128, 16, 8, 2)],
-    "fp32": [_fcfg(32, 16, 4, 1), _fcfg(64, 16, 8, 2), _fcfg(64, 32, 8, 2)],
+    "fp16": [_fcfg(64, 32, 8, 2), _fcfg(64, 16, 8, 2), _fcfg(128, 16, 8, 2)],
+    # TF32: triton 3.6's ptxas caps the unaligned ("odd") 64x16 build at 128 registers and spills;
+    # with .maxnreg it spills in no build on either version
+    "fp32": [block_config(8, 2, maxnreg=255, BLOCK_M=64, BLOCK_K=16), _fcfg(32, 16, 4, 1), _fcfg(64, 32, 8, 2)],
     "fp32_ieee": [_fcfg(32, 16, 4, 2), _fcfg(64, 16, 8, 2)],
-    "fp64": [_fcfg(32, 16, 8, 1), _fcfg(64, 16, 8, 1)],
+    "fp64": [_fcfg(16, 16, 4, 1), _fcfg(32, 16, 8, 1), _fcfg(64, 16, 8, 1)],
 }
 WEIGHT_CONFIGS = {
     "fp16": [_wcfg(64, 32, 8, 2), _wcfg(32, 32, 8, 2), _wcfg(64, 64, 8, 2)],
@@ -132,6 +135,9 @@ for _configs in (FWD_CONFIGS, WEIGHT_CONFIGS, DATA_CONFIGS):
 # index vectors.
 FWD_CONFIGS = with_index64(FWD_CONFIGS, fp32=[_fcfg(64, 16, 8, 2)], fp32_ieee=[_fcfg(32, 16, 8, 1)],
                            fp64=[_fcfg(64, 16, 8, 1)])
+# fp64 weight gradient, 64-bit index: triton 3.6's ptxas caps the unaligned build at 128 registers
+# on 4 warps and spills 12 B; with .maxnreg it spills in no build
+WEIGHT_CONFIGS = with_index64(WEIGHT_CONFIGS, fp64=[block_config(4, 1, maxnreg=255, BLOCK_N=32, BLOCK_K=16)])
 DATA_CONFIGS = with_index64(DATA_CONFIGS, fp16=[_dcfg(64, 16, 8, 1), _dcfg(64, 16, 4, 1)],
                             bf16=[_dcfg(64, 16, 8, 1), _dcfg(64, 16, 4, 1)],
                             fp32=[_dcfg(64, 16, 8, 2)], fp32_ieee=[_dcfg(64, 16, 8, 1)],
@@ -145,12 +151,25 @@ WEIGHT_INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
 
 # --------------------------------------------------------------------------- deform conv forward
 @triton.jit
+def _tap_corners(off_ptr, o_pix, oc, soc, ih, iw, mask, H, W, ftype: tl.constexpr, IDX64: tl.constexpr):
+    """The bilinear corners of one tap for a vector of output pixels: its (dy, dx) are channels
+    oc, oc + 1 of the offset (element o_pix + channel * soc), added to the tap's integer input
+    positions (ih, iw); ``deform_corners``' tuple with ``mask`` (the pixels in range) folded into
+    the four read masks."""
+    dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask, other=0.0).to(ftype)
+    dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask, other=0.0).to(ftype)
+    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = deform_corners(ih.to(ftype) + dy,
+                                                                                   iw.to(ftype) + dx, H, W)
+    return y0, x0, ey, ex, ly, lx, ok00 & mask, ok01 & mask, ok10 & mask, ok11 & mask, pass_y, pass_x
+
+
+@triton.jit
 def _deform_fwd_kernel(
     # pointers (cnt_ptr: the interpreter's sample counter, see count_samples)
     x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr, cnt_ptr,
     # shapes
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, SEG, CPOG,
-    # strides: input (sx*), offset (so*), mask (sm*), weight (sw*), output (sy*)
+    # strides: input (sx*), offset (so*), mask (sm*), weight (sw*: the K-major repack, swo is 1), output (sy*)
     sxn, sxc, sxh, sxw,
     son, soc, soh, sow,
     smn, smc, smh, smw,
@@ -193,11 +212,8 @@ def _deform_fwd_kernel(
         for seg0 in range(0, CIN_G, SEG):  # first channel of the segment, within the weight group
             og = (g * CIN_G + seg0) // CPOG
             oc = og * (2 * taps) + 2 * tap
-            dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
-            dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(acc.dtype)
-            py = (ih0 + kh * dil_h).to(acc.dtype) + dy
-            px = (iw0 + kw * dil_w).to(acc.dtype) + dx
-            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = deform_corners(py, px, H, W)
+            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = _tap_corners(
+                off_ptr, o_pix, oc, soc, ih0 + kh * dil_h, iw0 + kw * dil_w, mask_m, H, W, acc.dtype, IDX64)
             if HAS_MASK:
                 mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m,
                              other=0.0).to(acc.dtype)
@@ -205,10 +221,6 @@ def _deform_fwd_kernel(
                 mv = ly
             w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
             p00, pdx, pdy = corner_offsets(x_pix, y0, x0, ey, ex, sxh, sxw, IDX64)
-            ok00 = ok00 & mask_m
-            ok01 = ok01 & mask_m
-            ok10 = ok10 & mask_m
-            ok11 = ok11 & mask_m
             w_tap = w_base[None, :] + (kh * swh + kw * sww)
             for c0 in range(seg0, seg0 + SEG, BLOCK_K):
                 offs_k = c0 + tl.arange(0, BLOCK_K)
@@ -287,11 +299,9 @@ def _deform_bwd_weight_kernel(
         mask_p = offs_p < m_end
         n, oh, ow = _unflatten(offs_p, OH, OW)
         o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
-        dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_p, other=0.0).to(acc.dtype)
-        dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_p, other=0.0).to(acc.dtype)
-        py = (oh * stride_h - pad_h + kh * dil_h).to(acc.dtype) + dy
-        px = (ow * stride_w - pad_w + kw * dil_w).to(acc.dtype) + dx
-        y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = deform_corners(py, px, H, W)
+        y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, _, _ = _tap_corners(
+            off_ptr, o_pix, oc, soc, oh * stride_h - pad_h + kh * dil_h, ow * stride_w - pad_w + kw * dil_w, mask_p,
+            H, W, acc.dtype, IDX64)
         if HAS_MASK:
             m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
             mv = tl.load(msk_ptr + (m_pix + _idx(mc, IDX64) * smc), mask=mask_p, other=0.0).to(acc.dtype)
@@ -299,8 +309,7 @@ def _deform_bwd_weight_kernel(
             mv = ly
         w00, w01, w10, w11 = corner_weights(ly, lx, mv, HAS_MASK)
         p00, pdx, pdy = corner_offsets(_idx(n, IDX64) * sxn, y0, x0, ey, ex, sxh, sxw, IDX64)
-        b = bilinear_load(x_ptr, p00, pdx, pdy, x_ch, mask_ci, mask_p & ok00, mask_p & ok01, mask_p & ok10,
-                          mask_p & ok11, w00, w01, w10, w11, acc.dtype)
+        b = bilinear_load(x_ptr, p00, pdx, pdy, x_ch, mask_ci, ok00, ok01, ok10, ok11, w00, w01, w10, w11, acc.dtype)
         if COUNT:  # gathered (pixel, channel) samples of this tap
             tl.atomic_add(cnt_ptr, tl.sum(tl.sum((mask_p[:, None] & mask_ci[None, :]).to(tl.int32), 1), 0))
         b = b.to(x_ptr.dtype.element_ty)
@@ -374,15 +383,9 @@ def _deform_bwd_data_kernel(
     ftype = s00.dtype
     oc = og * (2 * taps) + 2 * tap
     o_pix = _idx(n, IDX64) * son + _idx(oh, IDX64) * soh + _idx(ow, IDX64) * sow
-    dy = tl.load(off_ptr + (o_pix + _idx(oc, IDX64) * soc), mask=mask_m, other=0.0).to(ftype)
-    dx = tl.load(off_ptr + (o_pix + _idx(oc + 1, IDX64) * soc), mask=mask_m, other=0.0).to(ftype)
-    py = (oh * stride_h - pad_h + kh * dil_h).to(ftype) + dy
-    px = (ow * stride_w - pad_w + kw * dil_w).to(ftype) + dx
-    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = deform_corners(py, px, H, W)
-    ok00 = ok00 & mask_m
-    ok01 = ok01 & mask_m
-    ok10 = ok10 & mask_m
-    ok11 = ok11 & mask_m
+    y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, pass_y, pass_x = _tap_corners(
+        off_ptr, o_pix, oc, soc, oh * stride_h - pad_h + kh * dil_h, ow * stride_w - pad_w + kw * dil_w, mask_m,
+        H, W, ftype, IDX64)
     m_pix = _idx(n, IDX64) * smn + _idx(oh, IDX64) * smh + _idx(ow, IDX64) * smw
     if HAS_MASK:
         mv = tl.load(msk_ptr + (m_pix + _idx(og * taps + tap, IDX64) * smc), mask=mask_m, other=0.0).to(ftype)
@@ -459,7 +462,19 @@ def _deform_bwd_data_kernel(
 
 # --------------------------------------------------------------------------- launchers
 _KEY = ["M", "CIN_G", "COUT_G", "KH", "KW", "SEG", "sxc"]
-_fwd_tuned = autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY)
+
+
+def _fwd_prune(configs, named_args):
+    """Configs the forward's autotuner tries: 32-channel K steps (the 16-bit default: 16-byte
+    corner loads) only where a segment's channel runs are 16-element aligned (unit channel stride,
+    pixel stride and segment width divisible by 16); elsewhere every corner load is scalar and the
+    wider step spills in the 64-bit index build (python -m kernels.aot, build "odd,i64")."""
+    aligned = named_args["sxc"] == 1 and named_args["sxw"] % 16 == 0 and named_args["SEG"] % 16 == 0
+    out = [c for c in configs if aligned or c.kwargs["BLOCK_K"] <= 16]
+    return out or configs[-1:]
+
+
+_fwd_tuned = autotuned(_deform_fwd_kernel, FWD_CONFIGS, _KEY + ["sxw"], prune=_fwd_prune)
 _bwd_weight_tuned = autotuned(_deform_bwd_weight_kernel, WEIGHT_CONFIGS, _KEY + ["N_SPLIT"])
 # the data kernel accumulates into ws with atomics: reset_to_zero keeps autotuning trials from
 # adding up; the launcher zeroes ws itself (zeroed_workspace) and does not rely on it
@@ -578,12 +593,17 @@ def deform_conv2d_forward(x, offset, weight, bias, mask, stride, padding, dilati
     cls = config_class(_fwd_tuned, x.dtype, tf32, i64)
     block_n = _wide_block(cout_g, cls)
     grid = lambda meta: (cdiv(gm["M"], meta["BLOCK_M"]), cdiv(cout_g, block_n), gm["groups"])
+    # the weight repacked K-major as (KH, KW, C_in / groups, C_out): a tap's [input channels x
+    # output channels] operand is contiguous along output channels (16-byte vector loads; OIHW
+    # would read it with scalar loads KH * KW elements apart)
+    w_k = weight.permute(2, 3, 1, 0).contiguous()
     cnt, count = _counter(x)
     launch(_fwd_tuned[cls], _deform_fwd_kernel, grid, FWD_INTERPRET_CONFIG,
-           x, offset, m_t, weight, bias if bias is not None else weight, y, cnt,
+           x, offset, m_t, w_k, bias if bias is not None else weight, y, cnt,
            gm["M"], gm["H"], gm["W"], gm["OH"], gm["OW"], gm["cin_g"], cout_g, gm["KH"], gm["KW"], gm["seg"],
            gm["cpog"],
-           *x.stride(), *offset.stride(), *m_strides, *weight.stride(), *y.stride(),
+           *x.stride(), *offset.stride(), *m_strides,
+           w_k.stride(3), w_k.stride(2), w_k.stride(0), w_k.stride(1), *y.stride(),
            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
            HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ALLOW_TF32=tf32,
            IDX64=i64, COUNT=count, BLOCK_N=block_n)
@@ -686,7 +706,7 @@ def deform_conv2d_weight_grad(grad_output, x, offset, mask, weight_shape, stride
 
 
 AOT_SPECS = [
-    KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, gemm=True),
+    KernelSpec("deform_fwd", _deform_fwd_kernel, FWD_CONFIGS, gemm=True, prune=_fwd_prune),
     KernelSpec("deform_bwd_weight", _deform_bwd_weight_kernel, WEIGHT_CONFIGS, gemm=True),
     KernelSpec("deform_bwd_data", _deform_bwd_data_kernel, DATA_CONFIGS, gemm=True, prune=_data_prune),
 ]

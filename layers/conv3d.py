@@ -9,6 +9,9 @@ channels_last_3d output.
 
 Depthwise weights (C_in / groups == 1, groups == C_in) go to ``kernels.depthwise3d`` when that
 module exists (``_use_depthwise3d`` is the one place that decides), else to the grouped GEMM.
+
+The logic shared with conv2d (checks, functional bodies, autograd, FLOP formulas, module bodies)
+is written once, for any rank, in ``layers._convnd``.
 """
 from __future__ import annotations
 
@@ -16,16 +19,12 @@ import importlib
 import importlib.util
 from typing import List, Optional, Sequence, Union
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
 from kernels import conv3d as _gemm3d
-from kernels._common import SUPPORTED_DTYPES
 
-from . import backend as _backend
+from . import _convnd as _nd
 from ._checks import triple
 from ._op import convlab_op
 
@@ -47,66 +46,8 @@ def _use_depthwise3d(weight_size: Sequence[int], in_channels: int, groups: int):
     return None
 
 
-# --------------------------------------------------------------------------- argument checks
-def _check_common(input: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int, transposed: bool):
-    """Checks shared by conv3d and conv_transpose3d; returns (batched input, was_unbatched)."""
-    op = "conv_transpose3d" if transposed else "conv3d"
-    if not isinstance(input, Tensor):
-        raise ValueError(f"input must be a Tensor, got {type(input).__name__}")
-    if not isinstance(weight, Tensor):
-        raise ValueError(f"weight must be a Tensor, got {type(weight).__name__}")
-    if input.dim() not in (4, 5):
-        raise ValueError(f"input must be 5-D (N, C, D, H, W) or 4-D (C, D, H, W), got shape {tuple(input.shape)}")
-    unbatched = input.dim() == 4
-    if unbatched:
-        input = input.unsqueeze(0)
-    w_layout = "(C_in, C_out / groups, KD, KH, KW)" if transposed else "(C_out, C_in / groups, KD, KH, KW)"
-    if weight.dim() != 5:
-        raise ValueError(f"weight must be 5-D {w_layout}, got shape {tuple(weight.shape)}")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    if input.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"input dtype must be one of float16, bfloat16, float32, float64, got {input.dtype}")
-    if weight.dtype != input.dtype:
-        raise ValueError(f"weight dtype must match input dtype {input.dtype}, got {weight.dtype}")
-    if weight.device != input.device:
-        raise ValueError(f"weight must be on input's device {input.device}, got {weight.device}")
-    c_in = input.shape[1]
-    if c_in % groups:
-        raise ValueError(f"input channels ({c_in}) must be divisible by groups ({groups})")
-    if transposed:
-        if weight.shape[0] != c_in:
-            raise ValueError(f"weight.shape[0] must equal input channels {c_in} for {op}, "
-                             f"got weight shape {tuple(weight.shape)}")
-        c_out = weight.shape[1] * groups
-    else:
-        if weight.shape[1] * groups != c_in:
-            raise ValueError(f"weight.shape[1] must be C_in / groups = {c_in // groups} "
-                             f"(input channels {c_in}, groups {groups}), got weight shape {tuple(weight.shape)}")
-        if weight.shape[0] % groups:
-            raise ValueError(f"weight.shape[0] (output channels {weight.shape[0]}) must be divisible by groups "
-                             f"({groups})")
-        c_out = weight.shape[0]
-    if bias is not None:
-        if not isinstance(bias, Tensor) or bias.shape != (c_out,):
-            shape = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
-            raise ValueError(f"bias must have shape ({c_out},) (output channels), got {shape}")
-        if bias.dtype != input.dtype or bias.device != input.device:
-            raise ValueError(f"bias must have input's dtype {input.dtype} and device {input.device}, "
-                             f"got {bias.dtype} on {bias.device}")
-    return input, unbatched
-
-
-def _same_padding(weight: Tensor, stride: List[int], dilation: List[int]):
-    """(symmetric padding, extra padding at the end) that keeps D, H, W for padding='same'; an odd
-    total goes one more at the end, as PyTorch pads."""
-    if stride != [1, 1, 1]:
-        raise ValueError(f"padding='same' needs stride 1, got stride {stride}")
-    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[-3:])]
-    return [t // 2 for t in total], [t % 2 for t in total]
-
-
 # --------------------------------------------------------------------------- custom ops
+# Which kernels compute each op; their autograd and FLOP formulas are layers._convnd's (same for 2-D).
 @convlab_op("convlab::conv3d")
 def _conv3d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
                dilation: List[int], groups: int) -> Tensor:
@@ -135,105 +76,7 @@ def _conv3d_weight_grad_op(input: Tensor, grad_output: Tensor, weight_size: List
     return _gemm3d.conv3d_weight_grad(input, grad_output, weight_size, stride, padding, dilation, groups)
 
 
-def _bias_grad(grad_output: Tensor) -> Tensor:
-    acc = torch.float64 if grad_output.dtype == torch.float64 else torch.float32
-    return grad_output.sum((0, 2, 3, 4), dtype=acc).to(grad_output.dtype)
-
-
-def _crop_to(out: Tensor, like: Tensor) -> Tensor:
-    """``out`` cut to ``like``'s depth, height and width: the rows past the end that a
-    conv_transpose3d with output_padding >= stride adds to the conv3d of its backward
-    (see layers.conv._crop_to)."""
-    d, h, w = like.shape[-3:]
-    return out if out.shape[-3:] == (d, h, w) else out[..., :d, :h, :w]
-
-
-def _conv3d_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.conf = (stride, padding, dilation, groups)
-    ctx.has_bias = bias is not None
-
-
-def _conv3d_backward(ctx, grad_output):
-    input, weight = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conf
-    gi = gw = gb = None
-    if ctx.needs_input_grad[0]:
-        gi = torch.ops.convlab.conv3d_input_grad(grad_output, weight, None, list(input.shape), stride, padding,
-                                                 dilation, groups)
-    if ctx.needs_input_grad[1]:
-        gw = torch.ops.convlab.conv3d_weight_grad(input, grad_output, list(weight.shape), stride, padding,
-                                                  dilation, groups)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        gb = _bias_grad(grad_output)
-    return gi, gw, gb, None, None, None, None
-
-
-_conv3d_op.register_autograd(_conv3d_backward, setup_context=_conv3d_setup)
-
-
-def _input_grad_setup(ctx, inputs, output):
-    grad_output, weight, bias, input_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(grad_output, weight)
-    ctx.conf = (stride, padding, dilation, groups)
-    ctx.has_bias = bias is not None
-
-
-def _input_grad_backward(ctx, grad):
-    # conv_transpose3d's backward: the roles of conv3d's forward and weight grad swap.
-    grad_output, weight = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conf
-    gg = gw = gb = None
-    if ctx.needs_input_grad[0]:
-        gg = _crop_to(torch.ops.convlab.conv3d(grad, weight, None, stride, padding, dilation, groups), grad_output)
-    if ctx.needs_input_grad[1]:
-        gw = torch.ops.convlab.conv3d_weight_grad(grad, grad_output, list(weight.shape), stride, padding,
-                                                  dilation, groups)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        gb = _bias_grad(grad)
-    return gg, gw, gb, None, None, None, None, None
-
-
-_conv3d_input_grad_op.register_autograd(_input_grad_backward, setup_context=_input_grad_setup)
-
-
-def _weight_grad_setup(ctx, inputs, output):
-    input, grad_output, weight_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, grad_output)
-    ctx.conf = (stride, padding, dilation, groups)
-
-
-def _weight_grad_backward(ctx, grad):
-    # <grad, weight_grad(x, gy)> = <conv3d(x, grad), gy>: bilinear in x and gy (double backward).
-    input, grad_output = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conf
-    gx = ggy = None
-    if ctx.needs_input_grad[0]:
-        gx = torch.ops.convlab.conv3d_input_grad(grad_output, grad, None, list(input.shape), stride, padding,
-                                                 dilation, groups)
-    if ctx.needs_input_grad[1]:
-        ggy = _crop_to(torch.ops.convlab.conv3d(input, grad, None, stride, padding, dilation, groups), grad_output)
-    return gx, ggy, None, None, None, None, None
-
-
-_conv3d_weight_grad_op.register_autograd(_weight_grad_backward, setup_context=_weight_grad_setup)
-
-
-# FLOPs: 2 * N * OD * OH * OW * C_out * (C_in / groups) * KD * KH * KW for the forward and each gradient.
-@register_flop_formula(torch.ops.convlab.conv3d)
-def _conv3d_flops(x_shape, w_shape, bias_shape, stride, padding, dilation, groups, *, out_shape, **kwargs):
-    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
-
-
-@register_flop_formula(torch.ops.convlab.conv3d_input_grad)
-def _input_grad_flops(gy_shape, w_shape, bias_shape, input_size, *args, out_shape, **kwargs):
-    return conv_flop_count(list(input_size), w_shape, gy_shape, transposed=False)
-
-
-@register_flop_formula(torch.ops.convlab.conv3d_weight_grad)
-def _weight_grad_flops(x_shape, gy_shape, weight_size, *args, out_shape, **kwargs):
-    return conv_flop_count(x_shape, list(weight_size), gy_shape, transposed=False)
+_nd.register_autograd("conv3d")
 
 
 # --------------------------------------------------------------------------- functional
@@ -253,30 +96,7 @@ def conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
         Tensor[N, C_out, OD, OH, OW] (unbatched in, unbatched out), in input's memory format, with
         OD = (D + 2 * pad_d - dil_d * (KD - 1) - 1) // stride_d + 1 and the same for OH, OW.
     """
-    input, unbatched = _check_common(input, weight, bias, groups, transposed=False)
-    stride_, dilation_ = triple(stride, "stride", 1), triple(dilation, "dilation", 1)
-    extra = [0, 0, 0]
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding_ = [0, 0, 0]
-        elif padding == "same":
-            padding_, extra = _same_padding(weight, stride_, dilation_)
-        else:
-            raise ValueError(f"padding must be an int, a triple, 'valid' or 'same', got {padding!r}")
-    else:
-        padding_ = triple(padding, "padding", 0)
-    if any(extra):  # the extra plane/row/column of an odd 'same' padding goes last
-        input = F.pad(input, (0, extra[2], 0, extra[1], 0, extra[0]))
-    for size, pad, dil, k, axis in zip(input.shape[-3:], padding_, dilation_, weight.shape[-3:],
-                                       ("depth", "height", "width")):
-        if size + 2 * pad < dil * (k - 1) + 1:
-            raise ValueError(f"input {axis} {size} (padded {size + 2 * pad}) is smaller than the dilated kernel "
-                             f"extent {dil * (k - 1) + 1}")
-    if _backend.resolve(input.device) == "reference":
-        out = F.conv3d(input, weight, bias, stride_, padding_, dilation_, groups)
-    else:
-        out = torch.ops.convlab.conv3d(input, weight, bias, stride_, padding_, dilation_, groups)
-    return out.squeeze(0) if unbatched else out
+    return _nd.conv(input, weight, bias, stride, padding, dilation, groups, nd=3)
 
 
 def conv_transpose3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntTriple = 1,
@@ -296,24 +116,7 @@ def conv_transpose3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
         + out_pad_d + 1 (and the same for OH, OW), computed as the input gradient of the conv3d
         with the same weight.
     """
-    input, unbatched = _check_common(input, weight, bias, groups, transposed=True)
-    stride_, dilation_ = triple(stride, "stride", 1), triple(dilation, "dilation", 1)
-    padding_, out_pad = triple(padding, "padding", 0), triple(output_padding, "output_padding", 0)
-    for op_, s, d, axis in zip(out_pad, stride_, dilation_, ("depth", "height", "width")):
-        if op_ >= max(s, d):
-            raise ValueError(f"output_padding ({op_}) must be smaller than stride or dilation in {axis}, got "
-                             f"stride {s}, dilation {d}")
-    out_size = [(size - 1) * s - 2 * p + d * (k - 1) + op_ + 1 for size, s, p, d, k, op_ in
-                zip(input.shape[-3:], stride_, padding_, dilation_, weight.shape[-3:], out_pad)]
-    if min(out_size) <= 0:
-        raise ValueError(f"conv_transpose3d output size would be {tuple(out_size)}; reduce padding {padding_}")
-    if _backend.resolve(input.device) == "reference":
-        out = F.conv_transpose3d(input, weight, bias, stride_, padding_, out_pad, groups, dilation_)
-    else:
-        c_out = weight.shape[1] * groups
-        out = torch.ops.convlab.conv3d_input_grad(input, weight, bias, [input.shape[0], c_out, *out_size], stride_,
-                                                  padding_, dilation_, groups)
-    return out.squeeze(0) if unbatched else out
+    return _nd.conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, nd=3)
 
 
 # --------------------------------------------------------------------------- modules
@@ -322,10 +125,7 @@ class Conv3d(nn.Conv3d):
     :func:`conv3d`."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv3d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return conv3d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return _nd.conv_module_forward(self, input, weight, bias, conv3d)
 
 
 class ConvTranspose3d(nn.ConvTranspose3d):
@@ -335,16 +135,10 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         """``output_size`` ((D, H, W), or with the leading batch/channel sizes) picks output_padding,
         as in ``nn.ConvTranspose3d.forward``."""
-        if self.padding_mode != "zeros":
-            raise ValueError(f"Only 'zeros' padding mode is supported for ConvTranspose3d, got {self.padding_mode!r}")
-        num_spatial_dims = 3
-        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
-                                              num_spatial_dims, self.dilation)
-        return conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
-                                self.groups, self.dilation)
+        return _nd.conv_transpose_module_forward(self, input, output_size, conv_transpose3d)
 
 
-class DepthwiseSeparableConv3d(nn.Module):
+class DepthwiseSeparableConv3d(_nd.DepthwiseSeparable):
     """Depthwise KxKxK convolution (``depth_multiplier`` filters per input channel) followed by a
     pointwise 1x1x1 convolution (no norm or activation between).
 
@@ -355,16 +149,8 @@ class DepthwiseSeparableConv3d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntTriple, stride: IntTriple = 1,
                  padding: Union[IntTriple, str] = 0, dilation: IntTriple = 1, bias: bool = True,
                  depth_multiplier: int = 1, padding_mode: str = "zeros", device=None, dtype=None):
-        super().__init__()
-        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier < 1:
-            raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
-        mid = in_channels * depth_multiplier
-        self.depthwise = Conv3d(in_channels, mid, kernel_size, stride, padding, dilation, groups=in_channels,
-                                bias=False, padding_mode=padding_mode, device=device, dtype=dtype)
-        self.pointwise = Conv3d(mid, out_channels, 1, bias=bias, device=device, dtype=dtype)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(input))
+        super().__init__(Conv3d, in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+                         depth_multiplier, padding_mode, device, dtype)
 
 
 def r2plus1d_mid_channels(in_channels: int, out_channels: int, kernel_size: IntTriple) -> int:

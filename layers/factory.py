@@ -101,15 +101,34 @@ def make_conv(variant: str, in_channels: int, out_channels: int, kernel_size: in
 # --------------------------------------------------------------------------------------------- variants
 
 
+# The variants both ranks have (standard and grouped, depthwise_separable) register a builder per
+# rank below; what those build is written once here.
+def _plain_conv(conv: Callable[..., nn.Module], same: Callable, cin, cout, k, stride, padding, bias, dilation, groups,
+                padding_mode) -> nn.Module:
+    """``conv`` (``layers.Conv2d`` or ``Conv3d``) as the "standard" variant of its rank builds it (the
+    "grouped" and "dilated" variants too); padding None is ``same(k, dilation)`` (``same_padding``, or
+    per axis ``_same_padding_3d``)."""
+    if groups != 1:
+        _check_groups(groups, cin, cout, "standard")
+    pad = same(k, dilation) if padding is None else padding
+    return conv(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias,
+                padding_mode=padding_mode)
+
+
+def _depthwise_separable_conv(conv: Callable[..., nn.Module], same: Callable, cin, cout, k, stride, padding, bias,
+                              depth_multiplier, dilation, padding_mode) -> nn.Module:
+    """``conv`` (``layers.DepthwiseSeparableConv2d`` or ``DepthwiseSeparableConv3d``) as the
+    "depthwise_separable" variant of its rank builds it; padding None as in :func:`_plain_conv`."""
+    pad = same(k, dilation) if padding is None else padding
+    return conv(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias,
+                depth_multiplier=depth_multiplier, padding_mode=padding_mode)
+
+
 @register_variant("standard")
 def _standard(cin, cout, k, stride, padding, bias, dilation=1, groups=1, padding_mode="zeros"):
     from layers import Conv2d
 
-    if groups != 1:
-        _check_groups(groups, cin, cout, "standard")
-    pad = same_padding(k, dilation) if padding is None else padding
-    return Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias,
-                  padding_mode=padding_mode)
+    return _plain_conv(Conv2d, same_padding, cin, cout, k, stride, padding, bias, dilation, groups, padding_mode)
 
 
 @register_variant("grouped")
@@ -130,9 +149,8 @@ def _depthwise_separable(cin, cout, k, stride, padding, bias, depth_multiplier=1
                          padding_mode="zeros"):
     from layers import DepthwiseSeparableConv2d
 
-    pad = same_padding(k, dilation) if padding is None else padding
-    return DepthwiseSeparableConv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias,
-                                    depth_multiplier=depth_multiplier, padding_mode=padding_mode)
+    return _depthwise_separable_conv(DepthwiseSeparableConv2d, same_padding, cin, cout, k, stride, padding, bias,
+                                     depth_multiplier, dilation, padding_mode)
 
 
 @register_variant("spatially_separable")
@@ -223,11 +241,7 @@ def make_conv3d(variant: str, in_channels: int, out_channels: int, kernel_size=3
 def _standard_3d(cin, cout, k, stride, padding, bias, dilation=1, groups=1, padding_mode="zeros"):
     from layers import Conv3d
 
-    if groups != 1:
-        _check_groups(groups, cin, cout, "standard")
-    pad = _same_padding_3d(k, dilation) if padding is None else padding
-    return Conv3d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias,
-                  padding_mode=padding_mode)
+    return _plain_conv(Conv3d, _same_padding_3d, cin, cout, k, stride, padding, bias, dilation, groups, padding_mode)
 
 
 @register_variant_3d("grouped")
@@ -242,9 +256,8 @@ def _depthwise_separable_3d(cin, cout, k, stride, padding, bias, depth_multiplie
                             padding_mode="zeros"):
     from layers import DepthwiseSeparableConv3d
 
-    pad = _same_padding_3d(k, dilation) if padding is None else padding
-    return DepthwiseSeparableConv3d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=bias,
-                                    depth_multiplier=depth_multiplier, padding_mode=padding_mode)
+    return _depthwise_separable_conv(DepthwiseSeparableConv3d, _same_padding_3d, cin, cout, k, stride, padding, bias,
+                                     depth_multiplier, dilation, padding_mode)
 
 
 @register_variant_3d("r2plus1d")

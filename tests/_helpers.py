@@ -1,5 +1,7 @@
 """Shared test helpers: per-dtype tolerances, a comparison that states them, the exact-fp32 switch,
-and the convolution variants as the configs define them (conf/conv/*.yaml).
+an op-against-reference check of the output and every gradient, the torch.compile, FLOP-count and
+64-bit-index checks the op families share, and the convolution variants as the configs define them
+(conf/conv/*.yaml).
 
 Imported as ``from _helpers import ...`` (tests/conftest.py puts this folder on sys.path, so test
 modules in tests/ops/ and tests/experiments/ share it).
@@ -32,6 +34,78 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     assert err.max().item() <= tol[dtype] * scale, (
         f"{what}: max error {err.max().item():.3g} > {tol[dtype] * scale:.3g} at flat index {worst} "
         f"(ours {actual.flatten()[worst].item():.6g}, reference {expected.flatten()[worst].item():.6g})")
+
+
+def check_against_reference(op, reference, inputs, dtype: torch.dtype, grad_output_format=None) -> torch.Tensor:
+    """``op(*inputs)`` against ``reference`` run on float64 copies of the same (rounded) inputs: the
+    output, then, after one backward pass of the same random grad_output, the gradient of every
+    input, each within ``TOL[dtype]`` (:func:`assert_close`).
+
+    inputs: ``(input, weight, bias)`` at ``dtype``, in any layout; a None bias is passed as None and
+    has no gradient to compare. grad_output is ``randn_like`` the reference's output, made
+    contiguous in ``grad_output_format`` when given (e.g. ``torch.channels_last``). Returns op's
+    output, for the caller's layout checks.
+    """
+    ours = [None if t is None else t.detach().requires_grad_() for t in inputs]
+    refs = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+    y = op(*ours)
+    ref = reference(*refs)
+    assert_close(y, ref, dtype, "output")
+    gy = torch.randn_like(ref).to(dtype)
+    if grad_output_format is not None:
+        gy = gy.contiguous(memory_format=grad_output_format)
+    y.backward(gy)
+    ref.backward(gy.double())
+    for name, t, r in zip(("input", "weight", "bias"), ours, refs):
+        if t is not None:
+            assert_close(t.grad, r.grad, dtype, f"grad {name}")
+    return y
+
+
+def index64_launches(monkeypatch, module) -> list[bool]:
+    """Make ``module``'s launchers pick their 64-bit index build (as for tensors past 2**31 elements:
+    ``needs_int64`` says yes) and record each launch's ``IDX64`` flag into the returned list; the
+    kernels still run."""
+    calls = []
+    real_launch = module.launch
+
+    def spy(tuned, plain, grid, cfg, *args, **kw):
+        calls.append(kw["IDX64"])
+        return real_launch(tuned, plain, grid, cfg, *args, **kw)
+
+    monkeypatch.setattr(module, "needs_int64", lambda *t: True)
+    monkeypatch.setattr(module, "launch", spy)
+    return calls
+
+
+def check_compiled_against_reference(f, x: torch.Tensor) -> None:
+    """``torch.compile(f, fullgraph=True)`` (a graph break raises) against ``f`` under the reference
+    backend: the scalar ``f(x)`` and x's gradient. x: a leaf that requires grad. Inductor needs CUDA
+    for user Triton kernels, so off CUDA the graph runs with ``aot_eager``."""
+    import layers  # here, not at the top: the experiments' tests import this file too
+
+    torch._dynamo.reset()
+    backend = "inductor" if x.device.type == "cuda" else "aot_eager"
+    out = torch.compile(f, fullgraph=True, backend=backend)(x)
+    out.backward()
+    x2 = x.detach().requires_grad_()
+    with layers.use_backend("reference"):
+        ref = f(x2)
+    ref.backward()
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+
+
+def count_flops(fn, *args, backward: bool = False) -> int:
+    """The FLOPs ``FlopCounterMode`` counts in ``fn(*args)`` and, with ``backward``, in the backward
+    pass of its sum."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        y = fn(*args)
+        if backward:
+            y.sum().backward()
+    return counter.get_total_flops()
 
 
 @contextlib.contextmanager

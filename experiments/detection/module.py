@@ -29,8 +29,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from experiments import optim
 from experiments.flops import count_flops, count_params
+from experiments.history import ValidationHistoryMixin
+from experiments.optim import WarmupCosineMixin
 from experiments.timing import StepTimingMixin
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ FLOPS_NOTE = ("forward FLOPs of one image in eval mode (FlopCounterMode: convolu
               "layers, deformable RoI pooling; torchvision RoI Align, NMS and anchor/box coding are not counted)")
 
 
-class DetectionModule(StepTimingMixin, L.LightningModule):
+class DetectionModule(StepTimingMixin, ValidationHistoryMixin, WarmupCosineMixin, L.LightningModule):
+    history_key = "detection_history"  # the mAP history in checkpoints: a resumed run continues it
+
     def __init__(self, net: Callable[..., nn.Module], optimizer: Callable[..., torch.optim.Optimizer],
                  num_classes: int | None = None, image_size: int = 320, roi_pool: str = "standard",
                  scheduler: str = "cosine", warmup_fraction: float = 0.1, output_dir: str | None = None,
@@ -183,18 +186,6 @@ class DetectionModule(StepTimingMixin, L.LightningModule):
                 logger.experiment.log({"val/predictions": wandb.Image(str(path), caption=f"epoch {epoch}"),
                                        "trainer/global_step": self.global_step})
         return path
-
-    # -- checkpoints: the mAP history continues when a run resumes ----------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["detection_history"] = list(self.history)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.history = list(checkpoint.get("detection_history", []))
-
-    # -- optimisation ----------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        return optim.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
-                                            self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches)
 
 
 def _box_target(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import pkgutil
 import sys
 from pathlib import Path
-from typing import Any
+from statistics import mean, stdev
+from typing import Any, Callable
 
 
 def load_finished_runs(dirs: list[Path], section: str, skipped: list[str] | None = None) -> list[dict[str, Any]]:
@@ -59,6 +61,52 @@ def report_inputs(study: str, doc: str, argv: list[str] | None) -> tuple[list[di
     out = args.out or args.runs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     return runs, out
+
+
+def study_main(study: str, doc: str, argv: list[str] | None, aggregate: Callable[[list[dict[str, Any]]], Any],
+               render: Callable[[Any], str], plot: Callable[[Any, Path], Path | None], figure: str,
+               caption: str) -> int:
+    """A study report's ``main``: its command line (:func:`report_inputs`), then ``results =
+    aggregate(runs)``, ``plot(results, out / figure)`` (the figure's path, or None when there is
+    nothing to draw) and into ``out``: ``report.md`` (``render(results)``, then the figure's link
+    with ``caption``) and ``results.json``. Prints the markdown and where it went; returns the exit
+    code (1: no finished runs)."""
+    inputs = report_inputs(study, doc, argv)
+    if inputs is None:
+        return 1
+    runs, out = inputs
+    results = aggregate(runs)
+    fig = plot(results, out / figure)
+    text = render(results) + (f"\n![{caption}]({fig.name})\n" if fig else "")
+    (out / "report.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(text)
+    print(f"written to {out}" + (f" (figure: {fig})" if fig else ""))
+    return 0
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    """A markdown table: the header of ``columns``, its rule, then one line per row of cells (each
+    written with ``str``); no trailing newline."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(map(str, cells)) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def finite(values: list) -> list[float]:
+    """The values that are neither missing (None) nor NaN, as floats."""
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def mean_std(values: list, spec: str, scale: float = 1.0) -> str:
+    """``mean ± std`` (sample std) of the :func:`finite` values times ``scale``, each formatted with
+    ``spec`` (the std without a ``+`` sign); one value alone has no ± part; none: ``n/a``."""
+    values = [v * scale for v in finite(values)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(mean(values), spec)} ± {format(stdev(values), spec.lstrip('+'))}"
 
 
 _USAGE = """Render a study's report from its runs: python -m experiments.reports NAME [args...]

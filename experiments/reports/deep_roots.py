@@ -13,13 +13,12 @@ Gathers every ``summary.json`` under the given folders (single runs or multirun 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from experiments.reports import load_finished_runs, report_inputs
+from experiments.reports import load_finished_runs, markdown_table, study_main
 
 from experiments.classification.models.nin import PAPER
 
@@ -64,9 +63,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 
 def render_table(agg: dict[int, dict[str, Any]]) -> str:
-    head = ("| model | groups (conv2a, conv3a) | seeds | val acc % (mean ± std) | params | MACs (M) | img/s "
-            "| inter raw | inter whitened | intra raw | intra whitened | 1/g | paper acc % | paper MACs (M) |")
-    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    table = []
     for root, r in agg.items():
         name = "NiN" if root == 1 else f"root-{root}"
         acc = "n/a" if r["acc_mean"] is None else f"{100 * r['acc_mean']:.2f}" + (
@@ -74,12 +71,13 @@ def render_table(agg: dict[int, dict[str, Any]]) -> str:
         g = r["conv_groups"] or []
         paper = r["paper"] or {}
         idx = r["index"]
-        lines.append(
-            f"| {name} | ({', '.join(map(str, g))}) | {r['n']} | {acc} | {r['params']:,} | {_fmt(r['macs'] / 1e6, '.1f')} "
-            f"| {_fmt(r['throughput'], '.0f')} | {_fmt(idx['inter_raw'])} | {_fmt(idx['inter_whitened'])} "
-            f"| {_fmt(idx['intra_raw'])} | {_fmt(idx['intra_whitened'])} | {_fmt(r['one_over_g'])} "
-            f"| {_fmt(paper.get('acc'), '.2f')} | {_fmt(paper.get('macs_m'), '.1f')} |")
-    return "\n".join(lines)
+        table.append([name, f"({', '.join(map(str, g))})", r["n"], acc, f"{r['params']:,}",
+                      _fmt(r["macs"] / 1e6, ".1f"), _fmt(r["throughput"], ".0f"), _fmt(idx["inter_raw"]),
+                      _fmt(idx["inter_whitened"]), _fmt(idx["intra_raw"]), _fmt(idx["intra_whitened"]),
+                      _fmt(r["one_over_g"]), _fmt(paper.get("acc"), ".2f"), _fmt(paper.get("macs_m"), ".1f")])
+    return markdown_table(["model", "groups (conv2a, conv3a)", "seeds", "val acc % (mean ± std)", "params", "MACs (M)",
+                           "img/s", "inter raw", "inter whitened", "intra raw", "intra whitened", "1/g", "paper acc %",
+                           "paper MACs (M)"], table)
 
 
 def plot(agg: dict[int, dict[str, Any]], path: Path) -> Path | None:
@@ -120,21 +118,17 @@ def plot(agg: dict[int, dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    inputs = report_inputs("deep_roots", __doc__, argv)
-    if inputs is None:
-        return 1
-    runs, out = inputs
-    agg = aggregate(runs)
-    fig = plot(agg, out / "heatmaps.png")
+def render(agg: dict[int, dict[str, Any]]) -> str:
+    """report.md without the figure: the runs behind it, the table and what its columns mean."""
     any_run = next(iter(agg.values()))
     chance = ", ".join(f"{r['intra_chance']:.3f}" for r in agg.values())
     datasets = sorted({d for r in agg.values() for d in r["dataset"]})
-    sweeps = sorted({str(Path(r["_path"]).parent.parent) for r in runs})
+    paths = [p for r in agg.values() for p in r["runs"]]  # every run's summary.json, each in one root's row
+    sweeps = sorted({str(Path(p).parent.parent) for p in paths})
     text = [
         "# Deep Roots: NiN root variants on CIFAR-10",
         "",
-        f"{len(runs)} runs from {', '.join(sweeps)}; data: {', '.join(datasets)}; "
+        f"{len(paths)} runs from {', '.join(sweeps)}; data: {', '.join(datasets)}; "
         f"epochs completed: {sorted({e for r in agg.values() for e in r['epochs']})}, "
         f"optimizer steps: {sorted({s for r in agg.values() for s in r['steps']})}; device: {any_run['device']}.",
         "",
@@ -148,10 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         "diagonal (intra), for raw and ZCA-whitened responses; 1/g is the share without structure "
         f"(intra without the diagonal: {chance}).",
     ]
-    if fig:
-        text += ["", f"![heatmaps]({fig.name})"]
-    (out / "report.md").write_text("\n".join(text) + "\n")
-    (out / "results.json").write_text(json.dumps({str(k): v for k, v in agg.items()}, indent=2, default=str))
-    print("\n".join(text))
-    print(f"\nwritten: {out / 'report.md'}" + (f", {fig}" if fig else ""))
-    return 0
+    return "\n".join(text) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main("deep_roots", __doc__, argv, aggregate, render, plot, figure="heatmaps.png",
+                      caption="heatmaps")

@@ -13,26 +13,15 @@ runs or multirun sweeps) and writes to ``--out`` (default: the first folder's ``
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from experiments.reports import load_finished_runs, report_inputs
+from experiments.reports import load_finished_runs, markdown_table, mean_std, study_main
 
 
 def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
     return load_finished_runs(dirs, "detection")
-
-
-def _ms(values: list[float], spec: str = ".4f") -> str:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(mean(values), spec)} ± {format(stdev(values), spec)}"
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -156,29 +145,19 @@ def render(rows: list[dict[str, Any]]) -> str:
     sizes = sorted({str(r["image_size"]) for r in rows})
     lines = [f"# Detection: convolution variant x RoI pooling ({', '.join(datasets)}, {', '.join(sizes)} px)", "",
              "Faster R-CNN (ResNet-18, one stride-32 map). mAP on the validation split after the last epoch; "
-             "mean ± std over seeds.", "", render_schedule(rows), "",
-             "| conv | roi_pool | seeds | mAP@0.5 | mAP@[.5:.95] | best mAP@0.5 | params (M) | GFLOPs | img/s (train) "
-             "| step (ms) | wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "mean ± std over seeds.", "", render_schedule(rows), ""]
+    table = []
     for r in rows:
         params = "n/a" if r["params"] is None else f"{r['params'] / 1e6:.2f}"
         flops = "n/a" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}"
-        lines.append(f"| {r['conv']} | {r['roi_pool']} | {r['n']} | {_ms(r['map_50'])} | {_ms(r['map'])} | "
-                     f"{_ms(r['map_50_best'])} | {params} | {flops} | {_ms(r['throughput'], '.2f')} | "
-                     f"{_ms(r['step_time_ms'], '.0f')} | {_ms(r['wall_time_s'], '.0f')} |")
+        table.append([r["conv"], r["roi_pool"], r["n"], mean_std(r["map_50"], ".4f"), mean_std(r["map"], ".4f"),
+                      mean_std(r["map_50_best"], ".4f"), params, flops, mean_std(r["throughput"], ".2f"),
+                      mean_std(r["step_time_ms"], ".0f"), mean_std(r["wall_time_s"], ".0f")])
+    lines.append(markdown_table(["conv", "roi_pool", "seeds", "mAP@0.5", "mAP@[.5:.95]", "best mAP@0.5", "params (M)",
+                                 "GFLOPs", "img/s (train)", "step (ms)", "wall (s)"], table))
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    inputs = report_inputs("detection", __doc__, argv)
-    if inputs is None:
-        return 1
-    runs, out = inputs
-    rows = aggregate(runs)
-    fig = plot(rows, out / "map.png")
-    text = render(rows) + (f"\n![mAP@0.5 per epoch and against step time]({fig.name})\n" if fig else "")
-    (out / "report.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print(text)
-    print(f"written to {out}" + (f" (figure: {fig})" if fig else ""))
-    return 0
+    return study_main("detection", __doc__, argv, aggregate, render, plot, figure="map.png",
+                      caption="mAP@0.5 per epoch and against step time")

@@ -16,33 +16,17 @@ runs or multirun sweeps) and writes to ``--out`` (default: the first folder's ``
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 from typing import Any
 
-from experiments.reports import load_finished_runs, report_inputs
+from experiments.reports import finite, load_finished_runs, markdown_table, mean_std, study_main
 
 ORDER = {"transposed": 0, "subpixel": 1, "subpixel_icnr": 2, "resize_conv": 3}
 
 
 def load_runs(dirs: list[Path]) -> list[dict[str, Any]]:
     return load_finished_runs(dirs, "upsampling")
-
-
-def _clean(values: list) -> list[float]:
-    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-
-
-def _ms(values: list, spec: str = ".3f", scale: float = 1.0) -> str:
-    """``mean ± std`` (sample std) of the non-missing values; one value alone has no ± part."""
-    values = [v * scale for v in _clean(values)]
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(mean(values), spec)} ± {format(stdev(values), spec.lstrip('+'))}"
 
 
 def _fmt(values: list, spec: str, scale: float = 1.0) -> str:
@@ -52,7 +36,7 @@ def _fmt(values: list, spec: str, scale: float = 1.0) -> str:
 
 
 def _mean(values: list) -> float | None:
-    values = _clean(values)
+    values = finite(values)
     return mean(values) if values else None
 
 
@@ -107,10 +91,10 @@ def _samples_path(summary: dict[str, Any]) -> str | None:
 
 def render(rows: list[dict[str, Any]]) -> str:
     datasets = sorted({str(r["dataset"]) for r in rows})
-    bic_psnr = _clean([v for r in rows for v in r["psnr_bicubic"]])
-    bic_ssim = _clean([v for r in rows for v in r["ssim_bicubic"]])
-    cb_target = _clean([v for r in rows for v in r["checkerboard_target"]])
-    cb_bic = _clean([v for r in rows for v in r["checkerboard_bicubic"]])
+    bic_psnr = finite([v for r in rows for v in r["psnr_bicubic"]])
+    bic_ssim = finite([v for r in rows for v in r["ssim_bicubic"]])
+    cb_target = finite([v for r in rows for v in r["checkerboard_target"]])
+    cb_bic = finite([v for r in rows for v in r["checkerboard_bicubic"]])
     steps = sorted({str(v) for r in rows for v in r["steps"]})
     images = sorted({str(v) for r in rows for v in r["val_images"]})
     lines = [f"# Upsampling: transposed vs sub-pixel vs resize-conv (x2 super-resolution, {', '.join(datasets)})", "",
@@ -122,19 +106,19 @@ def render(rows: list[dict[str, Any]]) -> str:
              "Baselines (mean over the runs; CIFAR-10 runs all validate on the same test images, in the same "
              f"order): bicubic interpolation PSNR {_fmt(bic_psnr, '.2f')} dB, SSIM {_fmt(bic_ssim, '.4f')}, "
              f"checkerboard {_fmt(cb_bic, '.3f', 1e3)}; the target images' own checkerboard "
-             f"{_fmt(cb_target, '.3f', 1e3)}.", "",
-             "| upsampling | seeds | PSNR (dB) | SSIM | PSNR - bicubic | params | MACs (M) | train img/s "
-             "| inference img/s | checkerboard (1e-3) | / target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{_fmt(cb_target, '.3f', 1e3)}.", ""]
+    table = []
     for r in rows:
         gain = [a - b for a, b in zip(r["psnr"], r["psnr_bicubic"]) if a is not None and b is not None]
         ratio = [a / b for a, b in zip(r["checkerboard"], r["checkerboard_target"]) if a is not None and b]
         params = "n/a" if r["params"] is None else f"{r['params']:,}"
         macs = "n/a" if r["macs"] is None else f"{r['macs'] / 1e6:.2f}"
-        lines.append(f"| {r['label']} | {r['n']} | {_ms(r['psnr'], '.2f')} | {_ms(r['ssim'], '.4f')} | "
-                     f"{_ms(gain, '+.2f')} | {params} | {macs} | {_ms(r['train_throughput'], '.0f')} | "
-                     f"{_ms(r['inference_throughput'], '.0f')} | {_ms(r['checkerboard'], '.3f', 1e3)} | "
-                     f"{_ms(ratio, '.2f')} |")
+        table.append([r["label"], r["n"], mean_std(r["psnr"], ".2f"), mean_std(r["ssim"], ".4f"),
+                      mean_std(gain, "+.2f"), params, macs, mean_std(r["train_throughput"], ".0f"),
+                      mean_std(r["inference_throughput"], ".0f"), mean_std(r["checkerboard"], ".3f", 1e3),
+                      mean_std(ratio, ".2f")])
+    lines.append(markdown_table(["upsampling", "seeds", "PSNR (dB)", "SSIM", "PSNR - bicubic", "params", "MACs (M)",
+                                 "train img/s", "inference img/s", "checkerboard (1e-3)", "/ target"], table))
     return "\n".join(lines) + "\n"
 
 
@@ -175,15 +159,5 @@ def plot(rows: list[dict[str, Any]], path: Path, num_examples: int = 4) -> Path 
 
 
 def main(argv: list[str] | None = None) -> int:
-    inputs = report_inputs("upsampling", __doc__, argv)
-    if inputs is None:
-        return 1
-    runs, out = inputs
-    rows = aggregate(runs)
-    fig = plot(rows, out / "upsampling.png")
-    text = render(rows) + (f"\n![examples and mean log spectra]({fig.name})\n" if fig else "")
-    (out / "report.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print(text)
-    print(f"written to {out}" + (f" (figure: {fig})" if fig else ""))
-    return 0
+    return study_main("upsampling", __doc__, argv, aggregate, render, plot, figure="upsampling.png",
+                      caption="examples and mean log spectra")

@@ -37,8 +37,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from experiments import optim
 from experiments.flops import count_flops, count_params
+from experiments.history import ValidationHistoryMixin
+from experiments.optim import WarmupCosineMixin
 from experiments.superres.metrics import checkerboard_energy, log_spectrum
 from experiments.superres.model import bicubic_upsample, upsample_label
 from experiments.timing import StepTimingMixin
@@ -50,7 +51,7 @@ FLOPS_NOTE = ("forward FLOPs of one low-resolution input in eval mode (FlopCount
               "MACs = FLOPs / 2")
 
 
-class SuperResModule(StepTimingMixin, L.LightningModule):
+class SuperResModule(StepTimingMixin, ValidationHistoryMixin, WarmupCosineMixin, L.LightningModule):
     """See the module docstring.
 
     Args:
@@ -63,6 +64,8 @@ class SuperResModule(StepTimingMixin, L.LightningModule):
         num_examples: validation images in the example figure.
         output_dir: the run folder (figures go to ``<output_dir>/upsampling/``); None: no files.
     """
+
+    history_key = "upsampling_history"  # the validation history in checkpoints: a resumed run continues it
 
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], scheduler: str = "cosine",
                  warmup_fraction: float = 0.05, loss: str = "mse", image_size: int = 32,
@@ -272,18 +275,6 @@ class SuperResModule(StepTimingMixin, L.LightningModule):
         return {"throughput": batch_size / t if t > 0 else None, "batch_ms": t * 1e3 if times else None,
                 "batch_size": batch_size,
                 "reps": reps, "device": self.device.type, "threads": torch.get_num_threads()}
-
-    # -- checkpoints: the validation history continues when a run resumes ------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["upsampling_history"] = list(self.history)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.history = list(checkpoint.get("upsampling_history", []))
-
-    # -- optimisation ------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        return optim.sgd_with_warmup_cosine(self.net, self.optimizer_factory, self.hparams.scheduler,
-                                            self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches)
 
 
 def upsample_label_of(net: nn.Module) -> str:

@@ -374,12 +374,18 @@ def test_missing_checkpoint_is_reported(tmp_path):
 # ------------------------------------------------------------------------------------ failures
 
 
-def test_exception_saves_a_checkpoint_and_fails_the_wandb_run(tmp_path, monkeypatch, wandb_offline):
-    _record_batches(monkeypatch, fail_at_step=3)
-    cfg = make_cfg(tmp_path, "trainer.max_epochs=2", "trainer.limit_val_batches=1", "logger=many")
+def _train_failing(tmp_path, monkeypatch, fail_at_step: int, max_epochs: int):
+    """A run (CSV and offline W&B loggers) that raises RuntimeError('boom') at global step ``fail_at_step``:
+    its config, and its summary.json once train() has raised."""
+    _record_batches(monkeypatch, fail_at_step=fail_at_step)
+    cfg = make_cfg(tmp_path, f"trainer.max_epochs={max_epochs}", "trainer.limit_val_batches=1", "logger=many")
     with pytest.raises(RuntimeError, match="boom"):
         train(cfg)
-    s = read_summary(cfg)
+    return cfg, read_summary(cfg)
+
+
+def test_exception_saves_a_checkpoint_and_fails_the_wandb_run(tmp_path, monkeypatch, wandb_offline):
+    cfg, s = _train_failing(tmp_path, monkeypatch, fail_at_step=3, max_epochs=2)
     assert s["status"] == "failed" and s["error"] == "RuntimeError: boom"
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "interrupted.ckpt"
     assert s["interrupted_checkpoint"] == str(ckpt)
@@ -405,11 +411,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_nonzero(tmp_path, monkeypatch):
 
 
 def test_failure_before_training_leaves_no_wandb_run(tmp_path, monkeypatch, wandb_offline):
-    _record_batches(monkeypatch, fail_at_step=0)
-    cfg = make_cfg(tmp_path, "trainer.max_epochs=1", "trainer.limit_val_batches=1", "logger=many")
-    with pytest.raises(RuntimeError, match="boom"):
-        train(cfg)
-    s = read_summary(cfg)
+    cfg, s = _train_failing(tmp_path, monkeypatch, fail_at_step=0, max_epochs=1)
     assert s["status"] == "failed" and s["interrupted_checkpoint"] is None
     assert not list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*"))  # nothing for `wandb sync`
     missing = make_cfg(tmp_path, "logger=many", f"ckpt_path={tmp_path / 'nope.ckpt'}", name="missing")

@@ -63,41 +63,32 @@ def test_default_builds_do_not_spill_and_use_tensor_cores(rows):
     assert ok, stdout
 
 
-#: The hot kernels (convolution main loops), and those of them whose typical default 16-bit build
-#: moves less than 80% of its global-load bytes vectorised today, with the reason. Kernels that
-#: reach the bar are held to it; a kernel leaves this list when its rebuild reaches it.
+#: The hot kernels (convolution main loops): each is held to the bar in every typical build.
 HOT = ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight", "depthwise_fwd", "depthwise_bwd_input",
        "depthwise_bwd_weight", "deform_fwd", "deform_bwd_data", "deform_bwd_weight",
        "conv3d_fwd", "conv3d_bwd_input", "conv3d_bwd_weight")
-KNOWN_SHORTFALLS = {
-    "deform_fwd": "bilinear samples at data-dependent positions are gathered with scalar loads; being rebuilt",
-    "deform_bwd_weight": "the sampled im2col operand is a gather; being rebuilt",
-}
 
 
 def test_hot_kernels_load_vectorised(rows):
-    """The static speed proxy: every hot kernel not listed as a known shortfall moves >= 80% of its
-    global-load bytes with vectorised instructions (ld.global.v2/v4, 8/16-byte cp.async, TMA) in
-    each default fp16/bf16 build a typical call compiles (64 channels, NCHW and channels_last,
-    sm_80 and sm_90), and the GEMM ones use tensor cores there."""
+    """The static speed proxy: every hot kernel moves >= 80% of its global-load bytes with
+    vectorised instructions (ld.global.v2/v4, 8/16-byte cp.async, TMA) in each default fp16/bf16
+    build a typical call compiles (64 channels, NCHW and channels_last, sm_80 and sm_90), and the
+    GEMM ones use tensor cores there."""
     rows, _, _ = rows
     typical = {}
     for r in rows:
         if r["ok"] and r["default"] and r["dtype"] in ("fp16", "bf16") and not r["index64"] \
                 and r["build"].split(",")[0] in ("nchw", "nhwc"):
             typical.setdefault(r["kernel"], []).append(r)
-    assert set(KNOWN_SHORTFALLS) < set(HOT) <= set(typical), sorted(typical)
+    assert set(HOT) <= set(typical), sorted(typical)
     for name in HOT:
         builds = typical[name]
         assert {(r["arch"], r["build"].split(",")[0]) for r in builds} == {(a, p) for a in (80, 90)
                                                                            for p in ("nchw", "nhwc")}
-        if name in KNOWN_SHORTFALLS:
-            continue
         short = [(r["dtype"], r["arch"], r["build"], r["vector_share"]) for r in builds if r["vector_share"] < 0.8]
         assert not short, (name, short)
         if builds[0]["gemm"]:
             assert all(r["tensor_cores"] in ("mma", "wgmma") for r in builds), name
-    assert all(n.startswith(("conv2d_", "depthwise_", "conv3d_", "deform_bwd_data")) for n in HOT if n not in KNOWN_SHORTFALLS)
 
 
 def test_depthwise3d_builds_load_vectorised(rows):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import layers
-from _helpers import assert_close
+from _helpers import (assert_close, check_against_reference, check_compiled_against_reference, count_flops,
+                      no_tf32)
 from kernels import _common
 from kernels import conv2d as gemm_kernels
 from kernels import depthwise as dw_kernels
@@ -19,11 +20,8 @@ from kernels import depthwise as dw_kernels
 def _exact_fp32():
     # F.conv2d on CUDA uses TF32 by default and so do our kernels (they follow the same flag);
     # compare in full fp32.
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    with layers.use_backend("triton"):
+    with no_tf32(), layers.use_backend("triton"):
         yield
-    torch.backends.cudnn.allow_tf32 = previous
 
 
 def check_conv(device, dtype, N, C_in, C_out, H, W, kernel, stride=1, padding=0, dilation=1, groups=1,
@@ -38,22 +36,11 @@ def check_conv(device, dtype, N, C_in, C_out, H, W, kernel, stride=1, padding=0,
         x = torch.randn(N, C_in, H, 2 * W, device=device).to(dtype)[..., ::2]
         w = torch.randn(C_out, C_in // groups, kw, kh, device=device).to(dtype).transpose(2, 3)
         assert not x.is_contiguous() and not w.is_contiguous()
-    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
-    bs = b.detach().requires_grad_() if bias else None
-    y = layers.conv2d(xs, ws, bs, stride, padding, dilation, groups)
-    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
-    br = b.double().requires_grad_() if bias else None
-    ref = F.conv2d(xr, wr, br, stride, padding, dilation, groups)
-    assert_close(y, ref, dtype, "output")
+    conf = (stride, padding, dilation, groups)
+    y = check_against_reference(lambda x, w, b: layers.conv2d(x, w, b, *conf),
+                                lambda x, w, b: F.conv2d(x, w, b, *conf), (x, w, b), dtype)
     if layout == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)
-    gy = torch.randn_like(ref).to(dtype)
-    y.backward(gy)
-    ref.backward(gy.double())
-    assert_close(xs.grad, xr.grad, dtype, "grad input")
-    assert_close(ws.grad, wr.grad, dtype, "grad weight")
-    if bias:
-        assert_close(bs.grad, br.grad, dtype, "grad bias")
 
 
 # (N, C_in, C_out, H, W, kernel, stride, padding, dilation, groups)
@@ -317,16 +304,8 @@ def test_conv_transpose2d(device, dtype, case):
 def _check_transpose_against_torch(inputs, conf, dtype):
     """Output and input / weight / bias gradients of layers.conv_transpose2d against
     F.conv_transpose2d in float64, at ``dtype``'s tolerance."""
-    x, w, b = inputs
-    y = layers.conv_transpose2d(x, w, b, *conf)
-    xr, wr, br = (t.detach().double().requires_grad_() for t in inputs)
-    ref = F.conv_transpose2d(xr, wr, br, *conf)
-    assert_close(y, ref, dtype, "output")
-    gy = torch.randn_like(ref).to(dtype)
-    y.backward(gy)
-    ref.backward(gy.double())
-    for name, ours, theirs in (("input", x, xr), ("weight", w, wr), ("bias", b, br)):
-        assert_close(ours.grad, theirs.grad, dtype, f"grad {name}")
+    check_against_reference(lambda x, w, b: layers.conv_transpose2d(x, w, b, *conf),
+                            lambda x, w, b: F.conv_transpose2d(x, w, b, *conf), inputs, dtype)
 
 
 # output_padding may reach max(stride, dilation) - 1, i.e. be >= stride when dilation > stride;
@@ -410,45 +389,25 @@ def test_opcheck(device):
 
 
 def test_torch_compile_fullgraph(device):
-    """No graph break: fullgraph=True raises on one. Inductor needs CUDA for user Triton kernels."""
-    torch._dynamo.reset()
-    backend = "inductor" if device == "cuda" else "aot_eager"
+    """No graph break: fullgraph=True raises on one."""
     conv = layers.Conv2d(4, 6, 3, padding=1, groups=2).to(device)
     dw = layers.Conv2d(6, 6, 3, padding=1, groups=6).to(device)
 
     def f(x):
         return torch.relu(dw(conv(x))).sum()
 
-    compiled = torch.compile(f, fullgraph=True, backend=backend)
-    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
-    out = compiled(x)
-    out.backward()
-    x2 = x.detach().requires_grad_()
-    with layers.use_backend("reference"):
-        ref = f(x2)
-    ref.backward()
-    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+    check_compiled_against_reference(f, torch.randn(2, 4, 6, 6, device=device, requires_grad=True))
 
 
 def test_flop_counter_matches_aten(device):
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = torch.randn(2, 4, 7, 7, device=device, requires_grad=True)
     w = torch.randn(6, 2, 3, 3, device=device, requires_grad=True)
-
-    def count(fn, backward):
-        with FlopCounterMode(display=False) as counter:
-            y = fn(x, w, None, 2, 1, 1, 2)
-            if backward:
-                y.sum().backward()
-        return counter.get_total_flops()
-
-    forward = count(F.conv2d, False)
+    args = (x, w, None, 2, 1, 1, 2)
+    forward = count_flops(F.conv2d, *args)
     assert forward == 2 * 2 * 4 * 4 * 6 * 2 * 9  # 2 * N * OH * OW * C_out * C_in/groups * KH * KW
-    assert count(layers.conv2d, False) == forward
+    assert count_flops(layers.conv2d, *args) == forward
     # backward: input grad and weight grad each cost one forward
-    assert count(layers.conv2d, True) == 3 * forward
+    assert count_flops(layers.conv2d, *args, backward=True) == 3 * forward
 
 
 # --------------------------------------------------------------------------- modules

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import layers
-from _helpers import assert_close
+from _helpers import (assert_close, check_against_reference, check_compiled_against_reference, count_flops,
+                      no_tf32)
 from kernels import conv2d as k2d, conv3d as k3d  # conv2d launches the gradients of both
 conv3d_layers = importlib.import_module("layers.conv3d")  # the module (layers.conv3d is the function)
 from layers.factory import VARIANTS_3D, make_conv3d
@@ -21,11 +22,8 @@ from layers.factory import VARIANTS_3D, make_conv3d
 @pytest.fixture(autouse=True)
 def _exact_fp32():
     # F.conv3d and our kernels follow cudnn.allow_tf32 (on by default): compare in full fp32.
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    with layers.use_backend("triton"):
+    with no_tf32(), layers.use_backend("triton"):
         yield
-    torch.backends.cudnn.allow_tf32 = previous
 
 
 def _k(kernel):
@@ -44,22 +42,11 @@ def check_conv3d(device, dtype, N, C_in, C_out, size, kernel, stride=1, padding=
         kd, kh, kw = _k(kernel)
         w = torch.randn(C_out, C_in // groups, kw, kh, kd, device=device).to(dtype).permute(0, 1, 4, 3, 2)
         assert not x.is_contiguous() and not w.is_contiguous()
-    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
-    bs = b.detach().requires_grad_() if bias else None
-    y = layers.conv3d(xs, ws, bs, stride, padding, dilation, groups)
-    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
-    br = b.double().requires_grad_() if bias else None
-    ref = F.conv3d(xr, wr, br, stride, padding, dilation, groups)
-    assert_close(y, ref, dtype, "output")
-    if layout == "channels_last_3d" and ref.numel():
+    conf = (stride, padding, dilation, groups)
+    y = check_against_reference(lambda x, w, b: layers.conv3d(x, w, b, *conf),
+                                lambda x, w, b: F.conv3d(x, w, b, *conf), (x, w, b), dtype)
+    if layout == "channels_last_3d" and y.numel():
         assert y.is_contiguous(memory_format=torch.channels_last_3d)
-    gy = torch.randn_like(ref).to(dtype)
-    y.backward(gy)
-    ref.backward(gy.double())
-    assert_close(xs.grad, xr.grad, dtype, "grad input")
-    assert_close(ws.grad, wr.grad, dtype, "grad weight")
-    if bias:
-        assert_close(bs.grad, br.grad, dtype, "grad bias")
 
 
 # (N, C_in, C_out, (D, H, W), kernel, stride, padding, dilation, groups)
@@ -190,19 +177,12 @@ T_CASES = [
                          ids=["basic", "asym-groups", "asym-groups-bf16", "op-ge-stride"])
 def test_conv_transpose3d(device, case, dtype):
     N, C_in, C_out, size, k, s, p, op, g, d = case
-    x = torch.randn(N, C_in, *size, device=device).to(dtype).requires_grad_()
-    w = torch.randn(C_in, C_out // g, *_k(k), device=device).to(dtype).requires_grad_()
-    b = torch.randn(C_out, device=device).to(dtype).requires_grad_()
+    x = torch.randn(N, C_in, *size, device=device).to(dtype)
+    w = torch.randn(C_in, C_out // g, *_k(k), device=device).to(dtype)
+    b = torch.randn(C_out, device=device).to(dtype)
     conf = (s, p, op, g, d)
-    y = layers.conv_transpose3d(x, w, b, *conf)
-    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
-    ref = F.conv_transpose3d(xr, wr, br, *conf)
-    assert_close(y, ref, dtype, "output")
-    gy = torch.randn_like(ref).to(dtype)
-    y.backward(gy)
-    ref.backward(gy.double())
-    for name, ours, theirs in (("input", x, xr), ("weight", w, wr), ("bias", b, br)):
-        assert_close(ours.grad, theirs.grad, dtype, f"grad {name}")
+    check_against_reference(lambda x, w, b: layers.conv_transpose3d(x, w, b, *conf),
+                            lambda x, w, b: F.conv_transpose3d(x, w, b, *conf), (x, w, b), dtype)
 
 
 # --------------------------------------------------------------------------- autograd machinery
@@ -248,44 +228,24 @@ def test_opcheck(device):
 
 
 def test_torch_compile_fullgraph(device):
-    """No graph break (fullgraph=True raises on one). Inductor needs CUDA for user Triton kernels."""
-    torch._dynamo.reset()
-    backend = "inductor" if device == "cuda" else "aot_eager"
+    """No graph break (fullgraph=True raises on one)."""
     conv = layers.Conv3d(4, 4, (1, 2, 2), padding=(0, 1, 0), groups=2).to(device)
     up = layers.ConvTranspose3d(4, 2, (2, 1, 1), stride=(2, 1, 1)).to(device)
 
     def f(x):
         return torch.relu(up(conv(x))).sum()
 
-    compiled = torch.compile(f, fullgraph=True, backend=backend)
-    x = torch.randn(1, 4, 2, 2, 2, device=device, requires_grad=True)
-    out = compiled(x)
-    out.backward()
-    x2 = x.detach().requires_grad_()
-    with layers.use_backend("reference"):
-        ref = f(x2)
-    ref.backward()
-    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+    check_compiled_against_reference(f, torch.randn(1, 4, 2, 2, 2, device=device, requires_grad=True))
 
 
 def test_flop_counter_matches_aten(device):
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = torch.randn(1, 4, 2, 3, 2, device=device, requires_grad=True)
     w = torch.randn(6, 2, 1, 2, 2, device=device, requires_grad=True)
-
-    def count(fn, backward):
-        with FlopCounterMode(display=False) as counter:
-            y = fn(x, w, None, 1, 1, 1, 2)
-            if backward:
-                y.sum().backward()
-        return counter.get_total_flops()
-
-    forward = count(F.conv3d, False)
+    args = (x, w, None, 1, 1, 1, 2)
+    forward = count_flops(F.conv3d, *args)
     assert forward == 2 * 1 * 4 * 4 * 3 * 6 * 2 * 4  # 2 * N * OD * OH * OW * C_out * C_in/groups * KD * KH * KW
-    assert count(layers.conv3d, False) == forward
-    assert count(layers.conv3d, True) == 3 * forward
+    assert count_flops(layers.conv3d, *args) == forward
+    assert count_flops(layers.conv3d, *args, backward=True) == 3 * forward
 
 
 # --------------------------------------------------------------------------- modules

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import layers
-from _helpers import assert_close
+from _helpers import assert_close, check_against_reference, index64_launches
 from kernels import _common
 from kernels import depthwise as dw
 
@@ -40,25 +40,13 @@ def check_depthwise(device, dtype, N, C, mult, H, W, k, stride=1, padding=0, dil
                     bias=True):
     """layers.conv2d (the depthwise dispatch) vs F.conv2d(groups=C) in float64: y, dx, dw, db."""
     x, w, b = make_inputs(N, C, mult, H, W, k, dtype, layout, device)
-    b = b if bias else None
-    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
-    bs = b.detach().requires_grad_() if bias else None
-    y = layers.conv2d(xs, ws, bs, stride, padding, dilation, C)
-    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
-    br = b.double().requires_grad_() if bias else None
-    ref = F.conv2d(xr, wr, br, stride, padding, dilation, C)
-    assert_close(y, ref, dtype, "output")
-    if layout == "channels_last":
-        assert y.is_contiguous(memory_format=torch.channels_last)
-    gy = torch.randn_like(ref).to(dtype)
-    if layout == "channels_last":
-        gy = gy.contiguous(memory_format=torch.channels_last)
-    y.backward(gy)
-    ref.backward(gy.double())
-    assert_close(xs.grad, xr.grad, dtype, "grad input")
-    assert_close(ws.grad, wr.grad, dtype, "grad weight")
-    if bias:
-        assert_close(bs.grad, br.grad, dtype, "grad bias")
+    conf = (stride, padding, dilation, C)
+    channels_last = torch.channels_last if layout == "channels_last" else None
+    y = check_against_reference(lambda x, w, b: layers.conv2d(x, w, b, *conf),
+                                lambda x, w, b: F.conv2d(x, w, b, *conf), (x, w, b if bias else None), dtype,
+                                grad_output_format=channels_last)
+    if channels_last:
+        assert y.is_contiguous(memory_format=channels_last)
 
 
 # (N, C, multiplier, H, W, kernel, stride, padding, dilation)
@@ -111,15 +99,7 @@ def test_gradcheck_float64(device):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_index64_build(device, monkeypatch, layout):
     """The 64-bit index build (picked for tensors past 2**31 elements) computes the same."""
-    calls = []
-    real_launch = dw.launch
-
-    def spy(tuned, plain, grid, cfg, *args, **kw):
-        calls.append(kw["IDX64"])
-        return real_launch(tuned, plain, grid, cfg, *args, **kw)
-
-    monkeypatch.setattr(dw, "needs_int64", lambda *t: True)
-    monkeypatch.setattr(dw, "launch", spy)
+    calls = index64_launches(monkeypatch, dw)
     check_depthwise(device, torch.float32, 2, 3, 2, 7, 9, 5, 2, 2, 1, layout=layout)
     assert calls == [True, True, True]
 

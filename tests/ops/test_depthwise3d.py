@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import assert_close
+from _helpers import assert_close, index64_launches
 from kernels import depthwise3d as dw3
 
 CL3 = torch.channels_last_3d
@@ -130,15 +130,7 @@ def test_gradcheck_float64(device):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
 def test_index64_build(device, monkeypatch, layout):
     """The 64-bit index build (picked for tensors past 2**31 elements) computes the same."""
-    calls = []
-    real_launch = dw3.launch
-
-    def spy(tuned, plain, grid, cfg, *args, **kw):
-        calls.append(kw["IDX64"])
-        return real_launch(tuned, plain, grid, cfg, *args, **kw)
-
-    monkeypatch.setattr(dw3, "needs_int64", lambda *t: True)
-    monkeypatch.setattr(dw3, "launch", spy)
+    calls = index64_launches(monkeypatch, dw3)
     check_depthwise3d(device, torch.float32, *CASES["stride2-dil2-pad0"], layout=layout)
     assert calls == [True, True, True]
 

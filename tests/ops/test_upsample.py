@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import layers
-from _helpers import assert_close
+from _helpers import (assert_close, check_against_reference, check_compiled_against_reference, count_flops,
+                      no_tf32)
 from kernels import conv2d as gemm_kernels
 from layers.upsample import SubPixelConv2d, icnr_, make_upsample, subpixel_conv2d
 
@@ -69,11 +70,8 @@ def test_resize_conv_is_upsample_then_conv():
 # --------------------------------------------------------------------------- fused Triton op
 @pytest.fixture
 def triton_backend():
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False  # compare in full fp32 (the kernels follow this flag)
-    with layers.use_backend("triton"):
+    with no_tf32(), layers.use_backend("triton"):  # compare in full fp32 (the kernels follow cudnn.allow_tf32)
         yield
-    torch.backends.cudnn.allow_tf32 = previous
 
 
 def _ref_shuffle(t, r):
@@ -89,22 +87,10 @@ def check_subpixel(device, dtype, N, C_in, C, H, W, k, r, padding, layout="conti
     b = torch.randn(C * r * r, device=device).to(dtype) if bias else None
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
-    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
-    bs = b.detach().requires_grad_() if bias else None
-    y = subpixel_conv2d(xs, ws, bs, r, padding)
-    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
-    br = b.double().requires_grad_() if bias else None
-    ref = _ref_shuffle(F.conv2d(xr, wr, br, 1, padding), r)
-    assert_close(y, ref, dtype, "output")
+    y = check_against_reference(lambda x, w, b: subpixel_conv2d(x, w, b, r, padding),
+                                lambda x, w, b: _ref_shuffle(F.conv2d(x, w, b, 1, padding), r), (x, w, b), dtype)
     if layout == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)
-    gy = torch.randn_like(ref).to(dtype)
-    y.backward(gy)
-    ref.backward(gy.double())
-    assert_close(xs.grad, xr.grad, dtype, "grad input")
-    assert_close(ws.grad, wr.grad, dtype, "grad weight")
-    if bias:
-        assert_close(bs.grad, br.grad, dtype, "grad bias")
 
 
 def _input_grad_path(monkeypatch, path):
@@ -190,22 +176,12 @@ def test_subpixel_opcheck(device, triton_backend):
 
 
 def test_subpixel_torch_compile_fullgraph(device, triton_backend):
-    torch._dynamo.reset()
-    backend = "inductor" if device == "cuda" else "aot_eager"
     m = SubPixelConv2d(3, 2, 3, upscale_factor=2).to(device)
 
     def f(x):
         return torch.relu(m(x)).sum()
 
-    x = torch.randn(2, 3, 4, 5, device=device, requires_grad=True)
-    out = torch.compile(f, fullgraph=True, backend=backend)(x)
-    out.backward()
-    x2 = x.detach().requires_grad_()
-    with layers.use_backend("reference"):
-        ref = f(x2)
-    ref.backward()
-    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+    check_compiled_against_reference(f, torch.randn(2, 3, 4, 5, device=device, requires_grad=True))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -240,15 +216,12 @@ def test_subpixel_forward_is_one_kernel_without_intermediate(device, triton_back
 
 
 def test_subpixel_flops(device, triton_backend):
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = torch.randn(2, 3, 4, 5, device=device, requires_grad=True)
     w = torch.randn(8, 3, 3, 3, device=device, requires_grad=True)
-    with FlopCounterMode(display=False) as ours:
-        subpixel_conv2d(x, w, None, 2).sum().backward()
-    with layers.use_backend("reference"), FlopCounterMode(display=False) as ref:
-        subpixel_conv2d(x, w, None, 2).sum().backward()
-    assert ours.get_total_flops() == ref.get_total_flops() == 3 * 2 * (2 * 4 * 5) * 8 * 3 * 9
+    ours = count_flops(subpixel_conv2d, x, w, None, 2, backward=True)
+    with layers.use_backend("reference"):
+        ref = count_flops(subpixel_conv2d, x, w, None, 2, backward=True)
+    assert ours == ref == 3 * 2 * (2 * 4 * 5) * 8 * 3 * 9
 
 
 def test_subpixel_errors():
