@@ -41,6 +41,7 @@ elements are addressed right.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -51,6 +52,7 @@ from ._common import (
     accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, fit_blocks, gemm_config, _idx, KernelSpec, launch,
     like_layout, _mma, needs_int64, pair, sm_count, split_k as _split_k_rule, _tile_offsets, _unflatten, with_index64,
 )
+from ._igemm import _weight_grad_tile
 
 
 _cfg = gemm_config  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
@@ -80,7 +82,8 @@ GEMM_CONFIGS["bf16"] = GEMM_CONFIGS["fp16"]
 WEIGHT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32_ieee=[_cfg(64, 32, 16, 4, 2)],
                                         fp64=[_cfg(64, 32, 16, 4, 2), _cfg(32, 32, 16, 4, 2)]),
                                    fp16=[_cfg(64, 64, 32, 8, 2)], bf16=[_cfg(64, 64, 32, 8, 2)],
-                                   fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(32, 32, 16, 2, 2)])
+                                   fp32=[_cfg(64, 64, 32, 8, 2)], fp32_ieee=[_cfg(32, 32, 16, 2, 2)],
+                                   fp64=[_cfg(32, 32, 16, 8, 2)])
 _I64 = dict(fp16=[_cfg(64, 64, 64, 8, 3)], bf16=[_cfg(64, 64, 64, 8, 3)], fp32=[_cfg(64, 64, 32, 8, 2)],
             fp32_ieee=[_cfg(64, 64, 32, 8, 1)])
 # The input gradient's TF32-off tiles and 64-bit fp64 default spill (with triton 3.6's or 3.8's
@@ -265,7 +268,7 @@ def _conv2d_bwd_input_kernel(
 @triton.jit
 def _conv2d_bwd_weight_kernel(
     # pointers: x (N, C_in, H, W) and dY (N, C_out, OH, OW), both with channel stride 1;
-    # workspace (N_SPLIT, G, KH * KW, COUT_G, CIN_G) contiguous, fp32 / fp64
+    # workspace (N_SPLIT, KH * KW, C_out, CIN_G) contiguous, fp32 / fp64
     x_ptr, gy_ptr, ws_ptr,
     # shapes (M = N * OH * OW, reduced in N_SPLIT splits of M_PER_SPLIT; M_KEY: autotune key, unused)
     M, H, W, OH, OW, CIN_G, COUT_G, KH, KW, M_PER_SPLIT, N_SPLIT, M_KEY,
@@ -278,52 +281,13 @@ def _conv2d_bwd_weight_kernel(
     ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # Tile: BLOCK_M output channels x BLOCK_N input channels of one tap (axis 1 =
-    # tap * n_tiles + tile). The reduction over output pixels is split N_SPLIT ways
-    # (axis 2 = g * N_SPLIT + split) into a contiguous fp32/fp64 workspace
-    # ws[split, g, tap, co, ci] that the launcher sums: deterministic, no atomics.
-    # Both operands are read along channels (stride 1): dY^T tiles [co, pixel] and X tiles [pixel, ci].
-    pid_m = tl.program_id(0)
-    pid_t = tl.program_id(1)
-    pid_gs = tl.program_id(2)
-    g = pid_gs // N_SPLIT
-    split = pid_gs % N_SPLIT
-    n_tiles_n = tl.cdiv(CIN_G, BLOCK_N)
-    tap = pid_t // n_tiles_n
-    pid_n = pid_t % n_tiles_n
-    kh = tap // KW
-    kw = tap % KW
-    offs_co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_co = offs_co < COUT_G
-    mask_ci = offs_ci < CIN_G
-    co = g * COUT_G + offs_co
-    if x_ptr.dtype.element_ty == tl.float64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    m_start = _idx(split, IDX64) * M_PER_SPLIT  # int64 in the 64-bit build (so the loop is)
-    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
-    for m0 in range(m_start, m_end, BLOCK_K):
-        offs_p = m0 + tl.arange(0, BLOCK_K)
-        mask_p = offs_p < m_end
-        n, oh, ow = _unflatten(offs_p, OH, OW)
-        ih = oh * stride_h - pad_h + kh * dil_h
-        iw = ow * stride_w - pad_w + kw * dil_w
-        ok = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        gy_pix = _idx(n, IDX64) * stride_gn + _idx(oh, IDX64) * stride_gh + _idx(ow, IDX64) * stride_gw
-        x_pix = _idx(n, IDX64) * stride_xn + _idx(ih, IDX64) * stride_xh + _idx(iw, IDX64) * stride_xw
-        a = tl.load(gy_ptr + (_idx(co, IDX64)[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :],
-                    other=0.0)
-        b = tl.load(x_ptr + (x_pix[:, None] + _idx(g * CIN_G + offs_ci, IDX64)[None, :]),
-                    mask=ok[:, None] & mask_ci[None, :], other=0.0)
-        acc = _mma(a, b, acc, ALLOW_TF32)
-    # The partial tile is stored contiguously along ci (a [co, ci] slab of ws[split, g, tap]), so its
-    # stores are vectorised; the launcher moves the taps last after summing the splits.
-    n_groups = tl.num_programs(2) // N_SPLIT
-    slab = ((_idx(split, IDX64) * n_groups + g) * (KH * KW) + tap) * COUT_G * CIN_G
-    ws_off = slab + _idx(offs_co, IDX64)[:, None] * CIN_G + _idx(offs_ci, IDX64)[None, :]
-    tl.store(ws_ptr + ws_off, acc, mask=mask_co[:, None] & mask_ci[None, :])
+    # conv3d's weight-gradient tile with depth 1 (constants Triton folds away)
+    _weight_grad_tile(x_ptr, gy_ptr, ws_ptr,
+                      M, 1, H, W, 1, OH, OW, CIN_G, COUT_G, 1, KH, KW, M_PER_SPLIT, N_SPLIT,
+                      stride_xn, 0, stride_xh, stride_xw,
+                      stride_gn, 0, stride_gh, stride_gw,
+                      1, stride_h, stride_w, 0, pad_h, pad_w, 1, dil_h, dil_w,
+                      ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -454,36 +418,47 @@ def _phases(size: int, k: int, s: int, p: int, d: int) -> list:
     return out
 
 
+def _input_grad(kernel, tuned, gy, weight, gx, stride, padding, dilation, groups, bias):
+    """Writes dL/dx into ``gx`` for any number of spatial axes: the body of conv2d_input_grad and
+    conv3d_input_grad. gy (N, C_out, *O) with channel stride 1; weight (C_out, CIN_G, *K);
+    gx (N, C_in, *S), any strides; stride / padding / dilation: one int per axis.
+
+    One dense implicit GEMM per stride phase, the phases of all axes combined (``_phases``).
+    ``kernel`` takes conv2d's input-gradient arguments with one entry per axis wherever conv2d's
+    have an (h, w) pair, in (d, h, w) order."""
+    c_out, cin_g, *ks = weight.shape
+    cout_g = c_out // groups
+    # conv2d's weight helpers take a 3-D weight as (C_out, CIN_G, KD * KH, KW): its packed form
+    # (G, KD * KH, KW, COUT_G, CIN_LD) is, byte for byte, the (G, KD, KH, KW, COUT_G, CIN_LD) one
+    w2d = weight.reshape(c_out, cin_g, -1, ks[-1])
+    pack = _group_pack(groups, cout_g, cin_g)
+    if pack > 1:
+        w2d, groups, cin_g, cout_g = _block_diagonal(w2d, groups, pack), groups // pack, cin_g * pack, cout_g * pack
+    wp, cin_ld = _pack_weight(w2d, groups, transpose=True)
+    n = gx.shape[0]
+    tf32, i64 = allow_tf32(gy.dtype), needs_int64(gy, wp, gx, n * math.prod(gx.shape[2:]))
+    tuned = tuned[config_class(tuned, gy.dtype, tf32, i64)]
+    for phase in itertools.product(*map(_phases, gx.shape[2:], ks, stride, padding, dilation)):
+        i0, rows, o0, do, k0, k_step, taps = zip(*phase)  # each one entry per axis
+        M = n * math.prod(rows)
+        grid = lambda meta, M=M: (cdiv(M, meta["BLOCK_M"]) * cdiv(cin_g, meta["BLOCK_N"]), 1, groups)
+        launch(tuned, kernel, grid, INTERPRET_CONFIG,
+               gy, wp, bias if bias is not None else weight, gx,
+               M, *rows, *gy.shape[2:], cin_g, cout_g, cin_ld, *taps, *ks, _m_key(M),
+               gy.stride(0), *gy.stride()[2:], *gx.stride(),
+               *i0, *stride, *o0, *do, *k0, *k_step,
+               HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M)
+
+
 def conv2d_input_grad(grad_output, weight, input_shape, stride, padding, dilation, groups, bias=None):
     """dL/dx of y = conv2d(x, weight): grad_output (N, C_out, OH, OW) -> (N, C_in, H, W), in
     grad_output's memory format. One dense implicit GEMM per stride phase (see the module doc).
 
     With ``bias`` (C_in,) added this is conv_transpose2d(grad_output, weight, bias)."""
-    N, C_in, H, W = input_shape
-    C_out, cin_g, KH, KW = weight.shape
-    OH, OW = grad_output.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
-    gx = like_layout(grad_output, (N, C_in, H, W))
-    cout_g = C_out // groups
-    if gx.numel() == 0:
-        return gx
-    pack = _group_pack(groups, cout_g, cin_g)
-    if pack > 1:
-        weight, groups, cin_g, cout_g = _block_diagonal(weight, groups, pack), groups // pack, cin_g * pack, cout_g * pack
-    gy = _channels_inner(grad_output)
-    wp, cin_ld = _pack_weight(weight, groups, transpose=True)
-    tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(gy, wp, gx, N * H * W)
-    tuned = _bwd_input_tuned[config_class(_bwd_input_tuned, grad_output.dtype, tf32, i64)]
-    for ih0, hj, oh0, doh, kh0, kh_step, th in _phases(H, KH, sh, ph, dh):
-        for iw0, wj, ow0, dow, kw0, kw_step, tw in _phases(W, KW, sw, pw, dw):
-            M = N * hj * wj
-            grid = lambda meta, M=M: (cdiv(M, meta["BLOCK_M"]) * cdiv(cin_g, meta["BLOCK_N"]), 1, groups)
-            launch(tuned, _conv2d_bwd_input_kernel, grid, INTERPRET_CONFIG,
-                   gy, wp, bias if bias is not None else weight, gx,
-                   M, hj, wj, OH, OW, cin_g, cout_g, cin_ld, th, tw, KH, KW, _m_key(M),
-                   gy.stride(0), gy.stride(2), gy.stride(3), *gx.stride(),
-                   ih0, iw0, sh, sw, oh0, ow0, doh, dow, kh0, kw0, kh_step, kw_step,
-                   HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M)
+    gx = like_layout(grad_output, tuple(input_shape))
+    if gx.numel() > 0:
+        _input_grad(_conv2d_bwd_input_kernel, _bwd_input_tuned, _channels_inner(grad_output), weight, gx,
+                    pair(stride), pair(padding), pair(dilation), groups, bias)
     return gx
 
 
@@ -534,44 +509,51 @@ def _weight_grad_split(M: int, cout_g: int, cin_g: int, KH: int, KW: int, groups
                          max_splits=max_splits)
 
 
+def _weight_grad(kernel, tuned, x, gy, weight_shape, stride, padding, dilation, groups, split_k):
+    """dL/dweight (C_out, CIN_G, *K), contiguous, for any number of spatial axes: the body of
+    conv2d_weight_grad and conv3d_weight_grad. x (N, C_in, *S) and gy (N, C_out, *O) with channel
+    stride 1; stride / padding / dilation: one int per axis; ``split_k`` as conv2d_weight_grad's.
+
+    ``kernel`` takes conv2d's weight-gradient arguments with one entry per axis wherever conv2d's
+    have an (h, w) pair, in (d, h, w) order, and writes the workspace (splits, taps, C_out, CIN_G)
+    (``kernels._igemm._weight_grad_tile``)."""
+    c_out, cin_g, *ks = weight_shape
+    cout_g = c_out // groups
+    M = gy.shape[0] * math.prod(gy.shape[2:])
+    if M == 0 or c_out == 0 or cin_g == 0:
+        return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
+    pack = _group_pack(groups, cin_g, cout_g)
+    if pack > 1:  # the block-diagonal gradient of groups // pack groups; its diagonal blocks are kept
+        dw = _weight_grad(kernel, tuned, x, gy, (c_out, cin_g * pack, *ks), stride, padding, dilation,
+                          groups // pack, split_k)
+        blocks = dw.reshape(groups // pack, pack, cout_g, pack, cin_g, *ks).diagonal(dim1=1, dim2=3)
+        return blocks.movedim(-1, 1).reshape(weight_shape)
+    taps = math.prod(ks)
+    if split_k is None:  # the rule counts taps only: a 3-D kernel passes as KD * KH x KW
+        split_k = _weight_grad_split(M, cout_g, cin_g, taps // ks[-1], ks[-1], groups, x.dtype, sm_count(x.device))
+    m_per_split = cdiv(M, split_k)
+    split_k = cdiv(M, m_per_split)
+    ws = torch.empty((split_k, taps, c_out, cin_g), device=x.device, dtype=accumulator_dtype(x.dtype))
+    grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]) * taps, groups * split_k)
+    tf32, i64 = allow_tf32(x.dtype), needs_int64(x, gy, ws, split_k * m_per_split)
+    launch(tuned[config_class(tuned, x.dtype, tf32, i64)], kernel, grid, INTERPRET_CONFIG,
+           x, gy, ws,
+           M, *x.shape[2:], *gy.shape[2:], cin_g, cout_g, *ks, m_per_split, split_k, _m_key(M),
+           x.stride(0), *x.stride()[2:], gy.stride(0), *gy.stride()[2:],
+           *stride, *padding, *dilation,
+           ALLOW_TF32=tf32, IDX64=i64)
+    partial = ws.sum(0) if split_k > 1 else ws[0]  # (taps, C_out, CIN_G), splits summed in order
+    dw = torch.empty(weight_shape, device=x.device, dtype=x.dtype)
+    dw.view(c_out, cin_g, taps).copy_(partial.permute(1, 2, 0))  # taps last, cast: one pass
+    return dw
+
+
 def conv2d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, groups, split_k=None):
     """dL/dweight of y = conv2d(x, weight): -> (C_out, C_in/groups, KH, KW), contiguous.
 
     ``split_k`` (default: chosen from the shape) splits the reduction over output pixels."""
-    N, C_in, H, W = x.shape
-    C_out, cin_g, KH, KW = weight_shape
-    OH, OW = grad_output.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
-    cout_g = C_out // groups
-    M = N * OH * OW
-    acc_dtype = accumulator_dtype(x.dtype)
-    if M == 0 or C_out == 0 or cin_g == 0:
-        return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
-    pack = _group_pack(groups, cin_g, cout_g)
-    if pack > 1:  # the block-diagonal gradient of groups // pack groups; its diagonal blocks are kept
-        dw = conv2d_weight_grad(x, grad_output, (C_out, cin_g * pack, KH, KW), stride, padding, dilation,
-                                groups // pack, split_k)
-        blocks = dw.reshape(groups // pack, pack, cout_g, pack, cin_g, KH, KW).diagonal(dim1=1, dim2=3)
-        return blocks.permute(0, 5, 1, 2, 3, 4).reshape(weight_shape)
-    if split_k is None:
-        split_k = _weight_grad_split(M, cout_g, cin_g, KH, KW, groups, x.dtype, sm_count(x.device))
-    m_per_split = cdiv(M, split_k)
-    split_k = cdiv(M, m_per_split)
-    xc, gy = _channels_inner(x), _channels_inner(grad_output)
-    ws = torch.empty((split_k, groups, KH * KW, cout_g, cin_g), device=x.device, dtype=acc_dtype)
-    grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]) * KH * KW, groups * split_k)
-    tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, gy, ws, split_k * m_per_split)
-    launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, tf32, i64)], _conv2d_bwd_weight_kernel, grid,
-           INTERPRET_CONFIG,
-           xc, gy, ws,
-           M, H, W, OH, OW, cin_g, cout_g, KH, KW, m_per_split, split_k, _m_key(M),
-           xc.stride(0), xc.stride(2), xc.stride(3), gy.stride(0), gy.stride(2), gy.stride(3),
-           sh, sw, ph, pw, dh, dw,
-           ALLOW_TF32=tf32, IDX64=i64)
-    partial = ws.sum(0) if split_k > 1 else ws[0]  # (G, taps, COUT_G, CIN_G), splits summed in order
-    dw = torch.empty(weight_shape, device=x.device, dtype=x.dtype)
-    dw.view(groups, cout_g, cin_g, KH * KW).copy_(partial.permute(0, 2, 3, 1))  # taps last, cast: one pass
-    return dw
+    return _weight_grad(_conv2d_bwd_weight_kernel, _bwd_weight_tuned, _channels_inner(x), _channels_inner(grad_output),
+                        weight_shape, pair(stride), pair(padding), pair(dilation), groups, split_k)
 
 
 # --------------------------------------------------------------------------- sub-pixel convolution

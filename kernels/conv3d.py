@@ -16,15 +16,18 @@ What is shared with conv2d, by import rather than by copy:
   (C_out, CIN_G, KD, KH, KW) is handed to conv2d's helpers as the 2-D weight
   (C_out, CIN_G, KD * KH, KW), whose packed form (G, KD * KH, KW, K_CH, N_LD) is, byte for byte,
   the 3-D one (G, KD, KH, KW, K_CH, N_LD);
-* the stride-phase decomposition of the input gradient (``conv2d._phases``, per axis: the input
-  gradient is stride_d * stride_h * stride_w dense implicit GEMMs, none with masked taps);
-* the split-K heuristic of the weight gradient (``conv2d._weight_grad_split``).
+* the gradient launchers (``conv2d._input_grad``, ``conv2d._weight_grad``, written for any number
+  of spatial axes): the stride-phase decomposition of the input gradient (``conv2d._phases`` per
+  axis: stride_d * stride_h * stride_w dense implicit GEMMs, none with masked taps), the split-K
+  heuristic of the weight gradient (``conv2d._weight_grad_split``) and its workspace sum;
+* the weight-gradient tile (``kernels._igemm._weight_grad_tile``, written for (d, h, w); conv2d
+  runs it with depth 1).
 
-What is 3-D here: the implicit-GEMM tile (pixel rows (n, d, h, w), taps (td, th, tw)), the
-weight-gradient kernel, and the layout helpers for channels_last_3d (``_channels_inner3d``,
-``like_layout3d``). Activations are read channels-innermost (16-byte loads along C): NCDHW input
-is copied to channels_last_3d once per call; channels_last_3d input is read in place and gives
-channels_last_3d output, as conv2d does for channels_last.
+What is 3-D here: the implicit-GEMM tile of the forward and the input gradient (pixel rows
+(n, d, h, w), taps (td, th, tw)), and the layout helpers for channels_last_3d
+(``_channels_inner3d``, ``like_layout3d``). Activations are read channels-innermost (16-byte loads
+along C): NCDHW input is copied to channels_last_3d once per call; channels_last_3d input is read
+in place and gives channels_last_3d output, as conv2d does for channels_last.
 
 All pointer offsets are 64-bit in the 64-bit index build (``IDX64``).
 """
@@ -35,15 +38,16 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, fit_blocks, _idx, KernelSpec, launch, _mma,
-    needs_int64, _tile_offsets, _unflatten, with_index64, sm_count,
+    allow_tf32, autotuned, cdiv, config_class, fit_blocks, _idx, KernelSpec, launch, _mma, needs_int64,
+    _tile_offsets, with_index64,
 )
 from .conv2d import GEMM_CONFIGS as _GEMM_2D, INPUT_GRAD_CONFIGS as _INPUT_GRAD_2D
 from .conv2d import WEIGHT_GRAD_CONFIGS as _WEIGHT_GRAD_2D
 from .conv2d import (
-    GROUP_SIZE_M, INTERPRET_CONFIG, _block_diagonal, _cfg, _group_pack, _grouped_tile, _m_key, _pack_weight, _phases,
-    _weight_grad_split,
+    GROUP_SIZE_M, INTERPRET_CONFIG, _block_diagonal, _cfg, _group_pack, _grouped_tile, _input_grad, _m_key,
+    _pack_weight, _weight_grad,
 )
+from ._igemm import _unflatten3, _weight_grad_tile
 
 # Config tables, named as conv2d's (benchmarks/roofline.py reads them by these names): conv2d's,
 # with the builds that the fourth index vector (depth) pushes over the register file replaced
@@ -55,7 +59,7 @@ INPUT_GRAD_CONFIGS = with_index64(_INPUT_GRAD_2D, fp64=[_cfg(32, 32, 16, 8, 2), 
 WEIGHT_GRAD_CONFIGS = with_index64(dict(_WEIGHT_GRAD_2D, fp64=[_cfg(32, 32, 16, 4, 2), _cfg(64, 32, 16, 8, 2)]),
                                    fp64=[_cfg(32, 32, 16, 8, 2), _cfg(64, 32, 16, 8, 2)],
                                    fp16=[_cfg(64, 64, 32, 4, 2)], bf16=[_cfg(64, 64, 32, 4, 2)],
-                                   fp32_ieee=[_cfg(32, 32, 16, 4, 2)])
+                                   fp32_ieee=[_cfg(32, 32, 16, 8, 2)])
 
 
 def triple(v) -> tuple:
@@ -64,14 +68,6 @@ def triple(v) -> tuple:
 
 
 # --------------------------------------------------------------------------- helpers
-@triton.jit
-def _unflatten3(offs, D1, D2, D3):
-    """Flattened ``offs = ((a * D1 + b) * D2 + c) * D3 + e`` -> ``(a, b, c, e)``, e.g. the pixel
-    index m -> (n, od, oh, ow); no product of extents is formed (it may pass int32)."""
-    ab, c, e = _unflatten(offs, D2, D3)
-    return ab // D1, ab % D1, c, e
-
-
 @triton.jit
 def _implicit_gemm_tile3d(
     # pointers: source activations (channel stride 1), packed weight (G, KD, KH, KW, K_CH, N_LD), bias, output
@@ -208,7 +204,7 @@ def _conv3d_bwd_input_kernel(
 @triton.jit
 def _conv3d_bwd_weight_kernel(
     # pointers: x (N, C_in, D, H, W) and dY (N, C_out, OD, OH, OW), both with channel stride 1;
-    # workspace (N_SPLIT, C_out, CIN_G, KD, KH, KW) contiguous, fp32 / fp64
+    # workspace (N_SPLIT, KD * KH * KW, C_out, CIN_G) contiguous, fp32 / fp64 (see _weight_grad_tile)
     x_ptr, gy_ptr, ws_ptr,
     # shapes (M = N * OD * OH * OW, reduced in N_SPLIT splits of M_PER_SPLIT; M_KEY: autotune key, unused)
     M, D, H, W, OD, OH, OW, CIN_G, COUT_G, KD, KH, KW, M_PER_SPLIT, N_SPLIT, M_KEY,
@@ -221,55 +217,12 @@ def _conv3d_bwd_weight_kernel(
     ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # conv2d's weight-gradient tiling with a depth axis: BLOCK_M output channels x BLOCK_N input
-    # channels of one tap (axis 1 = tap * n_tiles + tile); the pixel reduction split N_SPLIT ways
-    # (axis 2 = g * N_SPLIT + split) into a workspace the launcher sums (deterministic, no atomics).
-    # Both operands are read along channels (stride 1): dY^T tiles [co, pixel] and X tiles [pixel, ci].
-    pid_m = tl.program_id(0)
-    pid_t = tl.program_id(1)
-    pid_gs = tl.program_id(2)
-    g = pid_gs // N_SPLIT
-    split = pid_gs % N_SPLIT
-    n_tiles_n = tl.cdiv(CIN_G, BLOCK_N)
-    tap = pid_t // n_tiles_n
-    pid_n = pid_t % n_tiles_n
-    kd = tap // (KH * KW)
-    kh = (tap // KW) % KH
-    kw = tap % KW
-    offs_co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_co = offs_co < COUT_G
-    mask_ci = offs_ci < CIN_G
-    co = g * COUT_G + offs_co
-    if x_ptr.dtype.element_ty == tl.float64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    m_start = _idx(split, IDX64) * M_PER_SPLIT  # int64 in the 64-bit build (so the loop is)
-    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
-    for m0 in range(m_start, m_end, BLOCK_K):
-        offs_p = m0 + tl.arange(0, BLOCK_K)
-        mask_p = offs_p < m_end
-        n, od, oh, ow = _unflatten3(offs_p, OD, OH, OW)
-        id_ = od * stride_d - pad_d + kd * dil_d
-        ih = oh * stride_h - pad_h + kh * dil_h
-        iw = ow * stride_w - pad_w + kw * dil_w
-        ok = mask_p & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        gy_pix = (_idx(n, IDX64) * stride_gn + _idx(od, IDX64) * stride_gd + _idx(oh, IDX64) * stride_gh
-                  + _idx(ow, IDX64) * stride_gw)
-        x_pix = (_idx(n, IDX64) * stride_xn + _idx(id_, IDX64) * stride_xd + _idx(ih, IDX64) * stride_xh
-                 + _idx(iw, IDX64) * stride_xw)
-        a = tl.load(gy_ptr + (_idx(co, IDX64)[:, None] + gy_pix[None, :]), mask=mask_co[:, None] & mask_p[None, :],
-                    other=0.0)
-        b = tl.load(x_ptr + (x_pix[:, None] + _idx(g * CIN_G + offs_ci, IDX64)[None, :]),
-                    mask=ok[:, None] & mask_ci[None, :], other=0.0)
-        acc = _mma(a, b, acc, ALLOW_TF32)
-    taps = KD * KH * KW
-    per_split = _idx(tl.num_programs(2) // N_SPLIT, IDX64) * COUT_G * CIN_G * taps
-    ws_off = (_idx(split, IDX64) * per_split
-              + _idx(co, IDX64)[:, None] * (CIN_G * taps)
-              + _idx(offs_ci, IDX64)[None, :] * taps + tap)
-    tl.store(ws_ptr + ws_off, acc, mask=mask_co[:, None] & mask_ci[None, :])
+    _weight_grad_tile(x_ptr, gy_ptr, ws_ptr,
+                      M, D, H, W, OD, OH, OW, CIN_G, COUT_G, KD, KH, KW, M_PER_SPLIT, N_SPLIT,
+                      stride_xn, stride_xd, stride_xh, stride_xw,
+                      stride_gn, stride_gd, stride_gh, stride_gw,
+                      stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,
+                      ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -368,72 +321,21 @@ def conv3d_input_grad(grad_output, weight, input_shape, stride, padding, dilatio
     """dL/dx of y = conv3d(x, weight): grad_output (N, C_out, OD, OH, OW) -> (N, C_in, D, H, W), in
     grad_output's memory format. One dense implicit GEMM per stride phase (conv2d's ``_phases``
     on each axis). With ``bias`` (C_in,) added this is conv_transpose3d(grad_output, weight, bias)."""
-    N, C_in, D, H, W = input_shape
-    C_out, cin_g, KD, KH, KW = weight.shape
-    OD, OH, OW = grad_output.shape[-3:]
-    (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = triple(stride), triple(padding), triple(dilation)
-    gx = like_layout3d(grad_output, (N, C_in, D, H, W))
-    if gx.numel() == 0:
-        return gx
-    weight, groups, pack = _narrow_groups(weight, groups, C_out // groups, cin_g)
-    cin_g, cout_g = weight.shape[1], C_out // groups
-    gy = _channels_inner3d(grad_output)
-    wp, cin_ld = _pack_weight3d(weight, groups, transpose=True)
-    tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(gy, wp, gx, N * D * H * W)
-    tuned = _bwd_input_tuned[config_class(_bwd_input_tuned, grad_output.dtype, tf32, i64)]
-    for id0, dj, od0, dod, kd0, kd_step, td in _phases(D, KD, sd, pd, dd):
-        for ih0, hj, oh0, doh, kh0, kh_step, th in _phases(H, KH, sh, ph, dh):
-            for iw0, wj, ow0, dow, kw0, kw_step, tw in _phases(W, KW, sw, pw, dw):
-                M = N * dj * hj * wj
-                grid = lambda meta, M=M: (cdiv(M, meta["BLOCK_M"]) * cdiv(cin_g, meta["BLOCK_N"]), 1, groups)
-                launch(tuned, _conv3d_bwd_input_kernel, grid, INTERPRET_CONFIG,
-                       gy, wp, bias if bias is not None else weight, gx,
-                       M, dj, hj, wj, OD, OH, OW, cin_g, cout_g, cin_ld, td, th, tw, KD, KH, KW, _m_key(M),
-                       gy.stride(0), gy.stride(2), gy.stride(3), gy.stride(4), *gx.stride(),
-                       id0, ih0, iw0, sd, sh, sw, od0, oh0, ow0, dod, doh, dow,
-                       kd0, kh0, kw0, kd_step, kh_step, kw_step,
-                       HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M)
+    gx = like_layout3d(grad_output, tuple(input_shape))
+    if gx.numel() > 0:
+        _input_grad(_conv3d_bwd_input_kernel, _bwd_input_tuned, _channels_inner3d(grad_output), weight, gx,
+                    triple(stride), triple(padding), triple(dilation), groups, bias)
     return gx
 
 
 def conv3d_weight_grad(x, grad_output, weight_shape, stride, padding, dilation, groups, split_k=None):
     """dL/dweight of y = conv3d(x, weight): x (N, C_in, D, H, W), grad_output (N, C_out, OD, OH, OW)
     -> (C_out, C_in / groups, KD, KH, KW), contiguous. ``split_k`` (default: chosen from the
-    shape) splits the reduction over output pixels into partial sums added at the end."""
-    N, C_in, D, H, W = x.shape
-    C_out, cin_g, KD, KH, KW = weight_shape
-    OD, OH, OW = grad_output.shape[-3:]
-    (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = triple(stride), triple(padding), triple(dilation)
-    cout_g = C_out // groups
-    M = N * OD * OH * OW
-    if M == 0 or C_out == 0 or cin_g == 0:
-        return torch.zeros(weight_shape, device=x.device, dtype=x.dtype)
-    pack = _group_pack(groups, cin_g, cout_g)
-    if pack > 1:  # the block-diagonal gradient of groups // pack groups; its diagonal blocks are kept
-        dwp = conv3d_weight_grad(x, grad_output, (C_out, cin_g * pack, KD, KH, KW), stride, padding, dilation,
-                                 groups // pack, split_k)
-        blocks = dwp.reshape(groups // pack, pack, cout_g, pack, cin_g, KD, KH, KW).diagonal(dim1=1, dim2=3)
-        return blocks.permute(0, 6, 1, 2, 3, 4, 5).reshape(weight_shape)
-    taps = KD * KH * KW
-    if split_k is None:
-        # conv2d's rule with the (KD * KH, KW) taps: its tile count comes from conv2d's default
-        # weight-gradient blocks, which conv3d's table shares except for spilling builds
-        split_k = _weight_grad_split(M, cout_g, cin_g, KD * KH, KW, groups, x.dtype, sm_count(x.device))
-    m_per_split = cdiv(M, split_k)
-    split_k = cdiv(M, m_per_split)
-    xc, gy = _channels_inner3d(x), _channels_inner3d(grad_output)
-    ws = torch.empty((split_k, C_out, cin_g, KD, KH, KW), device=x.device, dtype=accumulator_dtype(x.dtype))
-    grid = lambda meta: (cdiv(cout_g, meta["BLOCK_M"]), cdiv(cin_g, meta["BLOCK_N"]) * taps, groups * split_k)
-    tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, gy, ws, split_k * m_per_split)
-    launch(_bwd_weight_tuned[config_class(_bwd_weight_tuned, x.dtype, tf32, i64)], _conv3d_bwd_weight_kernel, grid,
-           INTERPRET_CONFIG,
-           xc, gy, ws,
-           M, D, H, W, OD, OH, OW, cin_g, cout_g, KD, KH, KW, m_per_split, split_k, _m_key(M),
-           xc.stride(0), xc.stride(2), xc.stride(3), xc.stride(4),
-           gy.stride(0), gy.stride(2), gy.stride(3), gy.stride(4),
-           sd, sh, sw, pd, ph, pw, dd, dh, dw,
-           ALLOW_TF32=tf32, IDX64=i64)
-    return (ws.sum(0) if split_k > 1 else ws[0]).to(x.dtype)
+    shape, by conv2d's rule with the (KD * KH, KW) taps) splits the reduction over output pixels
+    into partial sums added at the end."""
+    return _weight_grad(_conv3d_bwd_weight_kernel, _bwd_weight_tuned, _channels_inner3d(x),
+                        _channels_inner3d(grad_output), weight_shape, triple(stride), triple(padding),
+                        triple(dilation), groups, split_k)
 
 
 AOT_SPECS = [

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import layers
 from _helpers import (assert_close, check_against_reference, check_compiled_against_reference, count_flops,
                       no_tf32)
-from kernels import conv3d as k3d
+from kernels import conv2d as k2d, conv3d as k3d  # conv2d launches the gradients of both
 conv3d_layers = importlib.import_module("layers.conv3d")  # the module (layers.conv3d is the function)
 from layers.factory import VARIANTS_3D, make_conv3d
 
@@ -119,12 +119,12 @@ def test_input_grad_phase_launches(device):
     gy = torch.randn(1, 2, 1, 2, 2, device=device, dtype=torch.float64)
     conf = ((2, 1, 3), (0, 0, 0), (1, 1, 1), 1)
     calls = []
-    orig = k3d.launch
-    k3d.launch = lambda *a, **kw: (calls.append(a), orig(*a, **kw))
+    orig = k2d.launch
+    k2d.launch = lambda *a, **kw: (calls.append(a), orig(*a, **kw))
     try:
         got = k3d.conv3d_input_grad(gy, w, x_shape, *conf)
     finally:
-        k3d.launch = orig
+        k2d.launch = orig
     assert_close(got, torch.nn.grad.conv3d_input(x_shape, w, gy, *conf), torch.float64, "grad input")
     assert len(calls) == 2 * 1 * 3
 
@@ -147,7 +147,8 @@ def test_tf32_follows_cudnn_flag(monkeypatch, cudnn):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", cudnn)
     for dtype, expected in ((torch.float32, cudnn), (torch.bfloat16, False), (torch.float64, False)):
         seen = []
-        monkeypatch.setattr(k3d, "launch", lambda tuned, plain, grid, icfg, *a, **kw: seen.append(kw["ALLOW_TF32"]))
+        for mod in (k3d, k2d):
+            monkeypatch.setattr(mod, "launch", lambda tuned, plain, grid, icfg, *a, **kw: seen.append(kw["ALLOW_TF32"]))
         x, w = torch.zeros(1, 4, 3, 3, 3, dtype=dtype), torch.zeros(4, 4, 3, 3, 3, dtype=dtype)
         y = k3d.conv3d_forward(x, w, None, 1, 1, 1, 1)
         k3d.conv3d_input_grad(y, w, x.shape, 1, 1, 1, 1)
@@ -157,7 +158,8 @@ def test_tf32_follows_cudnn_flag(monkeypatch, cudnn):
 
 def test_int64_indexing_path(device, monkeypatch):
     """The 64-bit index build (chosen for tensors past 2**31 elements) gives the same results."""
-    monkeypatch.setattr(k3d, "needs_int64", lambda *t: True)
+    for mod in (k3d, k2d):
+        monkeypatch.setattr(mod, "needs_int64", lambda *t: True)
     check_conv3d(device, torch.float32, 1, 4, 4, (2, 3, 2), (2, 2, 1), (1, 2, 1), 1, 1, 2)
 
 
