@@ -310,10 +310,12 @@ def fit_blocks(**extents):
             kw = dict(cfg.kwargs)
             for block, arg in extents.items():
                 kw[block] = min(kw[block], max(16, triton.next_power_of_2(max(int(named_args[arg]), 1))))
-            ident = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages)
+            maxnreg = getattr(cfg, "maxnreg", None)
+            ident = (tuple(sorted(kw.items())), cfg.num_warps, cfg.num_stages, maxnreg)
             if ident not in seen:
                 seen.add(ident)
-                out.append(triton.Config(kw, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+                # keep the config's register cap (block_config's maxnreg): it is part of its build
+                out.append(block_config(cfg.num_warps, cfg.num_stages, maxnreg, **kw))
         return out
     return prune
 

@@ -256,6 +256,11 @@ def test_autotune_keys_bucket_resolution_and_prune_narrow_channels():
     assert narrow and all(c.kwargs["BLOCK_K"] == 16 and c.kwargs["BLOCK_N"] == 16 for c in narrow)
     assert len({(tuple(c.kwargs.items()), c.num_warps, c.num_stages) for c in narrow}) == len(narrow)
     assert gemm_kernels._fwd_prune(cfgs, {"CIN_G": 256, "COUT_G": 256})[0].kwargs == cfgs[0].kwargs
+    # a config's register cap is part of its build: the pruner keeps it (and keeps capped and
+    # uncapped configs apart)
+    capped = [_common.block_config(4, 2, maxnreg=255, BLOCK_K=64), _common.block_config(4, 2, BLOCK_K=64)]
+    cut = _common.fit_blocks(BLOCK_K="CIN_G")(capped, {"CIN_G": 3})
+    assert [(c.kwargs["BLOCK_K"], getattr(c, "maxnreg", None)) for c in cut] == [(16, 255), (16, None)]
 
 
 def test_int64_indexing_path(device, monkeypatch):
