@@ -119,6 +119,15 @@ def _corner_term(ptr, p, ch, cm, ok, w, ftype: tl.constexpr):
 
 
 @triton.jit
+def _add_corners(v, ptr, p00, dx, dy, ch, cm, ok01, ok10, ok11, w01, w10, w11, ftype: tl.constexpr):
+    """v + t01 + t10 + t11, the corners after the first (``_corner_term``), added in that order."""
+    v += _corner_term(ptr, p00 + dx, ch, cm, ok01, w01, ftype)
+    v += _corner_term(ptr, p00 + dy, ch, cm, ok10, w10, ftype)
+    v += _corner_term(ptr, p00 + dy + dx, ch, cm, ok11, w11, ftype)
+    return v
+
+
+@triton.jit
 def bilinear_load(ptr, p00, dx, dy, ch, ch_mask, ok00, ok01, ok10, ok11, w00, w01, w10, w11,
                   ftype: tl.constexpr):
     """The blended [S, C] tile sum_ij w_ij[s] * x[p_ij[s] + ch[c]] in ``ftype``. p00, dx, dy: the
@@ -127,10 +136,7 @@ def bilinear_load(ptr, p00, dx, dy, ch, ch_mask, ok00, ok01, ok10, ok11, w00, w0
     cm = ch_mask[None, :]
     ch = ch[None, :]
     v = _corner_term(ptr, p00, ch, cm, ok00, w00, ftype)
-    v += _corner_term(ptr, p00 + dx, ch, cm, ok01, w01, ftype)
-    v += _corner_term(ptr, p00 + dy, ch, cm, ok10, w10, ftype)
-    v += _corner_term(ptr, p00 + dy + dx, ch, cm, ok11, w11, ftype)
-    return v
+    return _add_corners(v, ptr, p00, dx, dy, ch, cm, ok01, ok10, ok11, w01, w10, w11, ftype)
 
 
 @triton.jit
@@ -142,10 +148,7 @@ def bilinear_accumulate(acc, ptr, p00, dx, dy, ch, ch_mask, ok00, ok01, ok10, ok
     cm = ch_mask[None, :]
     ch = ch[None, :]
     acc += _corner_term(ptr, p00, ch, cm, ok00, w00, ftype)
-    acc += _corner_term(ptr, p00 + dx, ch, cm, ok01, w01, ftype)
-    acc += _corner_term(ptr, p00 + dy, ch, cm, ok10, w10, ftype)
-    acc += _corner_term(ptr, p00 + dy + dx, ch, cm, ok11, w11, ftype)
-    return acc
+    return _add_corners(acc, ptr, p00, dx, dy, ch, cm, ok01, ok10, ok11, w01, w10, w11, ftype)
 
 
 @triton.jit
