@@ -27,10 +27,11 @@ the per-corner read masks and whether the derivative of y / x passes). ``corner_
 (the DCNv2 mask) into the four weights; ``corner_offsets`` turns the corners into element offsets
 from a per-sample base and the row / column strides; ``bilinear_load`` reads and blends a
 [samples x channels] tile given per-channel element offsets, so NCHW (channel stride H * W) and
-NHWC (channel stride 1: vector-wide loads along channels) callers use the same code.
+NHWC (channel stride 1: vector-wide loads along channels) callers use the same code;
+``bilinear_accumulate`` adds the same four weighted corners into an accumulator tile.
 For backward passes, ``corner_dot_scatter`` reduces an upstream [samples x channels] gradient
 against one corner over the channels and adds the gradient times the corner weight into a
-workspace with atomics (``corner_scatter`` only adds), and ``position_grads`` combines the corner dots into d/dy, d/dx (and the
+workspace with atomics (``corner_scatter`` only adds, ``corner_dot`` only reduces), and ``position_grads`` combines the corner dots into d/dy, d/dx (and the
 blend of the dots, the derivative w.r.t. a per-sample scale).
 """
 from __future__ import annotations
@@ -111,6 +112,22 @@ def corner_offsets(base, y0, x0, ey, ex, s_h, s_w, IDX64: tl.constexpr):
 
 
 @triton.jit
+def _corner_term(ptr, p, ch, cm, ok, w, ftype: tl.constexpr):
+    """w[s] * x[p[s] + ch[0, c]] for one corner ([S, C] in ``ftype``); ch, cm: [1, C] channel offsets
+    and mask, ok: [S] read mask. A corner not read is 0 * w."""
+    return tl.load(ptr + (p[:, None] + ch), mask=ok[:, None] & cm, other=0.0).to(ftype) * w[:, None]
+
+
+@triton.jit
+def _add_corners(v, ptr, p00, dx, dy, ch, cm, ok01, ok10, ok11, w01, w10, w11, ftype: tl.constexpr):
+    """v + t01 + t10 + t11, the corners after the first (``_corner_term``), added in that order."""
+    v += _corner_term(ptr, p00 + dx, ch, cm, ok01, w01, ftype)
+    v += _corner_term(ptr, p00 + dy, ch, cm, ok10, w10, ftype)
+    v += _corner_term(ptr, p00 + dy + dx, ch, cm, ok11, w11, ftype)
+    return v
+
+
+@triton.jit
 def bilinear_load(ptr, p00, dx, dy, ch, ch_mask, ok00, ok01, ok10, ok11, w00, w01, w10, w11,
                   ftype: tl.constexpr):
     """The blended [S, C] tile sum_ij w_ij[s] * x[p_ij[s] + ch[c]] in ``ftype``. p00, dx, dy: the
@@ -118,11 +135,20 @@ def bilinear_load(ptr, p00, dx, dy, ch, ch_mask, ok00, ok01, ok10, ok11, w00, w0
     masks (sample validity included), ch_mask: [C]. Corners not read contribute 0 * w."""
     cm = ch_mask[None, :]
     ch = ch[None, :]
-    v = tl.load(ptr + (p00[:, None] + ch), mask=ok00[:, None] & cm, other=0.0).to(ftype) * w00[:, None]
-    v += tl.load(ptr + ((p00 + dx)[:, None] + ch), mask=ok01[:, None] & cm, other=0.0).to(ftype) * w01[:, None]
-    v += tl.load(ptr + ((p00 + dy)[:, None] + ch), mask=ok10[:, None] & cm, other=0.0).to(ftype) * w10[:, None]
-    v += tl.load(ptr + ((p00 + dy + dx)[:, None] + ch), mask=ok11[:, None] & cm, other=0.0).to(ftype) * w11[:, None]
-    return v
+    v = _corner_term(ptr, p00, ch, cm, ok00, w00, ftype)
+    return _add_corners(v, ptr, p00, dx, dy, ch, cm, ok01, ok10, ok11, w01, w10, w11, ftype)
+
+
+@triton.jit
+def bilinear_accumulate(acc, ptr, p00, dx, dy, ch, ch_mask, ok00, ok01, ok10, ok11, w00, w01, w10, w11,
+                        ftype: tl.constexpr):
+    """``acc`` ([S, C], ``ftype``) plus the four weighted corners of ``bilinear_load``, added one at a
+    time (acc + t00 + t01 + t10 + t11): no blended temporary tile, for a caller that sums samples
+    into an accumulator (the nchw RoI forward: about 30 registers fewer than acc += bilinear_load)."""
+    cm = ch_mask[None, :]
+    ch = ch[None, :]
+    acc += _corner_term(ptr, p00, ch, cm, ok00, w00, ftype)
+    return _add_corners(acc, ptr, p00, dx, dy, ch, cm, ok01, ok10, ok11, w01, w10, w11, ftype)
 
 
 @triton.jit
@@ -135,6 +161,14 @@ def corner_dot_scatter(x_ptr, p, x_ch, ws_ptr, q, ws_ch, ch_mask, ok, w, g, ftyp
     v = tl.load(x_ptr + (p[:, None] + x_ch[None, :]), mask=m, other=0.0).to(ftype)
     tl.atomic_add(ws_ptr + (q[:, None] + ws_ch[None, :]), g * w[:, None], mask=m, sem="relaxed")
     return tl.sum(g * v, axis=1)
+
+
+@triton.jit
+def corner_dot(x_ptr, p, x_ch, m, g, ftype: tl.constexpr):
+    """sum_c g[s, c] * x[p[s] + x_ch[0, c]] ([S]) for one corner, without a scatter; x_ch: [1, C]
+    channel offsets, m: [S, C] read mask, g: [S, C] in ``ftype`` (for a pass that loops over
+    channel blocks and scatters nothing)."""
+    return tl.sum(g * tl.load(x_ptr + (p[:, None] + x_ch), mask=m, other=0.0).to(ftype), axis=1)
 
 
 @triton.jit

@@ -54,7 +54,9 @@ from ._common import (
     accumulator_dtype, alert_nondeterministic, autotuned, block_config, cdiv, config_class, _idx, KernelSpec, launch,
     needs_int64, with_index64, zeroed_workspace,
 )
-from ._sampling import corner_offsets, corner_scatter, corner_weights, position_grads, roi_corners
+from ._sampling import (
+    bilinear_accumulate, corner_dot, corner_offsets, corner_scatter, corner_weights, position_grads, roi_corners,
+)
 
 
 def _cfg(bp, bc, warps):
@@ -63,9 +65,12 @@ def _cfg(bp, bc, warps):
 
 # 7 x 7 = 49 bins: one 64-bin block covers a RoI. The first config of each list is the default.
 # Every config listed compiles without spills in every build, triton 3.6 and 3.8 (python -m kernels.inspect
-# --all-configs); the others tried spill (fp64 on sm_80 in any other tile).
-_FWD = [_cfg(64, 16, 4), _cfg(32, 16, 4), _cfg(32, 32, 4), _cfg(64, 32, 8)]
-FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": [_cfg(64, 16, 4), _cfg(32, 32, 4)], "fp64": [_cfg(32, 16, 4)]}
+# --all-configs); fp64 runs the 32 x 16 tile with 8 warps: with 4 (and in the 64-bin tiles) its sm_80
+# nchw build spills. The 32-channel fp16 / bf16 tile is 16 x 32: 32 x 32 (4 warps) and 64 x 32 (8)
+# spill on sm_80 nhwc with triton 3.8.
+_FWD = [_cfg(64, 16, 4), _cfg(32, 16, 4), _cfg(16, 32, 4)]
+FWD_CONFIGS = {"fp16": _FWD, "bf16": _FWD, "fp32": [_cfg(64, 16, 4), _cfg(32, 32, 4)],
+               "fp64": [_cfg(32, 16, 8), _cfg(32, 8, 4)]}
 # backward, grad input: the forward's tile, each element scattered to four corners with atomic adds
 _BWD = [_cfg(64, 16, 8), _cfg(32, 16, 4), _cfg(64, 16, 4), _cfg(32, 8, 4)]
 BWD_CONFIGS = {"fp16": _BWD, "bf16": _BWD, "fp32": _BWD, "fp64": [_cfg(64, 16, 8), _cfg(32, 16, 4)]}
@@ -81,31 +86,6 @@ INTERPRET_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
 
 
 @triton.jit
-def _roi_bilinear(py, px, H, W):
-    """torchvision RoI Align sampling at (py, px) for the forward kernel: top-left corner (y0, x0)
-    int32, the other corner (y1, x1), fractional parts (ly, lx), validity of the sample, and whether
-    y / x are unclamped. The same rule as ``kernels._sampling.roi_corners`` (which the backward
-    kernels use); the forward keeps this form because with roi_corners' per-sample corner steps its
-    fp64 build spills on sm_80 (python -m kernels.inspect --all-configs)."""
-    valid = (py >= -1.0) & (py <= H) & (px >= -1.0) & (px <= W)
-    gy = (py >= 0.0) & valid
-    gx = (px >= 0.0) & valid
-    py = tl.minimum(tl.maximum(py, 0.0), H + 1.0)  # upper clamp: only invalid samples, safe int cast
-    px = tl.minimum(tl.maximum(px, 0.0), W + 1.0)
-    y0 = py.to(tl.int32)
-    x0 = px.to(tl.int32)
-    top_y = y0 >= H - 1
-    top_x = x0 >= W - 1
-    y0 = tl.where(top_y, H - 1, y0)
-    x0 = tl.where(top_x, W - 1, x0)
-    y1 = tl.where(top_y, H - 1, y0 + 1)
-    x1 = tl.where(top_x, W - 1, x0 + 1)
-    ly = tl.where(top_y, 0.0, py - y0.to(py.dtype))
-    lx = tl.where(top_x, 0.0, px - x0.to(px.dtype))
-    return y0, x0, y1, x1, ly, lx, valid, gy, gx
-
-
-@triton.jit
 def _any_passes(start, step, n, L):
     """Per bin: whether autograd through the reference passes a derivative to the coordinate at
     any of its n samples start + (i + 0.5) * step (an axis of length L): inside the clamp [0, L + 1]
@@ -115,6 +95,27 @@ def _any_passes(start, step, n, L):
         p = start + (i + 0.5) * step
         res = res | ((p >= 0.0) & (p < L - 1.0))
     return res
+
+
+@triton.jit
+def _bin_block(pid_p, PH, PW, BLOCK_P: tl.constexpr):
+    """The bins of program pid_p's block of the PH x PW flattened bins: (mask, ph, pw), [BLOCK_P]."""
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    return offs_p < PH * PW, offs_p // PW, offs_p % PW
+
+
+@triton.jit
+def _bin_offset(k, ph, pw, s_k, s_h, s_w, IDX64: tl.constexpr):
+    """Element offset ([P]) of bins (ph, pw) of RoI k in a (K, 2 or C, PH, PW) tensor with strides
+    (s_k, ., s_h, s_w): the offset, the output, its gradient and the offset gradient."""
+    return _idx(k, IDX64) * s_k + _idx(ph, IDX64) * s_h + _idx(pw, IDX64) * s_w
+
+
+@triton.jit
+def _sample_corners(ystart, xstart, step_h, step_w, iy, ix, H, W):
+    """``roi_corners`` of sample (iy, ix) of each bin's grid (see _bin_grid), at
+    (ystart + (iy + 0.5) * step_h, xstart + (ix + 0.5) * step_w)."""
+    return roi_corners(ystart + (iy + 0.5) * step_h, xstart + (ix + 0.5) * step_w, H, W)
 
 
 @triton.jit
@@ -157,7 +158,7 @@ def _bin_grid(roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow,
     ystart = y1 + ph.to(ftype) * bin_h
     xstart = x1 + pw.to(ftype) * bin_w
     if HAS_OFFSET:
-        o_pix = _idx(k, IDX64) * sok + _idx(ph, IDX64) * soh + _idx(pw, IDX64) * sow
+        o_pix = _bin_offset(k, ph, pw, sok, soh, sow, IDX64)
         ox = tl.load(off_ptr + o_pix, mask=mask_p, other=0.0).to(ftype)
         oy = tl.load(off_ptr + (o_pix + soc), mask=mask_p, other=0.0).to(ftype)
         ystart += GAMMA * roi_h * oy
@@ -167,8 +168,9 @@ def _bin_grid(roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow,
     ystart = tl.where(ny, float("-inf"), ystart)
     xstart = tl.where(nx, float("-inf"), xstart)
     # gh = gw = 0 only for a box with a bad batch index (no samples): keep the step finite
-    return ny, nx, b, ystart, xstart, bin_h / tl.maximum(gh, 1).to(ftype), bin_w / tl.maximum(gw, 1).to(ftype), gh, gw, \
-        roi_w, roi_h
+    step_h = bin_h / tl.maximum(gh, 1).to(ftype)
+    step_w = bin_w / tl.maximum(gw, 1).to(ftype)
+    return ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h
 
 
 @triton.jit
@@ -194,40 +196,26 @@ def _roi_fwd_kernel(
     else:
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     ftype = acc.dtype
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p, ph, pw = _bin_block(pid_p, PH, PW, BLOCK_P)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < PH * PW
     mask_c = offs_c < C
-    pw = offs_p % PW
-    ph = offs_p // PW
     ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
         roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
         SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     x_img = _idx(b, IDX64) * sxn
-    xc = _idx(offs_c, IDX64)[None, :] * sxc
-    mc = mask_c[None, :]
+    xc = _idx(offs_c, IDX64) * sxc
     for iy in range(0, gh):
-        py = ystart + (iy + 0.5) * step_h
         for ix in range(0, gw):
-            px = xstart + (ix + 0.5) * step_w
-            y0, x0, y1_, x1_, ly, lx, valid, gy, gx = _roi_bilinear(py, px, H, W)
-            hy = 1.0 - ly
-            hx = 1.0 - lx
-            ok = (mask_p & valid)[:, None] & mc
-            r0 = x_img + _idx(y0, IDX64) * sxh
-            r1 = x_img + _idx(y1_, IDX64) * sxh
-            c0 = _idx(x0, IDX64) * sxw
-            c1 = _idx(x1_, IDX64) * sxw
-            acc += tl.load(x_ptr + ((r0 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * hx)[:, None]
-            acc += tl.load(x_ptr + ((r0 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (hy * lx)[:, None]
-            acc += tl.load(x_ptr + ((r1 + c0)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * hx)[:, None]
-            acc += tl.load(x_ptr + ((r1 + c1)[:, None] + xc), mask=ok, other=0.0).to(ftype) * (ly * lx)[:, None]
-    count = tl.maximum(gh * gw, 1).to(ftype)
-    acc = acc / count
+            y0, x0, ey, ex, ly, lx, ok, ok01, ok10, ok11, gyok, gxok = _sample_corners(ystart, xstart, step_h, step_w,
+                                                                                       iy, ix, H, W)
+            ok = mask_p & ok  # the RoI Align rule reads all four corners or none
+            w00, w01, w10, w11 = corner_weights(ly, lx, 0.0, False)
+            p00, dx, dy = corner_offsets(x_img, y0, x0, ey, ex, sxh, sxw, IDX64)
+            acc = bilinear_accumulate(acc, x_ptr, p00, dx, dy, xc, mask_c, ok, ok, ok, ok, w00, w01, w10, w11, ftype)
+    acc = acc / tl.maximum(gh * gw, 1).to(ftype)
     acc = tl.where((ny | nx)[:, None], float("nan"), acc)  # a NaN sample position (see _bin_grid)
-    y_off = (_idx(k, IDX64) * syk + _idx(ph, IDX64) * syh + _idx(pw, IDX64) * syw)[:, None] \
-        + _idx(offs_c, IDX64)[None, :] * syc
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mc)
+    y_off = _bin_offset(k, ph, pw, syk, syh, syw, IDX64)[:, None] + _idx(offs_c, IDX64)[None, :] * syc
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
 
 
 @triton.jit
@@ -257,26 +245,22 @@ def _roi_bwd_kernel(
         ftype: tl.constexpr = tl.float64
     else:
         ftype: tl.constexpr = tl.float32
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p, ph, pw = _bin_block(pid_p, PH, PW, BLOCK_P)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < PH * PW
     mc = offs_c < C
-    pw = offs_p % PW
-    ph = offs_p // PW
     ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
         roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
         SCALE, GAMMA, HAS_OFFSET, IDX64, ftype)
     inv_count = 1.0 / tl.maximum(gh * gw, 1).to(ftype)
-    g_pix = _idx(k, IDX64) * sgk + _idx(ph, IDX64) * sgh + _idx(pw, IDX64) * sgw
+    g_pix = _bin_offset(k, ph, pw, sgk, sgh, sgw, IDX64)
     gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=mask_p[:, None] & mc[None, :],
                  other=0.0).to(ftype) * inv_count
     w_img = _idx(b, IDX64) * sin
     ic = _idx(offs_c, IDX64) * sic
     for iy in range(0, gh):
-        py = ystart + (iy + 0.5) * step_h
         for ix in range(0, gw):
-            px = xstart + (ix + 0.5) * step_w
-            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, gyok, gxok = roi_corners(py, px, H, W)
+            y0, x0, ey, ex, ly, lx, ok00, ok01, ok10, ok11, gyok, gxok = _sample_corners(ystart, xstart, step_h,
+                                                                                         step_w, iy, ix, H, W)
             w00, w01, w10, w11 = corner_weights(ly, lx, 0.0, False)
             q00, qx, qy = corner_offsets(w_img, y0, x0, ey, ex, sih, siw, IDX64)
             corner_scatter(ws_ptr, q00, ic, mc, mask_p & ok00, w00, gv)
@@ -311,23 +295,19 @@ def _roi_bwd_offset_kernel(
         g_y = tl.zeros((BLOCK_P,), dtype=tl.float32)
     g_x = tl.zeros_like(g_y)
     ftype = g_y.dtype
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < PH * PW
-    pw = offs_p % PW
-    ph = offs_p // PW
+    mask_p, ph, pw = _bin_block(pid_p, PH, PW, BLOCK_P)
     ny, nx, b, ystart, xstart, step_h, step_w, gh, gw, roi_w, roi_h = _bin_grid(
         roi_ptr, off_ptr, k, ph, pw, mask_p, srk, src, sok, soc, soh, sow, N, PH, PW, SR,
         SCALE, GAMMA, True, IDX64, ftype)
     x_img = _idx(b, IDX64) * sxn
-    g_pix = _idx(k, IDX64) * sgk + _idx(ph, IDX64) * sgh + _idx(pw, IDX64) * sgw
+    g_pix = _bin_offset(k, ph, pw, sgk, sgh, sgw, IDX64)
     # samples outer (one flat loop over the bin's grid), channels inner: each sample's corners
     # once, the four corner dot products reduced over all channels in registers
     for s in range(0, gh * gw):
         iy = s // gw
         ix = s - iy * gw
-        py = ystart + (iy + 0.5) * step_h
-        px = xstart + (ix + 0.5) * step_w
-        y0, x0, ey, ex, ly, lx, ok, ok01, ok10, ok11, gyok, gxok = roi_corners(py, px, H, W)
+        y0, x0, ey, ex, ly, lx, ok, ok01, ok10, ok11, gyok, gxok = _sample_corners(ystart, xstart, step_h, step_w,
+                                                                                   iy, ix, H, W)
         ok = mask_p & ok  # the RoI Align rule reads all four corners or none
         p00, dx, dy = corner_offsets(x_img, y0, x0, ey, ex, sxh, sxw, IDX64)
         u00 = tl.zeros_like(g_y)
@@ -340,11 +320,10 @@ def _roi_bwd_offset_kernel(
             gv = tl.load(gy_ptr + (g_pix[:, None] + _idx(offs_c, IDX64)[None, :] * sgc), mask=okc,
                          other=0.0).to(ftype)
             xc = _idx(offs_c, IDX64)[None, :] * sxc
-            u00 += tl.sum(gv * tl.load(x_ptr + (p00[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
-            u01 += tl.sum(gv * tl.load(x_ptr + ((p00 + dx)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
-            u10 += tl.sum(gv * tl.load(x_ptr + ((p00 + dy)[:, None] + xc), mask=okc, other=0.0).to(ftype), axis=1)
-            u11 += tl.sum(gv * tl.load(x_ptr + ((p00 + dy + dx)[:, None] + xc), mask=okc, other=0.0).to(ftype),
-                          axis=1)
+            u00 += corner_dot(x_ptr, p00, xc, okc, gv, ftype)
+            u01 += corner_dot(x_ptr, p00 + dx, xc, okc, gv, ftype)
+            u10 += corner_dot(x_ptr, p00 + dy, xc, okc, gv, ftype)
+            u11 += corner_dot(x_ptr, p00 + dy + dx, xc, okc, gv, ftype)
         d_y, d_x, _ = position_grads(u00, u01, u10, u11, ly, lx)
         g_y += tl.where(gyok, d_y, 0.0)
         g_x += tl.where(gxok, d_x, 0.0)
@@ -352,7 +331,7 @@ def _roi_bwd_offset_kernel(
     # a NaN origin coordinate: NaN gradient for the other one where its derivative passes
     g_y = tl.where(nx & _any_passes(ystart, step_h, gh, H), float("nan"), g_y * inv_count)
     g_x = tl.where(ny & _any_passes(xstart, step_w, gw, W), float("nan"), g_x * inv_count)
-    d_pix = _idx(k, IDX64) * sdk + _idx(ph, IDX64) * sdh + _idx(pw, IDX64) * sdw
+    d_pix = _bin_offset(k, ph, pw, sdk, sdh, sdw, IDX64)
     tl.store(goff_ptr + d_pix, (g_x * (GAMMA * roi_w)).to(goff_ptr.dtype.element_ty), mask=mask_p)
     tl.store(goff_ptr + (d_pix + sdc), (g_y * (GAMMA * roi_h)).to(goff_ptr.dtype.element_ty), mask=mask_p)
 
