@@ -388,11 +388,13 @@ _fwd_fit = fit_blocks(BLOCK_K="CIN_G", BLOCK_N="COUT_G")
 def _fwd_prune(configs, named_args):
     """The forward's configs for a launch: blocks cut to the channel counts (``fit_blocks``); TMA
     configs only where the launch passes a descriptor (``w_desc``) whose block is their
-    [1, BLOCK_K, BLOCK_N] (the pointer configs ignore it)."""
+    [1, BLOCK_K, BLOCK_N] (the pointer configs ignore it). Under ``force_tma`` (tests) a launch with a
+    descriptor tries only the TMA configs, so a GPU test runs the TMA variant whatever is faster."""
     desc = named_args.get("w_desc")
     block = None if desc is None else list(desc.block_shape)
+    only_tma = block is not None and _common._TMA_FORCE is True
     return [c for c in _fwd_fit(configs, named_args)
-            if not c.kwargs.get("USE_TMA") or block == [1, c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"]]]
+            if (block == [1, c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"]] if c.kwargs.get("USE_TMA") else not only_tma)]
 
 
 _bwd_input_prune = fit_blocks(BLOCK_K="COUT_G", BLOCK_N="CIN_G")
