@@ -178,14 +178,19 @@ def use_tma(device: torch.device, *tensors: torch.Tensor) -> bool:
     that its autotuner can try TMA configs: on sm_90 (Hopper) GPUs only, with a triton that has host
     descriptors, and not while ``tensors`` are traced (torch.compile / opcheck: torch's non-Dynamo
     tracing of ``wrap_triton`` launches, which ``triton_op`` uses, does not capture descriptors, so
-    traced launches keep the pointer path). ``force_tma`` overrides the device check."""
+    traced launches keep the pointer path), and only inside a ``triton_op``'s eager call, where
+    ``wrap_triton`` launches the kernel directly: a launcher called on its own goes through torch's
+    kernel-wrapper op, which keeps every non-tensor argument of every call in a side table (a
+    descriptor would keep the packed weight alive). ``force_tma`` overrides these device checks."""
     if not HOST_TMA or is_fake(*tensors):
         return False
     if _TMA_FORCE is not None:
         return _TMA_FORCE
     if INTERPRET or device.type != "cuda":
         return False
-    return torch.cuda.get_device_capability(device)[0] == 9
+    from torch._library.triton import is_wrap_triton_enabled
+
+    return not is_wrap_triton_enabled() and torch.cuda.get_device_capability(device)[0] == 9
 
 
 @triton.jit

@@ -18,6 +18,11 @@ that a GPU launch would compile:
 
 (conv3d: the same with a depth axis, 6 deep (9 for odd), 3x3x3, NCDHW / channels_last_3d.)
 
+Kernels with a TMA variant (``KernelSpec.tma_configs``: the conv2d forward) are captured a second
+time on ``TMA_PROBLEMS`` as on an sm_90 GPU (``kernels._common.force_tma``): those launches pass a
+tensor descriptor, are labelled ",tma" (e.g. "nhwc,tma") and compile their TMA configs for sm_90
+only, the first one as the build's default.
+
 For GEMM-like kernels fp16/bf16 builds must use tensor cores (mma / wgmma); for every kernel
 the share of global-load bytes issued vectorised (ld.global.v2/v4, cp.async of >= 8 bytes,
 TMA) is reported.
