@@ -143,6 +143,56 @@ def launch(tuned, plain, grid, interpret_config: dict, *args, **kwargs) -> None:
         wrap_triton(tuned)[lambda meta: check_grid(grid(meta))](*args, **kwargs)
 
 
+#: Test / AOT hook, see ``force_tma``: None (ask the device), or whether launchers build their TMA
+#: (tensor-descriptor) variants as if on an sm_90 GPU.
+_TMA_FORCE = None
+
+
+def _host_tma_available() -> bool:
+    """Whether this triton has host-side tensor descriptors (``triton.tools.tensor_descriptor``,
+    present in triton 3.6 and 3.8)."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HOST_TMA = _host_tma_available()
+
+
+@contextmanager
+def force_tma(on: bool = True):
+    """Test / AOT hook: launchers that have a TMA variant build it (``use_tma`` is ``on``) whatever
+    the device: interpreted launches then run it, ``kernels.inspect`` captures its builds."""
+    global _TMA_FORCE
+    before, _TMA_FORCE = _TMA_FORCE, on
+    try:
+        yield
+    finally:
+        _TMA_FORCE = before
+
+
+def use_tma(device: torch.device, *tensors: torch.Tensor) -> bool:
+    """Whether a launch on ``device`` may pass host-side TMA descriptors (``TensorDescriptor``) so
+    that its autotuner can try TMA configs: on sm_90 (Hopper) GPUs only, with a triton that has host
+    descriptors, and not while ``tensors`` are traced (torch.compile / opcheck: torch's non-Dynamo
+    tracing of ``wrap_triton`` launches, which ``triton_op`` uses, does not capture descriptors, so
+    traced launches keep the pointer path), and only inside a ``triton_op``'s eager call, where
+    ``wrap_triton`` launches the kernel directly: a launcher called on its own goes through torch's
+    kernel-wrapper op, which keeps every non-tensor argument of every call in a side table (a
+    descriptor would keep the packed weight alive). ``force_tma`` overrides these device checks."""
+    if not HOST_TMA or is_fake(*tensors):
+        return False
+    if _TMA_FORCE is not None:
+        return _TMA_FORCE
+    if INTERPRET or device.type != "cuda":
+        return False
+    from torch._library.triton import is_wrap_triton_enabled
+
+    return not is_wrap_triton_enabled() and torch.cuda.get_device_capability(device)[0] == 9
+
+
 @triton.jit
 def _idx(v, IDX64: tl.constexpr):
     """Index arithmetic in int64 only when a tensor's extent needs it (see needs_int64)."""
@@ -341,6 +391,9 @@ class KernelSpec:
     configs: dict
     gemm: bool = False  # True: tensor-core instructions are expected for fp16/bf16
     prune: object = None  # the launcher's config pruner (``fit_blocks``), or None
+    #: the configs of the kernel's TMA variant per config class (sm_90 only), or None; builds captured
+    #: under ``force_tma`` (label ",tma") compile these instead of ``configs``
+    tma_configs: dict | None = None
 
 
 def cdiv(a: int, b: int) -> int:

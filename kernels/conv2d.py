@@ -48,9 +48,11 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _common
 from ._common import (
     accumulator_dtype, allow_tf32, autotuned, cdiv, config_class, fit_blocks, gemm_config, _idx, KernelSpec, launch,
     like_layout, _mma, needs_int64, pair, sm_count, split_k as _split_k_rule, _tile_offsets, _unflatten, with_index64,
+    use_tma,
 )
 from ._igemm import _weight_grad_tile
 
@@ -91,6 +93,39 @@ _I64 = dict(fp16=[_cfg(64, 64, 64, 8, 3)], bf16=[_cfg(64, 64, 64, 8, 3)], fp32=[
 INPUT_GRAD_CONFIGS = with_index64(dict(GEMM_CONFIGS, fp32=GEMM_CONFIGS["fp32"][:3], fp32_ieee=[_cfg(32, 32, 16, 4, 2)]),
                                   **_I64, fp64=[_cfg(32, 32, 16, 4, 2)])
 GEMM_CONFIGS = with_index64(GEMM_CONFIGS, **_I64, fp64=[_cfg(64, 32, 16, 8, 2)])
+
+# The forward's TMA variant (sm_90 only; USE_TMA): the packed weight's [BLOCK_K, BLOCK_N] tiles come
+# through a host-side tensor descriptor (TMA bulk copies into shared memory, zero-filled past a
+# group's K_CH rows) instead of pointer loads. Whether it wins cannot be told without a GPU, so the
+# autotuner measures it: on sm_90 the forward's autotuner is the one of TMA_GEMM_CONFIGS, the pointer
+# configs of GEMM_CONFIGS (USE_TMA=False, still the default) plus these. The descriptor's block shape
+# is fixed per launch (torch.compile's Inductor runs no config pre_hooks that could reset it), so
+# all TMA configs of a class share BLOCK_K and BLOCK_N (_TMA_BLOCKS) and differ in BLOCK_M, warps and
+# stages. fp64 (no wgmma), TF32-off fp32 (CUDA-core FMAs read the tile from shared memory anyway) and
+# the 64-bit index builds have none. The activations stay pointer loads: the implicit im2col gather
+# (padding masks, strides) is not a box a tiled descriptor can describe.
+_TMA_BLOCKS = {"fp16": (64, 128), "bf16": (64, 128), "fp32": (32, 128)}  # (BLOCK_K, BLOCK_N)
+
+
+def _tma_cfg(bm: int, cls: str, warps: int, stages: int) -> triton.Config:
+    bk, bn = _TMA_BLOCKS[cls]
+    return triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, USE_TMA=True), num_warps=warps, num_stages=stages)
+
+
+TMA_CONFIGS = {
+    "fp16": [_tma_cfg(128, "fp16", 8, 3), _tma_cfg(128, "fp16", 8, 4), _tma_cfg(64, "fp16", 4, 4)],
+    "fp32": [_tma_cfg(128, "fp32", 8, 3), _tma_cfg(64, "fp32", 4, 3)],
+}
+TMA_CONFIGS["bf16"] = [_tma_cfg(c.kwargs["BLOCK_M"], "bf16", c.num_warps, c.num_stages) for c in TMA_CONFIGS["fp16"]]
+
+
+def _pointer_cfg(cfg: triton.Config) -> triton.Config:
+    return triton.Config(dict(cfg.kwargs, USE_TMA=False), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+#: the forward's autotune table on sm_90 (see above): the pointer configs first (the default stays
+#: the default), then the TMA configs
+TMA_GEMM_CONFIGS = {cls: [_pointer_cfg(c) for c in GEMM_CONFIGS[cls]] + TMA_CONFIGS[cls] for cls in TMA_CONFIGS}
 # Small tiles under the interpreter: numpy cost grows with tile area, not program count.
 INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16}
 #: row tiles per group of the grouped tile order (L2 reuse of the weight tiles)
@@ -133,12 +168,14 @@ def _implicit_gemm_tile(
     # meta-parameters
     HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
-    SHUFFLE_R: tl.constexpr = 1, STORE_VEC: tl.constexpr = 1,
+    SHUFFLE_R: tl.constexpr = 1, STORE_VEC: tl.constexpr = 1, W_DESC=None, USE_TMA: tl.constexpr = False,
 ):
     """One BLOCK_M x BLOCK_N output tile of group program_id(2): the body shared by the forward
     and the (phase of the) input gradient. ``SHUFFLE_R`` > 1 fuses a pixel shuffle into the store
     (sub-pixel convolution, one group; see ``_conv2d_fwd_kernel``); ``STORE_VEC`` > 1 asserts that
-    the shuffled store offsets are contiguous in runs of that many channels (channels_last)."""
+    the shuffled store offsets are contiguous in runs of that many channels (channels_last).
+    ``USE_TMA``: the weight tiles are read through ``W_DESC``, a tensor descriptor of the packed
+    weight viewed as (G * KH * KW, K_CH, N_LD) with block [1, BLOCK_K, BLOCK_N] (forward only)."""
     g = tl.program_id(2)
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N_CH, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
     offs_m = _tile_offsets(pid_m, BLOCK_M, IDX64)  # int64 in the 64-bit build: M may pass 2**31
@@ -171,9 +208,15 @@ def _implicit_gemm_tile(
         mask_k = offs_k < K_CH
         src_tap = src_row + (_idx(dh, IDX64) * stride_sh + _idx(dw, IDX64) * stride_sw)
         x = tl.load(src_ptr + (src_tap[:, None] + offs_k[None, :]), mask=ok[:, None] & mask_k[None, :], other=0.0)
-        w_row = ((kh0 + th * kh_step) * KW + (kw0 + tw * kw_step)) * K_CH
-        w = tl.load(w_g + ((w_row + offs_k)[:, None] * N_LD + offs_n[None, :]),
-                    mask=mask_k[:, None] & mask_n_ld[None, :], other=0.0)
+        if USE_TMA:
+            # rows past K_CH (the next tap's) and columns past N_LD come back as zeros: the descriptor's
+            # middle axis ends at K_CH, its last at N_LD
+            w_tap = g * (KH * KW) + (kh0 + th * kh_step) * KW + (kw0 + tw * kw_step)
+            w = W_DESC.load([w_tap, c0, pid_n * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
+        else:
+            w_row = ((kh0 + th * kh_step) * KW + (kw0 + tw * kw_step)) * K_CH
+            w = tl.load(w_g + ((w_row + offs_k)[:, None] * N_LD + offs_n[None, :]),
+                        mask=mask_k[:, None] & mask_n_ld[None, :], other=0.0)
         acc = _mma(x, w, acc, ALLOW_TF32)
     co = g * N_CH + offs_n
     mask_n = offs_n < N_CH
@@ -214,9 +257,10 @@ def _implicit_gemm_tile(
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _conv2d_fwd_kernel(
-    # pointers: x (N, C_in, H, W) with channel stride 1; weight packed (G, KH, KW, CIN_G, COUT_LD);
-    # bias (C_out,); y (N, C_out, OH, OW), any strides
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    # pointers: x (N, C_in, H, W) with channel stride 1; weight packed (G, KH, KW, CIN_G, COUT_LD), and
+    # its tensor descriptor (G * KH * KW, CIN_G, COUT_LD) for USE_TMA, else None; bias (C_out,);
+    # y (N, C_out, OH, OW), any strides
+    x_ptr, w_ptr, w_desc, b_ptr, y_ptr,
     # shapes (M = N * OH * OW; M_KEY = its next power of two, the autotune key; unused here)
     M, H, W, OH, OW, CIN_G, COUT_G, COUT_LD, KH, KW, M_KEY,
     # strides
@@ -225,17 +269,23 @@ def _conv2d_fwd_kernel(
     # convolution
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     # meta-parameters (SHUFFLE_R > 1: sub-pixel convolution, y is (N, C_out / R^2, OH * R, OW * R);
-    # STORE_VEC: see _implicit_gemm_tile)
+    # STORE_VEC: see _implicit_gemm_tile; USE_TMA: the weight comes through w_desc, see TMA_CONFIGS)
     HAS_BIAS: tl.constexpr, ALLOW_TF32: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
-    SHUFFLE_R: tl.constexpr, STORE_VEC: tl.constexpr,
+    SHUFFLE_R: tl.constexpr, STORE_VEC: tl.constexpr, USE_TMA: tl.constexpr,
 ):
+    # The output is not stored through TMA: a tile is stored once, after KH * KW * CIN_G / BLOCK_K K
+    # steps of loads, and its channels_last stores are already 16-byte vectors; a TMA store would need
+    # a BLOCK_M x BLOCK_N staging buffer in shared memory (32 KB at 128 x 128 fp16, a pipeline stage's
+    # worth), fits only channels_last output with COUT_G a multiple of BLOCK_N (a box clips at the
+    # tensor's bounds, not at a group's), and could not fuse the pixel shuffle's scattered rows.
     _implicit_gemm_tile(x_ptr, w_ptr, b_ptr, y_ptr,
                         M, OH, OW, H, W, CIN_G, COUT_G, COUT_LD, KH, KW, KH, KW,
                         stride_xn, stride_xh, stride_xw, stride_yn, stride_yc, stride_yh, stride_yw,
                         stride_h, stride_w, -pad_h, -pad_w, dil_h, dil_w,
                         0, 0, 1, 1, 1, 1, 0, 0,
-                        HAS_BIAS, ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE_M, SHUFFLE_R, STORE_VEC)
+                        HAS_BIAS, ALLOW_TF32, IDX64, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_SIZE_M, SHUFFLE_R, STORE_VEC,
+                        w_desc, USE_TMA)
 
 
 # --------------------------------------------------------------------------- input grad
@@ -296,10 +346,27 @@ def _conv2d_bwd_weight_kernel(
 # Tiles are cut to the channel counts (fit_blocks): narrow layers (3 input channels, 8 per group)
 # do not pay for 64-wide K steps or 128-wide channel tiles of masked lanes.
 _FWD_KEY = ["M_KEY", "CIN_G", "COUT_G", "KH", "KW", "stride_h", "stride_w", "SHUFFLE_R"]
-_fwd_prune = fit_blocks(BLOCK_K="CIN_G", BLOCK_N="COUT_G")
+_fwd_fit = fit_blocks(BLOCK_K="CIN_G", BLOCK_N="COUT_G")
+
+
+def _fwd_prune(configs, named_args):
+    """The forward's configs for a launch: blocks cut to the channel counts (``fit_blocks``); TMA
+    configs only where the launch passes a descriptor (``w_desc``) whose block is their
+    [1, BLOCK_K, BLOCK_N] (the pointer configs ignore it). Under ``force_tma`` (tests) a launch with a
+    descriptor tries only the TMA configs, so a GPU test runs the TMA variant whatever is faster."""
+    desc = named_args.get("w_desc")
+    block = None if desc is None else list(desc.block_shape)
+    only_tma = block is not None and _common._TMA_FORCE is True
+    return [c for c in _fwd_fit(configs, named_args)
+            if (block == [1, c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"]] if c.kwargs.get("USE_TMA") else not only_tma)]
+
+
 _bwd_input_prune = fit_blocks(BLOCK_K="COUT_G", BLOCK_N="CIN_G")
 _bwd_weight_prune = fit_blocks(BLOCK_M="COUT_G", BLOCK_N="CIN_G")
 _fwd_tuned = autotuned(_conv2d_fwd_kernel, GEMM_CONFIGS, _FWD_KEY, prune=_fwd_prune)
+#: sm_90 launches that pass a weight descriptor tune over TMA_GEMM_CONFIGS (a tuner of their own, so
+#: no tuning cache entry is shared between launches with and without a descriptor)
+_fwd_tma_tuned = autotuned(_conv2d_fwd_kernel, TMA_GEMM_CONFIGS, _FWD_KEY, prune=_fwd_prune)
 _bwd_input_tuned = autotuned(_conv2d_bwd_input_kernel, INPUT_GRAD_CONFIGS, ["M_KEY", "CIN_G", "COUT_G", "TH", "TW"],
                              prune=_bwd_input_prune)
 _bwd_weight_tuned = autotuned(_conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS,
@@ -366,6 +433,28 @@ def _pack_weight(w: torch.Tensor, groups: int, transpose: bool) -> tuple[torch.T
     return packed, n_ld
 
 
+def _weight_descriptor(wp: torch.Tensor, cls: str, cin_g: int, cout_g: int, *traced: torch.Tensor):
+    """The TMA descriptor of the forward's packed weight ``wp`` (G, KH, KW, CIN_G, COUT_LD), viewed as
+    (G * KH * KW, CIN_G, COUT_LD) with block [1, BLOCK_K, BLOCK_N] (the TMA configs' blocks of config
+    class ``cls``, cut to the channel counts as the pruner cuts them; under the interpreter
+    INTERPRET_CONFIG's), or None where the TMA variant does not apply: not on an sm_90 GPU (see
+    ``use_tma``), a class without TMA configs (fp64, TF32-off fp32, 64-bit index), or a weight TMA
+    cannot address (16-byte aligned base and strides, coordinates within int32)."""
+    if cls not in TMA_CONFIGS or not use_tma(wp.device, wp, *traced):
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    esize = wp.element_size()
+    if wp.data_ptr() % 16 or (wp.shape[-1] * esize) % 16 or wp.numel() >= 2**31:
+        return None
+    if _common.INTERPRET:
+        bk, bn = INTERPRET_CONFIG["BLOCK_K"], INTERPRET_CONFIG["BLOCK_N"]
+    else:
+        fitted = _fwd_fit(TMA_CONFIGS[cls][:1], {"CIN_G": cin_g, "COUT_G": cout_g})[0].kwargs
+        bk, bn = fitted["BLOCK_K"], fitted["BLOCK_N"]
+    return TensorDescriptor.from_tensor(wp.view(-1, wp.shape[-2], wp.shape[-1]), [1, bk, bn])
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     """y = conv2d(x, weight, bias). x: (N, C_in, H, W); weight: (C_out, C_in/groups, KH, KW);
     bias: (C_out,) or None. Returns (N, C_out, OH, OW) in x's memory format."""
@@ -386,12 +475,18 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     wp, cout_ld = _pack_weight(weight, groups, transpose=False)
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(cout_g, meta["BLOCK_N"]), 1, groups)
     tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, wp, y, M)
-    launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, tf32, i64)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
-           xc, wp, bias if bias is not None else weight, y,
+    cls = config_class(_fwd_tuned, x.dtype, tf32, i64)
+    w_desc = _weight_descriptor(wp, cls, cin_g, cout_g, xc, y)
+    # with a descriptor the TMA tuner's configs say USE_TMA (the interpreter runs the TMA variant)
+    tuned, interp, tma = ((_fwd_tma_tuned[cls], dict(INTERPRET_CONFIG, USE_TMA=True), {}) if w_desc is not None
+                          else (_fwd_tuned[cls], INTERPRET_CONFIG, {"USE_TMA": False}))
+    launch(tuned, _conv2d_fwd_kernel, grid, interp,
+           xc, wp, w_desc, bias if bias is not None else weight, y,
            M, H, W, OH, OW, cin_g, cout_g, cout_ld, KH, KW, _m_key(M),
            xc.stride(0), xc.stride(2), xc.stride(3), *y.stride(),
            sh, sw, ph, pw, dh, dw,
-           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M, SHUFFLE_R=1, STORE_VEC=1)
+           HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M, SHUFFLE_R=1, STORE_VEC=1,
+           **tma)
     return y
 
 
@@ -600,12 +695,12 @@ def subpixel_conv2d_forward(x, weight, bias, r, padding):
     grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(C * r * r, meta["BLOCK_N"]), 1, 1)
     tf32, i64 = allow_tf32(x.dtype), needs_int64(xc, wp, y, M)
     launch(_fwd_tuned[config_class(_fwd_tuned, x.dtype, tf32, i64)], _conv2d_fwd_kernel, grid, INTERPRET_CONFIG,
-           xc, wp, bias if bias is not None else weight, y,
+           xc, wp, None, bias if bias is not None else weight, y,
            M, H, W, OH, OW, C_in, C * r * r, cout_ld, KH, KW, _m_key(M),
            xc.stride(0), xc.stride(2), xc.stride(3), *y.stride(),
            1, 1, padding[0], padding[2], 1, 1,
            HAS_BIAS=bias is not None, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M,
-           SHUFFLE_R=r, STORE_VEC=vec)
+           SHUFFLE_R=r, STORE_VEC=vec, USE_TMA=False)
     return y
 
 
@@ -647,11 +742,12 @@ def subpixel_conv2d_input_grad(grad_output, weight, input_shape, r, padding):
     tf32, i64 = allow_tf32(grad_output.dtype), needs_int64(gy, wp, gx, M)
     launch(_fwd_tuned[config_class(_fwd_tuned, grad_output.dtype, tf32, i64)], _conv2d_fwd_kernel, grid,
            INTERPRET_CONFIG,
-           gy, wp, weight, gx,
+           gy, wp, None, weight, gx,
            M, OH * r, OW * r, H, W, C, C_in, cin_ld, KH * r, KW * r, _m_key(M),
            gy.stride(0), gy.stride(2), gy.stride(3), *gx.stride(),
            r, r, (KH - 1 - padding[0]) * r, (KW - 1 - padding[2]) * r, 1, 1,
-           HAS_BIAS=False, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M, SHUFFLE_R=1, STORE_VEC=1)
+           HAS_BIAS=False, ALLOW_TF32=tf32, IDX64=i64, GROUP_SIZE_M=GROUP_SIZE_M, SHUFFLE_R=1, STORE_VEC=1,
+           USE_TMA=False)
     return gx
 
 
@@ -666,7 +762,7 @@ def subpixel_conv2d_weight_grad(x, grad_output, weight_shape, r, padding):
 
 
 AOT_SPECS = [
-    KernelSpec("conv2d_fwd", _conv2d_fwd_kernel, GEMM_CONFIGS, gemm=True, prune=_fwd_prune),
+    KernelSpec("conv2d_fwd", _conv2d_fwd_kernel, GEMM_CONFIGS, gemm=True, prune=_fwd_prune, tma_configs=TMA_CONFIGS),
     KernelSpec("conv2d_bwd_input", _conv2d_bwd_input_kernel, INPUT_GRAD_CONFIGS, gemm=True, prune=_bwd_input_prune),
     KernelSpec("conv2d_bwd_weight", _conv2d_bwd_weight_kernel, WEIGHT_GRAD_CONFIGS, gemm=True,
                prune=_bwd_weight_prune),

@@ -18,6 +18,11 @@ that a GPU launch would compile:
 
 (conv3d: the same with a depth axis, 6 deep (9 for odd), 3x3x3, NCDHW / channels_last_3d.)
 
+Kernels with a TMA variant (``KernelSpec.tma_configs``: the conv2d forward) are captured a second
+time on ``TMA_PROBLEMS`` as on an sm_90 GPU (``kernels._common.force_tma``): those launches pass a
+tensor descriptor, are labelled ",tma" (e.g. "nhwc,tma") and compile their TMA configs for sm_90
+only, the first one as the build's default.
+
 For GEMM-like kernels fp16/bf16 builds must use tensor cores (mma / wgmma); for every kernel
 the share of global-load bytes issued vectorised (ld.global.v2/v4, cp.async of >= 8 bytes,
 TMA) is reported.
@@ -208,9 +213,16 @@ def _run_problem_depthwise3d(problem: str, dtype):
     depthwise3d.depthwise3d_weight_grad(x, y, w.shape, stride, padding, dilation, split_k=4)
 
 
+#: problems whose launches are captured a second time as on an sm_90 GPU (``force_tma``): the builds
+#: of kernels with a TMA variant (KernelSpec.tma_configs) get the label ",tma" and compile for sm_90 only
+TMA_PROBLEMS = ("nhwc", "wide")
+
+
 def capture(problems=PROBLEMS, dtypes=("fp32", "fp16", "bf16", "fp64")) -> dict:
     """{(kernel name, dtype, problem): (args, kwargs)} of the launches the launchers make."""
     import torch
+
+    from kernels._common import force_tma
 
     names = {spec.fn: spec.name for _, spec in all_specs()}
     torch_dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
@@ -221,15 +233,30 @@ def capture(problems=PROBLEMS, dtypes=("fp32", "fp16", "bf16", "fp64")) -> dict:
             with _captured_launches(records):
                 _run_problem(problem, torch_dtypes[dt])
             for fn, args, kwargs in records:
-                out.setdefault((names[fn], dt, problem + _build_tag(kwargs)), (args, kwargs))
+                out.setdefault((names[fn], dt, problem + _build_tag(kwargs, args)), (args, kwargs))
+            if problem not in TMA_PROBLEMS:
+                continue
+            records = []
+            with _captured_launches(records), force_tma():
+                _run_problem(problem, torch_dtypes[dt])
+            for fn, args, kwargs in records:
+                tag = _build_tag(kwargs, args)
+                if ",tma" in tag:  # the launches without a descriptor are the builds above
+                    out.setdefault((names[fn], dt, problem + tag), (args, kwargs))
     return out
 
 
-def _build_tag(kwargs: dict) -> str:
+def _is_descriptor(arg) -> bool:
+    return type(arg).__name__ == "TensorDescriptor"
+
+
+def _build_tag(kwargs: dict, args=()) -> str:
     """A label for launches of one kernel within one problem that compile as a build of their own
-    (the sub-pixel forward: the conv2d forward with its pixel shuffle fused, SHUFFLE_R > 1)."""
+    (the sub-pixel forward: the conv2d forward with its pixel shuffle fused, SHUFFLE_R > 1; the TMA
+    variant: a launch that passes a tensor descriptor, ",tma")."""
     r = kwargs.get("SHUFFLE_R", 1)
-    return f",subpixel{r}" if r > 1 else ""
+    tag = f",subpixel{r}" if r > 1 else ""
+    return tag + (",tma" if any(_is_descriptor(a) for a in args) else "")
 
 
 def _variants(kwargs: dict, dtype: str):
@@ -267,13 +294,30 @@ def _specialise(fn, args, kwargs, arch: int):
 
 # ----------------------------------------------------------------------------------- compiling
 def _config_label(cfg) -> str:
-    kw = ",".join(f"{k.replace('BLOCK_', '')}{v}" for k, v in cfg.kwargs.items())
+    kw = ",".join(("tma" if v else "ptr") if k == "USE_TMA" else f"{k.replace('BLOCK_', '')}{v}"
+                  for k, v in cfg.kwargs.items())
     return f"{kw},w{cfg.num_warps},s{cfg.num_stages}"
 
 
 _LD = re.compile(r"\bld\.global(?:\.[a-zA-Z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b")
 _CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global(?:\.[a-zA-Z0-9_:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],"
                        r"\s*(0x[0-9a-f]+|\d+)")
+
+
+_BULK_LOAD = re.compile(r"\bcp\.async\.bulk(?:\.tensor\.\dd)?\.shared::(?:cta|cluster)\.global\b")
+_EXPECT_TX = re.compile(r"\bmbarrier\.(?:arrive\.)?expect_tx(?:\.[a-z:0-9]+)*\s+[^;]*,\s*(\d+)\s*;")
+
+
+def _bulk_load_bytes(ptx: str) -> int:
+    """Global-to-shared bytes of the bulk (TMA) copies in ``ptx``, one instruction each as for the
+    other loads: a bulk copy's size is not in its instruction but in the transaction count its
+    mbarrier expects (``mbarrier.arrive.expect_tx ..., bytes``), one per pipeline stage's copies,
+    so the sum of those counts; 128 bytes a copy when none is found. TMA stores do not count."""
+    copies = len(_BULK_LOAD.findall(ptx))
+    if not copies:
+        return 0
+    expected = sum(int(v) for v in _EXPECT_TX.findall(ptx))
+    return expected if expected else 128 * copies
 
 
 def vector_share(ptx: str) -> float:
@@ -288,7 +332,7 @@ def vector_share(ptx: str) -> float:
         n_bytes = int(m.group(1), 0)
         total += n_bytes
         vec += n_bytes if n_bytes >= 8 else 0
-    bulk = 128 * len(re.findall(r"\bcp\.async\.bulk", ptx))
+    bulk = _bulk_load_bytes(ptx)
     vec, total = vec + bulk, total + bulk
     return vec / total if total else 1.0
 
@@ -343,9 +387,15 @@ def jobs(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, pr
         if kernels_filter and name not in kernels_filter:
             continue
         module, spec = specs[name]
+        tma = ",tma" in problem
         for label, over, tf32, i64 in _variants(kwargs, dt):
-            # the table the launcher picks from (TF32-off fp32 and 64-bit builds have their own)
-            configs = spec.configs[config_class(spec.configs, dt, bool(tf32), i64)]
+            # the table the launcher picks from (TF32-off fp32 and 64-bit builds have their own); a TMA
+            # build compiles the TMA configs (its pointer configs are the builds without ",tma")
+            table = spec.tma_configs if tma else spec.configs
+            cls = config_class(spec.configs, dt, bool(tf32), i64)
+            if not table or cls not in table:
+                continue
+            configs = table[cls]
             if spec.prune is not None:  # the configs the launcher's autotuner may try for these arguments
                 configs = spec.prune(configs, dict(zip(spec.fn.arg_names, args), **kwargs))
             for ci, cfg in enumerate(configs if all_configs else configs[:1]):
@@ -353,6 +403,8 @@ def jobs(archs=(80, 90), all_configs=False, kernels_filter=None, dtypes=None, pr
                 if getattr(cfg, "maxnreg", None):  # a config's register cap is part of its build (.maxnreg)
                     kw["maxnreg"] = cfg.maxnreg
                 for arch in archs:
+                    if tma and arch != 90:  # TMA descriptors and wgmma: Hopper only
+                        continue
                     sig, cx, attrs, options = _specialise(spec.fn, args, kw, arch)
                     # problems that specialise alike (e.g. a kernel that ignores the layout) compile once
                     ident = (name, dt, arch, _config_label(cfg), repr(sig), repr(sorted(cx.items())),

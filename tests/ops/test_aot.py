@@ -43,7 +43,8 @@ def test_every_build_compiles_for_sm80_sm90(rows):
 
 def test_builds_cover_tf32_index64_and_specialisations(rows):
     rows, _, _ = rows
-    fwd32 = {r["build"] for r in rows if r["kernel"] == "conv2d_fwd" and r["dtype"] == "fp32" and r["arch"] == 90}
+    fwd32 = {r["build"] for r in rows if r["kernel"] == "conv2d_fwd" and r["dtype"] == "fp32" and r["arch"] == 90
+             and ",tma" not in r["build"]}
     assert fwd32 == {f"{p}{s},{t}{i}" for p in ("nchw", "nhwc", "odd") for t in ("tf32", "ieee") for i in ("", ",i64")
                      for s in ("", ",subpixel3" if p == "odd" else ",subpixel2")}
     assert any(r["index64"] for r in rows if r["kernel"] == "depthwise_fwd")
@@ -51,6 +52,33 @@ def test_builds_cover_tf32_index64_and_specialisations(rows):
     ieee = {r["config"] for r in rows if r["kernel"] == "conv2d_fwd" and r["tf32"] is False}
     tf32 = {r["config"] for r in rows if r["kernel"] == "conv2d_fwd" and r["tf32"] is True}
     assert ieee and tf32 and ieee != tf32
+
+
+def test_tma_builds_for_sm90_only(rows):
+    """The conv2d forward's TMA variant (captured as on an sm_90 GPU, kernels._common.force_tma):
+    one build per TMA config class for channels_last, compiled for sm_90 only, its default config a
+    TMA one, with wgmma, and its weight tiles counted as bulk (TMA) bytes. 3 compiles."""
+    rows, _, _ = rows
+    tma = [r for r in rows if ",tma" in r["build"]]
+    assert {(r["kernel"], r["dtype"], r["arch"], r["build"]) for r in tma} == {
+        ("conv2d_fwd", "fp16", 90, "nhwc,tma"), ("conv2d_fwd", "bf16", 90, "nhwc,tma"),
+        ("conv2d_fwd", "fp32", 90, "nhwc,tma,tf32")}
+    for r in tma:
+        assert r["ok"] and r["default"] and ",tma," in r["config"] and r["tensor_cores"] == "wgmma", r
+        assert r["spill_bytes"] == 0 and r["vector_share"] >= 0.99, r
+
+
+def test_bulk_copies_count_as_vectorised_load_bytes():
+    """TMA loads carry no size in their instruction: their bytes are the mbarrier's expected
+    transaction counts; TMA stores are not loads."""
+    from kernels import inspect
+
+    ld = "ld.global.b16 { %rs1 }, [ %rd1 + 0 ];\n"
+    bulk = ("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%r52], 8192;\n"
+            "cp.async.bulk.tensor.3d.shared::cta.global.mbarrier::complete_tx::bytes [%r63], [%rd8, {%r1, %r2, %r3}], [%r52];\n")
+    assert inspect.vector_share(ld * 4 + bulk) == pytest.approx(8192 / (8192 + 8))
+    store = "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%rd1, {%r1, %r2}], [%r3];\n"
+    assert inspect.vector_share(ld + store) == 0.0
 
 
 def test_default_builds_do_not_spill_and_use_tensor_cores(rows):
