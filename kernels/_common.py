@@ -181,12 +181,14 @@ def use_tma(device: torch.device, *tensors: torch.Tensor) -> bool:
     traced launches keep the pointer path), and only inside a ``triton_op``'s eager call, where
     ``wrap_triton`` launches the kernel directly: a launcher called on its own goes through torch's
     kernel-wrapper op, which keeps every non-tensor argument of every call in a side table (a
-    descriptor would keep the packed weight alive). ``force_tma`` overrides these device checks."""
+    descriptor would keep the packed weight alive). ``force_tma`` overrides these device checks;
+    ``CONVLAB_TMA=0`` in the environment turns the TMA variants off (read per call: the TMA path has
+    been compiled and run under the interpreter, not yet timed or run on a GPU)."""
     if not HOST_TMA or is_fake(*tensors):
         return False
     if _TMA_FORCE is not None:
         return _TMA_FORCE
-    if INTERPRET or device.type != "cuda":
+    if INTERPRET or device.type != "cuda" or os.environ.get("CONVLAB_TMA", "1") == "0":
         return False
     from torch._library.triton import is_wrap_triton_enabled
 

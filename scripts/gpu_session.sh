@@ -56,7 +56,7 @@ else
     BUDGET=${CONVLAB_SESSION_BUDGET:-360}
     unset TRITON_INTERPRET
     DEVICE=cuda
-    TESTS=${CONVLAB_SESSION_TESTS:-tests/ops/test_conv2d.py tests/ops/test_deform.py tests/ops/test_roi.py tests/ops/test_gather.py tests/ops/test_factory.py tests/ops/test_tf32.py tests/ops/test_index64.py}
+    TESTS=${CONVLAB_SESSION_TESTS:-tests/ops/test_conv2d.py tests/ops/test_tma.py tests/ops/test_deform.py tests/ops/test_roi.py tests/ops/test_gather.py tests/ops/test_factory.py tests/ops/test_tf32.py tests/ops/test_index64.py}
     WORKERS=${CONVLAB_SESSION_WORKERS:-8}
     WARM=${CONVLAB_SESSION_WARM:-4}
     WHEELS=${CONVLAB_SESSION_WHEELS:-.whl}

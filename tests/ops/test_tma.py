@@ -173,3 +173,25 @@ def test_tma_configs_pruned_without_descriptor(monkeypatch):
     assert not any(c.kwargs["USE_TMA"] for c in gemm_kernels._fwd_prune(table, dict(args, w_desc=wrong)))
     with _common.force_tma():  # tests: only the TMA configs
         assert all(c.kwargs["USE_TMA"] for c in gemm_kernels._fwd_prune(table, dict(args, w_desc=desc)))
+
+
+def test_use_tma_on_sm90_unless_switched_off(monkeypatch):
+    """On an sm_90 GPU (faked here: capability 9.0, outside the interpreter, inside an op's eager
+    call) eager launches may pass descriptors; CONVLAB_TMA=0 turns that off, and other GPUs never do."""
+    import torch._library.triton as torch_triton
+
+    monkeypatch.setattr(_common, "INTERPRET", False)
+    monkeypatch.setattr(_common, "HOST_TMA", True)
+    monkeypatch.setattr(torch_triton, "is_wrap_triton_enabled", lambda: False)
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability[0])
+    t = torch.zeros(4)
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("CONVLAB_TMA", raising=False)
+    assert _common.use_tma(cuda, t)
+    monkeypatch.setenv("CONVLAB_TMA", "0")
+    assert not _common.use_tma(cuda, t)
+    monkeypatch.setenv("CONVLAB_TMA", "1")
+    capability[0] = (8, 0)
+    assert not _common.use_tma(cuda, t)
+    assert not _common.use_tma(torch.device("cpu"), t)
