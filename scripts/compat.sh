@@ -44,7 +44,7 @@ if [ $aot_only = 0 ]; then
   "$PY" -m pytest -q -n "${COMPAT_WORKERS:-2}" -p no:cacheprovider -W ignore::DeprecationWarning \
     tests/ops/test_conv2d.py tests/ops/test_deform.py tests/ops/test_roi.py tests/ops/test_gather.py tests/ops/test_factory.py tests/ops/test_tf32.py \
     tests/ops/test_index64.py tests/ops/test_depthwise.py tests/ops/test_depthwise3d.py tests/ops/test_conv3d.py \
-    tests/ops/test_upsample.py || status=1
+    tests/ops/test_upsample.py tests/ops/test_tma.py || status=1
 fi
 echo "== ahead-of-time compile check (sm_80, sm_90), triton 3.6"
 "$PY" -m kernels.inspect --problems-only || status=1
